@@ -1,0 +1,68 @@
+"""ray_ft: fault tolerance for distributed optimization on Ray.
+
+The pure core (config, failures, policy, breaker, manager, health, optim) is imported
+eagerly and needs no cluster; the Ray layer (executor, manager actor, checkpoint stores
+in the object store) is imported on first use so ``import ray_ft`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ray_ft.breaker import BreakerState, CircuitBreaker
+from ray_ft.config import FTConfig
+from ray_ft.failures import (
+    FailureEvent,
+    FailureType,
+    TaskFailedError,
+    TaskTimeoutError,
+    classify_failure,
+)
+from ray_ft.health import HealthMonitor, HealthReport, HealthThresholds
+from ray_ft.manager import FaultToleranceManager, Task, WorkerInfo
+from ray_ft.optim.base import BaseOptimizer
+from ray_ft.optim.individual import Individual
+from ray_ft.policy import RetryDecision, RetryPolicy
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "CapacityError": "ray_ft.executor",
+    "FaultTolerantExecutor": "ray_ft.executor",
+    "get_manager": "ray_ft.actors.manager_actor",
+}
+
+__all__ = [
+    "BaseOptimizer",
+    "BreakerState",
+    "CapacityError",
+    "CircuitBreaker",
+    "FTConfig",
+    "FailureEvent",
+    "FailureType",
+    "FaultToleranceManager",
+    "FaultTolerantExecutor",
+    "HealthMonitor",
+    "HealthReport",
+    "HealthThresholds",
+    "Individual",
+    "RetryDecision",
+    "RetryPolicy",
+    "Task",
+    "TaskFailedError",
+    "TaskTimeoutError",
+    "WorkerInfo",
+    "classify_failure",
+    "get_manager",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'ray_ft' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

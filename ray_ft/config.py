@@ -1,0 +1,203 @@
+"""FTConfig: every ray_ft setting in one frozen, validated dataclass.
+
+Bad settings are refused at construction with a ValueError that names the key, the value
+and what to pass instead, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ray_ft.failures import SYSTEM_FAILURES, FailureType
+
+__all__ = ["JITTER_MODES", "FTConfig"]
+
+JITTER_MODES = ("full", "equal", "none")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FTConfig:
+    """Fault-tolerance settings; see the README for the meaning of every key."""
+
+    max_retries: int = 3
+    retry_delay: float = 5.0
+    backoff_multiplier: float = 2.0
+    max_retry_delay: float = 60.0
+    jitter: str = "full"
+    retry_on: frozenset[FailureType] = SYSTEM_FAILURES
+    retry_exceptions: tuple[type[BaseException], ...] = ()
+    task_timeout: float | None = None
+    health_check_interval: float = 30.0
+    probe_timeout: float = 10.0
+    probe_failure_threshold: int = 3
+    checkpoint_interval: int = 10
+    failure_window: float = 3600.0
+    worker_failure_threshold: int = 3
+    breaker_timeout: float = 300.0
+    half_open_max_calls: int = 1
+    capacity_wait_timeout: float = 600.0
+    cpu_threshold: float = 95.0
+    memory_threshold: float = 95.0
+    disk_threshold: float = 95.0
+    gpu_temp_threshold: float = 85.0
+    gpu_memory_threshold: float = 95.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name, (kind, low, low_inclusive) in _NUMERIC.items():
+            value = getattr(self, name)
+            if name == "task_timeout" and value is None:
+                continue
+            set_(self, name, _check_number(name, value, kind, low, low_inclusive))
+        if self.jitter not in JITTER_MODES:
+            msg = f"jitter={self.jitter!r} is not valid; pass one of {', '.join(JITTER_MODES)}"
+            raise ValueError(msg)
+        set_(self, "retry_on", _parse_retry_on(self.retry_on))
+        set_(self, "retry_exceptions", _parse_retry_exceptions(self.retry_exceptions))
+        for name in ("cpu_threshold", "memory_threshold", "disk_threshold", "gpu_memory_threshold"):
+            if getattr(self, name) > 100.0:
+                msg = f"{name}={getattr(self, name)!r} is a percentage; pass a value in (0, 100]"
+                raise ValueError(msg)
+        if self.max_retry_delay < self.retry_delay:
+            msg = (
+                f"max_retry_delay={self.max_retry_delay!r} is below retry_delay="
+                f"{self.retry_delay!r}; pass a cap at least as large as the base delay"
+            )
+            raise ValueError(msg)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> FTConfig:
+        """Build from a plain dict (the seed's format); unknown keys are refused."""
+        if data is None:
+            return cls()
+        if isinstance(data, FTConfig):
+            return data
+        if not isinstance(data, Mapping):
+            msg = f"config must be a dict or FTConfig, got {type(data).__name__}"
+            raise TypeError(msg)
+        for key in data:
+            if key not in _FIELD_NAMES:
+                near = difflib.get_close_matches(str(key), _FIELD_NAMES, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                msg = f"unknown config key {key!r}{hint} Valid keys: {', '.join(_FIELD_NAMES)}"
+                raise ValueError(msg)
+        return cls(**dict(data))
+
+    @classmethod
+    def coerce(cls, config: FTConfig | Mapping[str, Any] | None) -> FTConfig:
+        """Accept an FTConfig, a dict of settings, or None for the defaults."""
+        return config if isinstance(config, FTConfig) else cls.from_dict(config)
+
+    def replace(self, **changes: Any) -> FTConfig:
+        """A copy with some settings changed (validated like the constructor)."""
+        return FTConfig.from_dict({**self.to_dict(keep_types=True), **changes})
+
+    def to_dict(self, *, keep_types: bool = False) -> dict[str, Any]:
+        """Plain dict; JSON-serializable unless keep_types (exception classes by name)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if keep_types:
+            return data
+        data["retry_on"] = sorted(t.value for t in self.retry_on)
+        data["retry_exceptions"] = [
+            f"{t.__module__}.{t.__qualname__}" for t in self.retry_exceptions
+        ]
+        return data
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> FTConfig:
+        """Inverse of ``to_dict()``; exception classes are re-imported by dotted name."""
+        fields = dict(data)
+        fields["retry_exceptions"] = tuple(
+            _import_exception(path) for path in fields.get("retry_exceptions", ())
+        )
+        return cls.from_dict(fields)
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FTConfig))
+
+# name -> (int or float, lower bound, bound inclusive)
+_NUMERIC: dict[str, tuple[type, float, bool]] = {
+    "max_retries": (int, 1, True),
+    "retry_delay": (float, 0.0, True),
+    "backoff_multiplier": (float, 1.0, True),
+    "max_retry_delay": (float, 0.0, True),
+    "task_timeout": (float, 0.0, False),
+    "health_check_interval": (float, 0.0, False),
+    "probe_timeout": (float, 0.0, False),
+    "probe_failure_threshold": (int, 1, True),
+    "checkpoint_interval": (int, 1, True),
+    "failure_window": (float, 0.0, False),
+    "worker_failure_threshold": (int, 0, True),
+    "breaker_timeout": (float, 0.0, True),
+    "half_open_max_calls": (int, 1, True),
+    "capacity_wait_timeout": (float, 0.0, False),
+    "cpu_threshold": (float, 0.0, False),
+    "memory_threshold": (float, 0.0, False),
+    "disk_threshold": (float, 0.0, False),
+    "gpu_temp_threshold": (float, 0.0, False),
+    "gpu_memory_threshold": (float, 0.0, False),
+}
+
+
+def _check_number(name: str, value: Any, kind: type, low: float, inclusive: bool) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        what = "an integer" if kind is int else "a number"
+        msg = f"{name}={value!r} is not valid; pass {what}"
+        raise ValueError(msg)
+    if kind is int and not isinstance(value, int):
+        if not (isinstance(value, float) and value.is_integer()):
+            msg = f"{name}={value!r} is not valid; pass a whole number"
+            raise ValueError(msg)
+        value = int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        msg = f"{name}={value!r} is not valid; pass a finite number"
+        raise ValueError(msg)
+    if value < low or (value == low and not inclusive):
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        msg = f"{name}={value!r} is out of range; pass a value {bound}"
+        raise ValueError(msg)
+    return kind(value)
+
+
+def _parse_retry_on(value: Any) -> frozenset[FailureType]:
+    if isinstance(value, (str, FailureType)) or not isinstance(value, Iterable):
+        msg = f"retry_on={value!r} is not valid; pass a list of failure types such as ['node_died']"
+        raise ValueError(msg)
+    try:
+        return frozenset(FailureType.parse(item) for item in value)
+    except ValueError as exc:
+        msg = f"retry_on={value!r} is not valid: {exc}"
+        raise ValueError(msg) from None
+
+
+def _parse_retry_exceptions(value: Any) -> tuple[type[BaseException], ...]:
+    if isinstance(value, type):
+        value = (value,)
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        msg = f"retry_exceptions={value!r} is not valid; pass a tuple of exception classes"
+        raise ValueError(msg)
+    items = tuple(value)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            msg = (
+                f"retry_exceptions contains {item!r}, which is not an exception class; "
+                "pass classes such as (ValueError,)"
+            )
+            raise ValueError(msg)
+    return items
+
+
+def _import_exception(path: str) -> type[BaseException]:
+    import builtins
+    import importlib
+
+    module_name, _, attr = path.rpartition(".")
+    module = builtins if module_name == "builtins" else importlib.import_module(module_name)
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[return-value]

@@ -1,0 +1,218 @@
+"""FaultToleranceManager: failure windows, breakers, reassignment, state, recovery."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from ray_ft.breaker import BreakerState
+from ray_ft.failures import FailureType
+from ray_ft.manager import FaultToleranceManager, Task, WorkerInfo, _water_fill
+from ray_ft.optim.individual import Individual
+
+
+def manager(clock, **cfg):
+    return FaultToleranceManager(cfg, clock=clock, wall_clock=clock)
+
+
+def test_task_and_worker_defaults():
+    t = Task(task_id="t")
+    assert (t.name, t.attempts, t.worker_id) == (None, 0, None)
+    w = WorkerInfo("w")
+    assert (w.status, w.capacity, w.load, w.free) == ("alive", 1, 0, 1)
+
+
+def test_exhausted_task_recorded(clock):
+    m = manager(clock, max_retries=2)
+    t = Task("t1", worker_id="n1")
+    first = m.handle_task_failure(t, FailureType.NODE_DIED, RuntimeError("x"))
+    assert first and first.delay >= 0
+    assert not m.handle_task_failure(t, FailureType.NODE_DIED, RuntimeError("x"))
+    assert "t1" in m.failed_tasks and t.attempts == 2
+    assert m.failure_counts["node_died"] == 2
+    assert [e.attempt for e in m.history] == [1, 2]
+
+
+def test_worker_breaker_opens_after_threshold_in_window(clock):
+    m = manager(clock, worker_failure_threshold=2, failure_window=60, breaker_timeout=30)
+    m.register_worker("a")
+    for _ in range(2):
+        m.handle_worker_failure("a")
+    assert "a" not in m.excluded_workers()
+    m.handle_worker_failure("a")
+    assert m.breaker("a").state is BreakerState.OPEN
+    assert "a" in m.excluded_workers()
+
+
+def test_failures_outside_window_do_not_count(clock):
+    m = manager(clock, worker_failure_threshold=2, failure_window=60)
+    m.register_worker("a")
+    m.handle_worker_failure("a")
+    m.handle_worker_failure("a")
+    clock.advance(61)
+    m.handle_worker_failure("a")
+    assert m.breaker("a").state is BreakerState.CLOSED
+
+
+def test_half_open_trial_outcomes(clock):
+    m = manager(clock, worker_failure_threshold=0, breaker_timeout=10)
+    m.register_worker("a")
+    m.handle_worker_failure("a")
+    assert "a" in m.excluded_workers()
+    clock.advance(10)
+    assert "a" not in m.excluded_workers()
+    assert m.half_open_workers() == {"a": 1}
+    m.handle_worker_failure("a")  # the trial failed
+    assert m.breaker("a").state is BreakerState.OPEN
+    clock.advance(10)
+    m.record_worker_success("a")
+    assert m.breaker("a").state is BreakerState.CLOSED
+    kinds = [(t["from"], t["to"]) for t in m.breaker_transitions]
+    assert kinds == [
+        ("CLOSED", "OPEN"),
+        ("OPEN", "HALF_OPEN"),
+        ("HALF_OPEN", "OPEN"),
+        ("OPEN", "HALF_OPEN"),
+        ("HALF_OPEN", "CLOSED"),
+    ]
+
+
+def test_node_died_marks_dead_and_rejoin_revives(clock):
+    m = manager(clock)
+    m.register_worker("a")
+    m.handle_worker_failure("a", FailureType.NODE_DIED)
+    assert m.workers["a"].status == "dead" and "a" in m.excluded_workers()
+    m.register_worker("a")
+    assert "a" not in m.excluded_workers()
+
+
+def test_probe_verdicts(clock):
+    m = manager(clock, breaker_timeout=5)
+    m.register_worker("a")
+    m.mark_worker_failed("a", ["probe missed 3 times"])
+    assert "a" in m.excluded_workers() and m.health_reasons["a"] == ["probe missed 3 times"]
+    m.mark_worker_healthy("a")
+    assert m.workers["a"].status == "alive"
+    assert "a" in m.excluded_workers()  # breaker still OPEN: recovery goes through a trial
+    clock.advance(5)
+    assert "a" not in m.excluded_workers()
+
+
+def test_reassign_never_picks_failed_dead_or_open(clock):
+    m = manager(clock, worker_failure_threshold=0, breaker_timeout=100)
+    for w in "abcde":
+        m.register_worker(w, capacity=4)
+    m.mark_worker_dead("b")
+    m.handle_worker_failure("c")  # opens c's breaker
+    m.mark_worker_failed("d", ["hung"])
+    plan = m.reassign_tasks("a", [f"t{i}" for i in range(6)], list(m.workers.values()))
+    assert set(plan.values()) == {"e"}
+    assert len(plan) == 4  # e has 4 free slots; two tasks stay queued
+
+
+def test_reassign_spreads_by_free_capacity(clock):
+    m = manager(clock)
+    workers = [
+        WorkerInfo("a", capacity=10, load=2),
+        WorkerInfo("b", capacity=4),
+        WorkerInfo("c", capacity=3, load=3),
+    ]
+    plan = m.reassign_tasks(None, [f"t{i}" for i in range(8)], workers)
+    counts = {w: list(plan.values()).count(w) for w in "abc"}
+    assert counts == {"a": 6, "b": 2, "c": 0}  # leaves a and b with 2 free each
+    assert len(plan) == 8
+
+
+def test_reassign_half_open_gets_trial_allowance_only(clock):
+    m = manager(clock, worker_failure_threshold=0, breaker_timeout=1, half_open_max_calls=2)
+    m.register_worker("h", capacity=10)
+    m.handle_worker_failure("h")
+    clock.advance(1)
+    plan = m.reassign_tasks(None, [f"t{i}" for i in range(5)], ["h"])
+    assert list(plan.values()) == ["h", "h"]
+
+
+def test_water_fill_exact():
+    assert _water_fill({"a": 5, "b": 5}, 3) in ([("a", 2), ("b", 1)], [("a", 1), ("b", 2)])
+    assert _water_fill({"a": 1}, 5) == [("a", 1)]
+    assert _water_fill({}, 5) == []
+    big = {f"w{i}": (i % 7) + 1 for i in range(1000)}
+    counts = dict(_water_fill(big, 2500))
+    assert sum(counts.values()) == 2500
+    assert all(counts.get(w, 0) <= f for w, f in big.items())
+    left = {w: big[w] - counts.get(w, 0) for w in big}
+    # even spread: nobody kept more than one slot above any worker that received tasks
+    assert max(left.values()) - min(left[w] for w in counts) <= 1
+
+
+def test_get_state_is_json_and_round_trips(clock):
+    m = manager(clock, worker_failure_threshold=1, breaker_timeout=50)
+    m.register_worker("a", capacity=2)
+    m.handle_worker_failure("a")
+    m.handle_worker_failure("a", FailureType.OUT_OF_MEMORY, "oom")
+    m.handle_task_failure(Task("t", worker_id="a"), FailureType.APPLICATION_ERROR, ValueError())
+    clock.advance(20)
+    state = json.loads(json.dumps(m.get_state()))
+    other = type(clock)(start=5.0)
+    m2 = FaultToleranceManager(
+        {"worker_failure_threshold": 1, "breaker_timeout": 50}, clock=other, wall_clock=other
+    )
+    m2.load_state(state)
+    assert m2.breaker("a").state is BreakerState.OPEN
+    assert m2.failure_counts == m.failure_counts
+    assert list(m2.history) == list(m.history)
+    assert "t" in m2.failed_tasks
+    other.advance(30)
+    assert m2.breaker("a").state is BreakerState.HALF_OPEN
+    assert m2.get_state()["workers"] == m.get_state()["workers"]
+
+
+def test_manager_pickles(clock):
+    m = FaultToleranceManager({"max_retries": 4})
+    m.register_worker("a")
+    m.handle_worker_failure("a")
+    again = pickle.loads(pickle.dumps(m))
+    assert again.get_state()["history"] == m.get_state()["history"]
+    assert pickle.loads(pickle.dumps(Task("t"))) == Task("t")
+    assert pickle.loads(pickle.dumps(WorkerInfo("w"))) == WorkerInfo("w")
+
+
+class TinyOptimizer:
+    def __init__(self):
+        self.population = []
+        self.state = None
+
+    def load_state(self, state):
+        self.state = state
+
+
+def test_recover_from_checkpoint(clock):
+    m = manager(clock)
+    pop = [Individual(np.array([1.0, 2.0]), fitness=3.0, generation=4)]
+    ckpt = json.loads(
+        json.dumps(
+            {
+                "generation": 5,
+                "optimizer_state": {"k": 1},
+                "population": [i.to_dict() for i in pop],
+                "format_version": 1,
+            }
+        )
+    )
+    opt = TinyOptimizer()
+    assert m.recover_from_checkpoint(ckpt, opt) == 5
+    assert opt.state == {"k": 1} and opt.population == pop
+
+
+def test_recover_refuses_incomplete_or_future(clock):
+    m = manager(clock)
+    with pytest.raises(ValueError, match="lacks population"):
+        m.recover_from_checkpoint({"generation": 1, "optimizer_state": {}}, TinyOptimizer())
+    with pytest.raises(ValueError, match="upgrade ray_ft"):
+        m.recover_from_checkpoint(
+            {"generation": 1, "optimizer_state": {}, "population": [], "format_version": 99},
+            TinyOptimizer(),
+        )
