@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "FailureEvent",
     "FailureType",
+    "NodeFailedError",
     "TaskFailedError",
     "TaskTimeoutError",
     "classify_failure",
@@ -95,6 +96,18 @@ class TaskTimeoutError(TimeoutError):
         return (type(self), (self.timeout, self.task_name))
 
 
+class NodeFailedError(RuntimeError):
+    """An attempt was abandoned because its node was declared failed or dead."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        self.node_id = node_id
+        self.reason = reason
+        super().__init__(f"node {node_id} {reason}; the attempt was abandoned and rerun elsewhere")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.node_id, self.reason))
+
+
 class TaskFailedError(Exception):
     """A task exhausted its retries on system failures (chained to the last error)."""
 
@@ -160,6 +173,7 @@ _RAY_RULES: tuple[tuple[str, FailureType], ...] = (
 
 _BUILTIN_RULES: tuple[tuple[type[BaseException], FailureType], ...] = (
     (TaskTimeoutError, FailureType.TASK_TIMEOUT),
+    (NodeFailedError, FailureType.NODE_DIED),
     (MemoryError, FailureType.OUT_OF_MEMORY),
     (ConnectionError, FailureType.NETWORK_ERROR),
     (TimeoutError, FailureType.TASK_TIMEOUT),

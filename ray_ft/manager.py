@@ -28,6 +28,14 @@ __all__ = [
     "WorkerStatus",
 ]
 
+NODE_FAULTS = frozenset(
+    {
+        FailureType.WORKER_CRASH,
+        FailureType.NODE_DIED,
+        FailureType.NETWORK_ERROR,
+        FailureType.OUT_OF_MEMORY,
+    }
+)
 CHECKPOINT_FORMAT_VERSION = 1
 STATE_FORMAT_VERSION = 1
 _HISTORY_LIMIT = 1000
@@ -327,6 +335,21 @@ class FaultToleranceManager:
         self.failure_counts = collections.Counter(state.get("failure_counts", {}))
         self.health_reasons = {w: list(r) for w, r in state.get("health_reasons", {}).items()}
         self.breaker_transitions = list(state.get("breaker_transitions", []))
+
+    def record_event(self, event: FailureEvent) -> None:
+        """Keep a failure in the history and counters without charging any node."""
+        self._record(event)
+
+    def report_failure(self, event: FailureEvent) -> None:
+        """Route an attempt's failure: node faults count toward its breaker, others are kept.
+
+        Timeouts and application errors say more about the task than about the node, so
+        they never open a breaker (a task that hangs everywhere must not empty the cluster).
+        """
+        if event.worker_id is not None and event.failure_type in NODE_FAULTS:
+            self.handle_worker_failure(event.worker_id, event.failure_type, event.details)
+        else:
+            self.record_event(event)
 
     # -- internals ---------------------------------------------------------------------
 

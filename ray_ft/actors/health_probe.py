@@ -1,0 +1,58 @@
+"""HealthProbe: a tiny actor pinned to one node that reports that node's health.
+
+One lives on every alive node (NodeAffinity soft=False, num_cpus=0). A probe that does not
+answer within probe_timeout is the signal for a frozen or hung node that Ray still calls
+alive: its process is a child of the node's raylet and freezes with it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ray_ft.health import HealthMonitor, HealthThresholds
+
+__all__ = ["HealthProbe", "start_probe"]
+
+
+class HealthProbe:
+    """Samples its node on request; never blocks for long (psutil primed, GPU lazily)."""
+
+    def __init__(self, thresholds: dict[str, float] | None = None) -> None:
+        self.monitor = HealthMonitor(HealthThresholds(**(thresholds or {})))
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def check(self) -> dict[str, Any]:
+        """The node's health dict and verdict."""
+        health = self.monitor.get_system_health()
+        report = self.monitor.check(health)
+        return {
+            "node_id": self.node_id,
+            "pid": os.getpid(),
+            "time": time.time(),
+            "healthy": report.healthy,
+            "reasons": list(report.reasons),
+            "health": health,
+        }
+
+    def pid(self) -> int:
+        """The probe's process id (tests freeze and kill it)."""
+        return os.getpid()
+
+
+_RemoteProbe = ray.remote(HealthProbe)
+
+
+def start_probe(node_id: str, thresholds: dict[str, float] | None = None) -> Any:
+    """Start a HealthProbe pinned to ``node_id``; it does not restart (the manager replaces it)."""
+    return _RemoteProbe.options(  # type: ignore[attr-defined]
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        num_cpus=0,
+        max_restarts=0,
+        max_concurrency=2,
+        name=None,
+    ).remote(thresholds)
