@@ -6,6 +6,11 @@ import os
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray workers must import test modules to unpickle functions defined in them.
+_here = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_here, os.path.dirname(_here), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 import pytest
 

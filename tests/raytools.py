@@ -1,0 +1,140 @@
+"""Helpers for tests on a real multi-node Ray cluster on 127.0.0.1 (no mocks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+import ray
+from ray._private import ray_constants
+from ray.cluster_utils import Cluster
+
+
+def start_cluster(n_nodes: int, cpus_per_node: int = 1) -> Cluster:
+    """A head plus workers, each with ``cpus_per_node`` CPUs; the driver is connected."""
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
+    )
+    for _ in range(n_nodes - 1):
+        cluster.add_node(num_cpus=cpus_per_node)
+    ray.init(address=cluster.address, namespace="ray_ft_tests")
+    cluster.wait_for_nodes()
+    return cluster
+
+
+@contextlib.contextmanager
+def cluster_session(n_nodes: int, cpus_per_node: int = 1) -> Iterator[Cluster]:
+    """start_cluster, then always shut down Ray and the cluster."""
+    cluster = start_cluster(n_nodes, cpus_per_node)
+    try:
+        yield cluster
+    finally:
+        with contextlib.suppress(Exception):
+            kill_manager()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def kill_manager() -> None:
+    """Remove the detached manager actor so the next test starts clean."""
+    from ray_ft.actors.manager_actor import DEFAULT_NAME, DEFAULT_NAMESPACE
+
+    with contextlib.suppress(ValueError):
+        handle = ray.get_actor(DEFAULT_NAME, namespace=DEFAULT_NAMESPACE)
+        ray.kill(handle, no_restart=True)
+        wait_for(lambda: _actor_gone(DEFAULT_NAME, DEFAULT_NAMESPACE), timeout=30)
+
+
+def _actor_gone(name: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return True
+    return False
+
+
+def raylet_pid(node) -> int:
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def node_pids(node) -> list[int]:
+    """The raylet of a node and all its descendants (workers, probe actors)."""
+    root = psutil.Process(raylet_pid(node))
+    return [root.pid] + [p.pid for p in root.children(recursive=True)]
+
+
+def worker_pids(node, name_part: str = "") -> list[int]:
+    """Ray worker processes of a node whose command line contains ``name_part``."""
+    root = psutil.Process(raylet_pid(node))
+    pids = []
+    for proc in root.children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "ray::" in cmd and name_part in cmd:
+            pids.append(proc.pid)
+    return pids
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def freeze(node) -> list[int]:
+    pids = node_pids(node)
+    signal_all(pids, signal.SIGSTOP)
+    return pids
+
+
+def thaw(pids: list[int]) -> None:
+    signal_all(pids, signal.SIGCONT)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60, interval: float = 0.1):
+    """Poll until condition() is truthy; fail the test with a clear message on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+def free_cpus() -> float:
+    return ray.available_resources().get("CPU", 0.0)
+
+
+@ray.remote(num_cpus=0)
+class Recorder:
+    """Collects what tasks report (start times, node ids, concurrency)."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.running = 0
+        self.max_running = 0
+
+    def add(self, item) -> None:
+        self.items.append(item)
+
+    def enter(self) -> None:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+
+    def leave(self) -> None:
+        self.running -= 1
+
+    def get(self) -> list:
+        return list(self.items)
+
+    def peak(self) -> int:
+        return self.max_running
