@@ -167,9 +167,8 @@ class FaultToleranceManager:
         window.append(dataclasses.replace(event, timestamp=now))
         while window and now - window[0].timestamp > self.config.failure_window:
             window.popleft()
-        info = self.workers.get(worker_id)
-        if failure_type is FailureType.NODE_DIED and info is not None:
-            info.status = WorkerStatus.DEAD
+        # A task's NODE_DIED is evidence, not a verdict: only Ray's node table (through
+        # mark_worker_dead) or the probes (mark_worker_failed) change a node's status.
         breaker = self.breaker(worker_id)
         if breaker.state is BreakerState.HALF_OPEN:
             breaker.record_failure()

@@ -114,9 +114,9 @@ def free_cpus() -> float:
     return ray.available_resources().get("CPU", 0.0)
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, resources={"node:__internal_head__": 0.001})
 class Recorder:
-    """Collects what tasks report (start times, node ids, concurrency)."""
+    """Collects what tasks report; lives on the head node, which tests never kill."""
 
     def __init__(self) -> None:
         self.items: list = []

@@ -14,7 +14,7 @@ import time
 import pytest
 import ray
 
-from ray_ft import FaultTolerantExecutor, FailureType, TaskFailedError, classify_failure
+from ray_ft import FailureType, FaultTolerantExecutor, TaskFailedError, classify_failure
 from tests.raytools import Recorder, cluster_session, free_cpus, wait_for
 
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
@@ -168,8 +168,13 @@ def quick(recorder, i):
 
 def test_retry_delays_follow_policy_and_do_not_block(cluster):
     recorder = Recorder.remote()
-    config = {"retry_delay": 1.0, "backoff_multiplier": 2.0, "max_retry_delay": 10.0,
-              "jitter": "none", "max_retries": 4}
+    config = {
+        "retry_delay": 1.0,
+        "backoff_multiplier": 2.0,
+        "max_retry_delay": 10.0,
+        "jitter": "none",
+        "max_retries": 4,
+    }
     with FaultTolerantExecutor(config, manager=False) as ex:
         crashing = ex.submit(flaky, recorder, 2)
         time.sleep(0.3)

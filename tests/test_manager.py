@@ -84,6 +84,8 @@ def test_node_died_marks_dead_and_rejoin_revives(clock):
     m = manager(clock)
     m.register_worker("a")
     m.handle_worker_failure("a", FailureType.NODE_DIED)
+    assert m.workers["a"].status == "alive"  # a task's report alone is not a verdict
+    m.mark_worker_dead("a")
     assert m.workers["a"].status == "dead" and "a" in m.excluded_workers()
     m.register_worker("a")
     assert "a" not in m.excluded_workers()

@@ -1,0 +1,124 @@
+"""The detached manager actor: one per cluster, survives its own restart, probes every node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import ray
+
+from ray_ft import FailureEvent, FailureType, get_manager
+from tests.raytools import cluster_session, wait_for
+
+CONFIG = {
+    "health_check_interval": 0.5,
+    "probe_timeout": 2.0,
+    "worker_failure_threshold": 1,
+    "breaker_timeout": 600,
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with cluster_session(2) as c:
+        yield c
+
+
+@pytest.fixture
+def manager(cluster, tmp_path):
+    handle = get_manager(CONFIG, state_dir=str(tmp_path))
+    yield handle
+    from tests.raytools import kill_manager
+
+    kill_manager()
+
+
+SECOND_DRIVER = """
+import json, sys, ray
+from ray_ft import get_manager
+ray.init(address=sys.argv[1])
+handle = get_manager()
+print(json.dumps({"actor_id": handle._actor_id.hex(),
+                  "counts": ray.get(handle.status.remote())["failure_counts"]}))
+"""
+
+
+def test_two_drivers_share_one_manager(cluster, manager):
+    ray.get(
+        manager.report_failures.remote(
+            [FailureEvent(1.0, FailureType.WORKER_CRASH, "x", task_id="t", worker_id="n1")]
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", SECOND_DRIVER, cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert answer["actor_id"] == manager._actor_id.hex()
+    assert answer["counts"] == {"worker_crash": 1}
+
+
+def test_state_survives_actor_restart(cluster, manager):
+    node = ray.nodes()[0]["NodeID"]
+    events = [
+        FailureEvent(float(i), FailureType.NODE_DIED, f"e{i}", worker_id=node) for i in range(2)
+    ]
+    ray.get(manager.report_failures.remote(events))
+    before = ray.get(manager.status.remote())
+    assert before["nodes"][node]["breaker"] == "OPEN"
+    pid_before = ray.get(manager.__ray_call__.remote(lambda self: __import__("os").getpid()))
+
+    ray.kill(manager, no_restart=False)
+
+    def restarted():
+        try:
+            pid = ray.get(
+                manager.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=10
+            )
+        except Exception:
+            return None
+        return pid != pid_before and ray.get(manager.status.remote(), timeout=10)
+
+    after = wait_for(restarted, timeout=120, interval=0.5)
+    assert after["restored"] is True
+    assert after["nodes"][node]["breaker"] == "OPEN"
+    assert after["failure_counts"] == before["failure_counts"] == {"node_died": 2}
+    history = ray.get(manager.get_state.remote())["history"]
+    assert [e["details"] for e in history] == ["e0", "e1"]
+
+
+def test_one_probe_per_alive_node(cluster, manager):
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+    def all_probed():
+        status = ray.get(manager.status.remote())
+        nodes = status["nodes"]
+        return (
+            alive <= nodes.keys()
+            and all(nodes[n]["has_probe"] and nodes[n]["healthy"] is not None for n in alive)
+            and status
+        )
+
+    status = wait_for(all_probed, timeout=90, interval=0.5)
+    probes = ray.get(manager.probe_handles.remote())
+    assert set(probes) == alive
+    for node_id, probe in probes.items():
+        assert ray.get(probe.check.remote())["node_id"] == node_id
+    assert status["excluded"] == []
+
+
+def test_manual_breaker_and_new_cluster_starts_clean(cluster, manager, tmp_path):
+    node = ray.nodes()[0]["NodeID"]
+    ray.get(manager.open_breaker.remote(node))
+    assert node in ray.get(manager.excluded_nodes.remote())["excluded"]
+    ray.get(manager.close_breaker.remote(node))
+    assert node not in ray.get(manager.excluded_nodes.remote())["excluded"]
+    # state is kept per Ray session: another session's folder is not read
+    state_files = list(tmp_path.glob("*/manager_state.json"))
+    assert len(state_files) == 1
+    assert state_files[0].parent.name == ray.get_runtime_context().get_session_name()
