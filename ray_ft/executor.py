@@ -232,9 +232,14 @@ class FaultTolerantExecutor(cf.Executor):
     def _pick_node(self, work: Work) -> tuple[str, bool] | None:
         """The least loaded usable node with room (avoiding nodes this work failed on)."""
         for node_id, slots in self._trial_slots.items():
-            if slots > 0 and node_id not in self._trial_busy and node_id in self._nodes:
-                if self._capacity(node_id, work.shape) > 0 and node_id not in work.avoid:
-                    return node_id, True
+            if (
+                slots > 0
+                and node_id not in self._trial_busy
+                and node_id in self._nodes
+                and node_id not in work.avoid
+                and self._capacity(node_id, work.shape) > 0
+            ):
+                return node_id, True
         best: tuple[float, str] | None = None
         fallback: tuple[float, str] | None = None
         for node_id in self._usable_nodes():
@@ -382,9 +387,14 @@ class FaultTolerantExecutor(cf.Executor):
         for node_id in (snapshot.failed | snapshot.dead) - before:
             self._abandon_node(node_id, "was declared failed by the health probes")
         for node_id, trials in snapshot.half_open:
-            if node_id not in self._trial_busy and self._trial_slots.get(node_id, 0) <= 0:
-                if trials > 0 and node_id in self._nodes and self._client.acquire_trial(node_id):
-                    self._trial_slots[node_id] = 1
+            if (
+                trials > 0
+                and node_id not in self._trial_busy
+                and self._trial_slots.get(node_id, 0) <= 0
+                and node_id in self._nodes
+                and self._client.acquire_trial(node_id)
+            ):
+                self._trial_slots[node_id] = 1
         half_open = {n for n, _ in snapshot.half_open}
         for node_id in list(self._trial_slots):
             if node_id not in half_open:

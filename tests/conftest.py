@@ -12,7 +12,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [_here, os.path.dirname(_here), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 
-import pytest
+import pytest  # noqa: E402 - after the environment is set
 
 
 class FakeClock:

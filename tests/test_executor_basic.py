@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import itertools
 import os
 import threading
 import time
@@ -101,7 +102,7 @@ def test_unpicklable_function_or_argument_fails_at_submit(ex):
 
 
 def test_bad_options_named(cluster):
-    with pytest.raises(ValueError, match="max_retries.*managed by ray_ft"):
+    with pytest.raises(ValueError, match=r"max_retries.*managed by ray_ft"):
         FaultTolerantExecutor(manager=False, max_retries=3)
     with pytest.raises(ValueError, match="unknown task option 'num_cpu'"):
         FaultTolerantExecutor(manager=False, num_cpu=1)
@@ -184,7 +185,7 @@ def test_retry_delays_follow_policy_and_do_not_block(cluster):
         stats = ex.stats()
     items = ray.get(recorder.get.remote())
     starts = [t for kind, t in items if kind == "flaky"]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 3
     # delays 1 s then 2 s, plus the time to notice the crash and start a worker
     assert 1.0 <= gaps[0] < 4.0 and 2.0 <= gaps[1] < 5.0, gaps

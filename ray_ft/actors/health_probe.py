@@ -44,12 +44,12 @@ class HealthProbe:
         return os.getpid()
 
 
-_RemoteProbe = ray.remote(HealthProbe)
+_RemoteProbe: Any = ray.remote(HealthProbe)
 
 
 def start_probe(node_id: str, thresholds: dict[str, float] | None = None) -> Any:
     """Start a HealthProbe pinned to ``node_id``; it does not restart (the manager replaces it)."""
-    return _RemoteProbe.options(  # type: ignore[attr-defined]
+    return _RemoteProbe.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         num_cpus=0,
         max_restarts=0,

@@ -297,21 +297,18 @@ class ManagerActor:
             self.manager.mark_worker_failed(node_id, answer["reasons"])
 
     def _count_miss(self, node_id: str, now: float) -> None:
-        if node_id not in self._probe_answered:
-            if now - self._probe_started.get(node_id, now) < _PROBE_STARTUP_GRACE_S:
-                return
+        starting = now - self._probe_started.get(node_id, now) < _PROBE_STARTUP_GRACE_S
+        if node_id not in self._probe_answered and starting:
+            return
         self._misses[node_id] += 1
         misses = self._misses[node_id]
         if misses >= self.config.probe_failure_threshold:
             info = self.manager.workers.get(node_id)
             if info is None or info.status == WorkerStatus.ALIVE:
                 log.warning("node %s missed %d probes: marking it failed", node_id, misses)
-            self.manager.mark_worker_failed(
-                node_id,
-                [
-                    f"missed {misses} consecutive health probes (timeout {self.config.probe_timeout}s)"
-                ],
-            )
+            timeout = self.config.probe_timeout
+            reason = f"missed {misses} consecutive health probes (timeout {timeout}s)"
+            self.manager.mark_worker_failed(node_id, [reason])
 
     def _drop_probe(self, node_id: str) -> None:
         probe = self._probes.pop(node_id, None)
@@ -348,7 +345,7 @@ class ManagerActor:
         return True
 
 
-_RemoteManager = ray.remote(ManagerActor)
+_RemoteManager: Any = ray.remote(ManagerActor)
 
 
 def get_manager(
@@ -369,7 +366,7 @@ def get_manager(
     # The actor never decides retries: leave out exception classes it may not import.
     actor_config = {**cfg.to_dict(), "retry_exceptions": []}
     directory = os.path.abspath(state_dir or DEFAULT_STATE_DIR)
-    handle = _RemoteManager.options(  # type: ignore[attr-defined]
+    handle = _RemoteManager.options(
         name=name,
         namespace=namespace,
         get_if_exists=True,
