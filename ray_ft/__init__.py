@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from ray_ft.breaker import BreakerState, CircuitBreaker
+from ray_ft.checkpoints import CheckpointCorruptError, CheckpointInfo, DiskCheckpointStore
 from ray_ft.config import FTConfig
 from ray_ft.failures import (
     FailureEvent,
@@ -21,8 +22,15 @@ from ray_ft.failures import (
 )
 from ray_ft.health import HealthMonitor, HealthReport, HealthThresholds
 from ray_ft.manager import FaultToleranceManager, Task, WorkerInfo
-from ray_ft.optim.base import BaseOptimizer
-from ray_ft.optim.individual import Individual
+from ray_ft.optim import (
+    CMAES,
+    BaseOptimizer,
+    GenerationReport,
+    GeneticAlgorithm,
+    Individual,
+    OptimizationResult,
+    optimize,
+)
 from ray_ft.policy import RetryDecision, RetryPolicy
 
 __version__ = "0.1.0"
@@ -31,22 +39,31 @@ _LAZY = {
     "CapacityError": "ray_ft.executor",
     "FaultTolerantExecutor": "ray_ft.executor",
     "get_manager": "ray_ft.actors.manager_actor",
+    "ObjectStoreCheckpointStore": "ray_ft.checkpoints.object_store",
 }
 
 __all__ = [
+    "CMAES",
     "BaseOptimizer",
     "BreakerState",
     "CapacityError",
+    "CheckpointCorruptError",
+    "CheckpointInfo",
     "CircuitBreaker",
+    "DiskCheckpointStore",
     "FTConfig",
     "FailureEvent",
     "FailureType",
     "FaultToleranceManager",
     "FaultTolerantExecutor",
+    "GenerationReport",
+    "GeneticAlgorithm",
     "HealthMonitor",
     "HealthReport",
     "HealthThresholds",
     "Individual",
+    "ObjectStoreCheckpointStore",
+    "OptimizationResult",
     "RetryDecision",
     "RetryPolicy",
     "Task",
@@ -55,6 +72,7 @@ __all__ = [
     "WorkerInfo",
     "classify_failure",
     "get_manager",
+    "optimize",
 ]
 
 

@@ -21,7 +21,7 @@ from ray import cloudpickle
 from ray_ft.failures import FailureEvent
 from ray_ft.manager import Task
 
-__all__ = ["Attempt", "Shape", "Work", "callable_blob", "trampoline"]
+__all__ = ["Attempt", "CallSpec", "Shape", "Work", "callable_blob", "trampoline"]
 
 _UNBOUNDED_SLOTS = 1000  # a task that asks for no resource at all
 _BLOB_CACHE_SIZE = 256
@@ -105,9 +105,33 @@ class Shape:
         return ", ".join(f"{k}={v:g}" for k, v in self.key) or "no resources"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallSpec:
+    """Everything derived from a set of task options, computed once per options dict."""
+
+    options: dict[str, Any]
+    timeout: float | None
+    name: str | None
+    shape: Shape
+    key: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any], default_timeout: float | None) -> CallSpec:
+        """Split ray_ft's own options (timeout, name) from Ray's."""
+        ray_options = {k: v for k, v in options.items() if k not in ("timeout", "name")}
+        timeout = options.get("timeout", default_timeout)
+        return cls(
+            ray_options,
+            timeout,
+            options.get("name"),
+            Shape.of(ray_options, timed=timeout is not None),
+            tuple(sorted((k, repr(v)) for k, v in ray_options.items())),
+        )
+
+
 @dataclasses.dataclass(slots=True, eq=False)
 class Work:
-    """One submitted call and everything its retries need."""
+    """One submitted call and everything its retries need (Task made on first failure)."""
 
     task_id: str
     name: str
@@ -115,24 +139,33 @@ class Work:
     blob: bytes | None
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    options: dict[str, Any]
-    timeout: float | None
+    spec: CallSpec
     future: cf.Future[Any]
-    shape: Shape
-    task: Task = dataclasses.field(init=False)
-    opts_key: tuple[Any, ...] = dataclasses.field(init=False)
-    events: list[FailureEvent] = dataclasses.field(default_factory=list)
-    avoid: set[str] = dataclasses.field(default_factory=set)
+    task: Task | None = None
+    events: list[FailureEvent] | None = None
+    avoid: frozenset[str] = frozenset()
     first_failure_at: float | None = None
 
-    def __post_init__(self) -> None:
-        self.task = Task(self.task_id, name=self.name)
-        self.opts_key = tuple(sorted((k, repr(v)) for k, v in self.options.items()))
+    @property
+    def shape(self) -> Shape:
+        """The resources one attempt asks for."""
+        return self.spec.shape
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds one attempt may run, or None."""
+        return self.spec.timeout
 
     @property
     def attempts(self) -> int:
         """Failures so far (0 before the first attempt has failed)."""
-        return self.task.attempts
+        return 0 if self.task is None else self.task.attempts
+
+    def failure_task(self) -> Task:
+        """The manager's Task for this work, created on first need."""
+        if self.task is None:
+            self.task = Task(self.task_id, name=self.name)
+        return self.task
 
 
 @dataclasses.dataclass(slots=True, eq=False)

@@ -23,7 +23,7 @@ import ray
 import ray.exceptions as ray_exc
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_ft._dispatch import Attempt, Shape, Work, callable_blob, trampoline
+from ray_ft._dispatch import Attempt, CallSpec, Shape, Work, callable_blob, trampoline
 from ray_ft._manager_client import (
     ActorManagerClient,
     Exclusions,
@@ -122,6 +122,9 @@ class FaultTolerantExecutor(cf.Executor):
         self._zero_capacity_since: dict[Shape, float] = {}
         self._reports: list[FailureEvent] = []
         self._remote_cache: dict[tuple[Any, ...], Any] = {}
+        self._specs: dict[int, tuple[dict[str, Any], CallSpec]] = {}
+        self._usable: list[str] | None = None
+        self._deadlines: list[tuple[float, int, Any]] = []
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._shutdown = False
@@ -187,9 +190,8 @@ class FaultTolerantExecutor(cf.Executor):
         if not callable(fn):
             msg = f"{fn!r} is not callable; pass a function, e.g. submit(pow, 2, 3)"
             raise TypeError(msg)
-        opts = {**self._task_options, **options}
-        timeout = opts.pop("timeout", self.config.task_timeout)
-        name = opts.pop("name", None) or _callable_name(fn)
+        spec = self._spec(options)
+        name = spec.name or _callable_name(fn)
         is_remote = isinstance(fn, ray.remote_function.RemoteFunction)
         blob = None if is_remote else callable_blob(fn)
         future: cf.Future[Any] = cf.Future()
@@ -198,18 +200,7 @@ class FaultTolerantExecutor(cf.Executor):
                 msg = "cannot submit after shutdown(); create a new FaultTolerantExecutor"
                 raise RuntimeError(msg)
             task_id = f"{name}-{next(self._ids)}"
-            work = Work(
-                task_id,
-                name,
-                fn if is_remote else None,
-                blob,
-                args,
-                kwargs,
-                opts,
-                timeout,
-                future,
-                Shape.of(opts, timed=timeout is not None),
-            )
+            work = Work(task_id, name, fn if is_remote else None, blob, args, kwargs, spec, future)
             self._stats["submitted"] += 1
             queue = self._pending.setdefault(work.shape, deque())
             if not queue and self._dispatch_one(work, raise_errors=True):
@@ -218,6 +209,15 @@ class FaultTolerantExecutor(cf.Executor):
             self._wakeup.notify()
         return future
 
+    def _spec(self, options: dict[str, Any]) -> CallSpec:
+        """The CallSpec of an options dict (views keep theirs; cached by identity)."""
+        cached = self._specs.get(id(options))
+        if cached is not None and cached[0] is options:
+            return cached[1]
+        spec = CallSpec.of({**self._task_options, **options}, self.config.task_timeout)
+        self._specs[id(options)] = (options, spec)
+        return spec
+
     # -- placement -----------------------------------------------------------------------
 
     def _capacity(self, node_id: str, shape: Shape) -> int:
@@ -225,9 +225,12 @@ class FaultTolerantExecutor(cf.Executor):
         return limit if shape.timed else limit * self.queue_depth
 
     def _usable_nodes(self) -> list[str]:
-        excl = self._exclusions
-        half_open = {n for n, _ in excl.half_open}
-        return [n for n in self._nodes if n not in excl.excluded and n not in half_open]
+        """Alive nodes that are neither excluded nor HALF_OPEN (cached per view change)."""
+        if self._usable is None:
+            excl = self._exclusions
+            half_open = {n for n, _ in excl.half_open}
+            self._usable = [n for n in self._nodes if n not in excl.excluded and n not in half_open]
+        return self._usable
 
     def _pick_node(self, work: Work) -> tuple[str, bool] | None:
         """The least loaded usable node with room (avoiding nodes this work failed on)."""
@@ -287,7 +290,10 @@ class FaultTolerantExecutor(cf.Executor):
         if trial:
             self._trial_slots[node_id] -= 1
             self._trial_busy.add(node_id)
-        deadline = None if work.timeout is None else self._clock() + work.timeout
+        deadline = None
+        if work.spec.timeout is not None:
+            deadline = self._clock() + work.spec.timeout
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), ref))
         self._inflight[ref] = Attempt(work, node_id, deadline, trial)
         self._load[(node_id, work.shape)] += 1
         if len(self._inflight) > self._max_in_flight_seen:
@@ -302,13 +308,12 @@ class FaultTolerantExecutor(cf.Executor):
 
     def _remote_for(self, work: Work, node_id: str) -> Any:
         """The remote function with this work's options, pinned to ``node_id`` (cached)."""
-        key = (node_id, work.name, work.opts_key, work.remote_fn)
+        key = (node_id, work.name, work.spec.key, work.remote_fn)
         remote = self._remote_cache.get(key)
         if remote is None:
             base = work.remote_fn if work.remote_fn is not None else trampoline
-            options = {k: v for k, v in work.options.items() if k in _PASSTHROUGH}
             remote = base.options(
-                **options,
+                **work.spec.options,
                 name=work.name,
                 max_retries=0,
                 retry_exceptions=False,
@@ -363,6 +368,8 @@ class FaultTolerantExecutor(cf.Executor):
         budget = _WAIT_S
         if self._timers:
             budget = min(budget, max(0.0, self._timers[0][0] - now))
+        if self._deadlines:
+            budget = min(budget, max(0.0, self._deadlines[0][0] - now))
         return budget
 
     def _refresh_nodes(self, force: bool = False) -> None:
@@ -377,13 +384,16 @@ class FaultTolerantExecutor(cf.Executor):
             return
         with self._lock:
             gone = set(self._nodes) - set(nodes)
-            self._nodes = nodes
+            if nodes != self._nodes:
+                self._nodes = nodes
+                self._usable = None
             for node_id in gone:
                 self._abandon_node(node_id, "is dead (Ray)")
 
     def _apply_exclusions(self, snapshot: Exclusions) -> None:
         before = self._exclusions.failed | self._exclusions.dead
         self._exclusions = snapshot
+        self._usable = None
         for node_id in (snapshot.failed | snapshot.dead) - before:
             self._abandon_node(node_id, "was declared failed by the health probes")
         for node_id, trials in snapshot.half_open:
@@ -415,8 +425,10 @@ class FaultTolerantExecutor(cf.Executor):
             self._pending.setdefault(work.shape, deque()).appendleft(work)
 
     def _watchdog(self, now: float) -> None:
-        for ref, attempt in list(self._inflight.items()):
-            if attempt.deadline is not None and now >= attempt.deadline:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, ref = heapq.heappop(self._deadlines)
+            attempt = self._inflight.get(ref)
+            if attempt is not None:
                 self._stats["timeouts"] += 1
                 self._drop_attempt(ref, attempt, cancel=True)
                 timeout = attempt.work.timeout or 0.0
@@ -509,10 +521,11 @@ class FaultTolerantExecutor(cf.Executor):
     ) -> None:
         work = attempt.work
         original = _unwrap(error)
-        work.task.worker_id = attempt.node_id
-        decision = self._policy.handle_task_failure(work.task, failure_type, original)
+        task = work.failure_task()
+        task.worker_id = attempt.node_id
+        decision = self._policy.handle_task_failure(task, failure_type, original)
         event = self._policy.history[-1]
-        work.events.append(event)
+        work.events = [*(work.events or ()), event]
         self._failures_by_type[failure_type.value] += 1
         metrics = get_metrics()
         metrics.failure(failure_type.value)
@@ -525,7 +538,7 @@ class FaultTolerantExecutor(cf.Executor):
         if decision:
             self._stats["retries"] += 1
             metrics.retry()
-            work.avoid.add(attempt.node_id)
+            work.avoid = work.avoid | {attempt.node_id}
             heapq.heappush(self._timers, (self._clock() + decision.delay, next(self._seq), work))
             return
         self._stats["failed"] += 1
@@ -534,11 +547,11 @@ class FaultTolerantExecutor(cf.Executor):
             return
         metrics.gave_up(failure_type.value)
         failed = TaskFailedError(
-            f"{work.name} failed {work.task.attempts} times; last: {failure_type.value}: "
+            f"{work.name} failed {task.attempts} times; last: {failure_type.value}: "
             f"{original}. {decision.reason}",
             failure_type=failure_type,
-            attempts=work.task.attempts,
-            events=work.events,
+            attempts=task.attempts,
+            events=work.events or (),
         )
         failed.__cause__ = original
         work.future.set_exception(failed)

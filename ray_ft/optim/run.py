@@ -1,0 +1,186 @@
+"""optimize(): drive an ask/tell optimizer through an executor, checkpointing as it goes.
+
+Results are told in ask order, never completion order, and checkpoints hold the whole
+optimizer state (RNG streams included), so a run with faults, a resumed run and a clean
+run with the same seed reach the identical result.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ray_ft.checkpoints.base import CheckpointStore
+from ray_ft.failures import TaskFailedError
+from ray_ft.optim.base import BaseOptimizer
+from ray_ft.optim.individual import Individual
+
+__all__ = ["GenerationReport", "OptimizationResult", "optimize"]
+
+log = logging.getLogger(__name__)
+
+_ON_EXHAUSTED = ("penalize", "raise")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GenerationReport:
+    """What the progress callback receives after each generation."""
+
+    generation: int
+    generations: int
+    best_fitness: float | None
+    evaluations: int
+    failed_evaluations: int
+    checkpointed: bool
+
+
+@dataclasses.dataclass(slots=True)
+class OptimizationResult:
+    """The outcome: best individual, generations done, best-so-far history, counts."""
+
+    best: Individual | None
+    generation: int
+    history: list[float]
+    evaluations: int
+    failed_evaluations: list[dict[str, Any]]
+    failures: dict[str, int]
+    resumed_from: int | None = None
+
+
+def optimize(
+    objective: Callable[..., float],
+    optimizer: BaseOptimizer,
+    *,
+    generations: int,
+    executor: cf.Executor | None = None,
+    checkpoint_store: CheckpointStore | None = None,
+    checkpoint_interval: int | None = None,
+    resume: bool = True,
+    on_exhausted: str = "penalize",
+    progress: Callable[[GenerationReport], None] | None = None,
+) -> OptimizationResult:
+    """Minimize ``objective(genome)`` for ``generations`` generations.
+
+    ``executor``: where evaluations run (a FaultTolerantExecutor; locally when None).
+    ``checkpoint_interval``: generations between checkpoints (default: the executor's
+    FTConfig.checkpoint_interval, else 10); the last generation is always checkpointed.
+    ``on_exhausted``: "penalize" gives an evaluation that exhausted its retries +inf
+    fitness and lists it in failed_evaluations; "raise" checkpoints, then raises.
+    """
+    if on_exhausted not in _ON_EXHAUSTED:
+        msg = f"on_exhausted={on_exhausted!r} is not valid; pass 'penalize' or 'raise'"
+        raise ValueError(msg)
+    if generations < 0:
+        msg = f"generations={generations!r} is not valid; pass a count >= 0"
+        raise ValueError(msg)
+    interval = checkpoint_interval or _default_interval(executor)
+    if interval < 1:
+        msg = f"checkpoint_interval={interval!r} is not valid; pass >= 1"
+        raise ValueError(msg)
+
+    from ray_ft.manager import CHECKPOINT_FORMAT_VERSION, FaultToleranceManager
+
+    start, history, evaluations = 0, [], 0
+    failed: list[dict[str, Any]] = []
+    failures: dict[str, int] = {}
+    resumed_from = None
+    if resume and checkpoint_store is not None:
+        checkpoint = checkpoint_store.load_latest()
+        if checkpoint is not None:
+            start = FaultToleranceManager().recover_from_checkpoint(checkpoint, optimizer)
+            history = list(checkpoint.get("history", []))
+            evaluations = int(checkpoint.get("evaluations", 0))
+            failed = list(checkpoint.get("failed_evaluations", []))
+            failures = dict(checkpoint.get("failures", {}))
+            resumed_from = start
+            log.info("resumed from the checkpoint of generation %d", start)
+
+    def save(generation: int) -> None:
+        if checkpoint_store is None:
+            return
+        state = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "generation": generation,
+            "optimizer_state": optimizer.get_state(),
+            "population": [i.to_dict() for i in optimizer.population],
+            "history": list(history),
+            "evaluations": evaluations,
+            "failed_evaluations": list(failed),
+            "failures": dict(failures),
+        }
+        checkpoint_store.save(state, step=generation)
+
+    for generation in range(start, generations):
+        candidates = optimizer.ask()
+        fitness = _evaluate(objective, candidates, executor)
+        for ind, outcome in zip(candidates, fitness):
+            if isinstance(outcome, TaskFailedError):
+                kind = outcome.failure_type.value
+                failures[kind] = failures.get(kind, 0) + 1
+                failed.append(
+                    {
+                        "generation": generation,
+                        "id": ind.id,
+                        "failure_type": kind,
+                        "attempts": outcome.attempts,
+                    }
+                )
+                if on_exhausted == "raise":
+                    save(generation)
+                    raise outcome
+                ind.fitness = math.inf
+            else:
+                ind.fitness = outcome
+        optimizer.tell(candidates)
+        evaluations += len(candidates)
+        best = optimizer.best
+        history.append(math.inf if best is None or best.fitness is None else best.fitness)
+        done = generation + 1
+        checkpointed = checkpoint_store is not None and (
+            done % interval == 0 or done == generations
+        )
+        if checkpointed:
+            save(done)
+        if progress is not None:
+            progress(
+                GenerationReport(
+                    done, generations, history[-1], evaluations, len(failed), checkpointed
+                )
+            )
+
+    return OptimizationResult(
+        best=optimizer.best,
+        generation=max(start, generations),
+        history=history,
+        evaluations=evaluations,
+        failed_evaluations=failed,
+        failures=failures,
+        resumed_from=resumed_from,
+    )
+
+
+def _evaluate(
+    objective: Callable[..., float],
+    candidates: list[Individual],
+    executor: cf.Executor | None,
+) -> list[float | TaskFailedError]:
+    """Fitness of each candidate in ask order; exhausted retries come back as the error."""
+    if executor is None:
+        return [float(objective(c.genome)) for c in candidates]
+    futures = [executor.submit(objective, c.genome) for c in candidates]
+    outcomes: list[float | TaskFailedError] = []
+    for future in futures:
+        try:
+            outcomes.append(float(future.result()))
+        except TaskFailedError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _default_interval(executor: cf.Executor | None) -> int:
+    config = getattr(executor, "config", None)
+    return int(getattr(config, "checkpoint_interval", 10))

@@ -1,0 +1,233 @@
+"""One contract suite for every CheckpointStore, then the disk store's corruption cases."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ray_ft import CheckpointCorruptError, CheckpointInfo, DiskCheckpointStore
+from ray_ft.checkpoints.base import CHECKPOINT_KEY_ENV, CheckpointStore
+from ray_ft.checkpoints.disk import _MANIFEST, _STATE
+from tests.raytools import cluster_session, kill_manager
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    with cluster_session(1) as c:
+        yield c
+
+
+@pytest.fixture(params=["disk", "object_store"])
+def store(request, tmp_path):
+    if request.param == "disk":
+        yield DiskCheckpointStore(tmp_path / "ckpt", keep_last=3)
+        return
+    request.getfixturevalue("ray_session")
+    from ray_ft import ObjectStoreCheckpointStore, get_manager
+
+    manager = get_manager(state_dir=str(tmp_path / "mgr"))
+    yield ObjectStoreCheckpointStore(f"test-{tmp_path.name}", manager=manager, keep_last=3)
+    kill_manager()
+
+
+def state(step):
+    return {
+        "generation": step,
+        "weights": np.arange(1000, dtype=np.float64) * step,
+        "nested": {"list": [step, "x"]},
+    }
+
+
+# -- the contract ------------------------------------------------------------------------
+
+
+def test_is_a_checkpoint_store(store):
+    assert isinstance(store, CheckpointStore)
+
+
+def test_empty_store(store):
+    assert store.load_latest() is None
+    assert store.list() == []
+    with pytest.raises(CheckpointCorruptError):
+        store.load(5)
+
+
+def test_save_load_round_trip(store):
+    info = store.save(state(1), step=1)
+    assert isinstance(info, CheckpointInfo) and info.step == 1 and info.size_bytes > 0
+    loaded = store.load(1)
+    assert loaded["nested"] == {"list": [1, "x"]}
+    assert np.array_equal(loaded["weights"], state(1)["weights"])
+
+
+def test_latest_list_and_keep_last(store):
+    for step in (1, 2, 3, 4, 5):
+        store.save(state(step), step=step)
+    assert [i.step for i in store.list()] == [3, 4, 5]
+    assert store.load_latest()["generation"] == 5
+    store.delete(5)
+    assert store.load_latest()["generation"] == 4
+    store.delete(99)  # absent: no error
+
+
+def test_resave_same_step_replaces(store):
+    store.save(state(1), step=1)
+    store.save({"generation": "again"}, step=1)
+    assert store.load(1) == {"generation": "again"}
+    assert [i.step for i in store.list()] == [1]
+
+
+@pytest.mark.parametrize("step", [-1, "../../etc", 1.5, True])
+def test_bad_steps_refused(store, step):
+    with pytest.raises(ValueError, match="step"):
+        store.save({}, step=step)
+
+
+def test_checkpoint_info_pickles():
+    info = CheckpointInfo(3, "/x", 1.0, 10)
+    assert pickle.loads(pickle.dumps(info)) == info
+
+
+# -- disk corruption cases ---------------------------------------------------------------
+
+
+@pytest.fixture
+def disk(tmp_path):
+    store = DiskCheckpointStore(tmp_path / "ckpt", keep_last=None)
+    store.save(state(1), step=1)
+    store.save(state(2), step=2)
+    return store
+
+
+def folder(store, step):
+    return store.root / f"step_{step:010d}"
+
+
+def truncate(store):
+    path = folder(store, 2) / _STATE
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def flip_byte(store):
+    path = folder(store, 2) / _STATE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def drop_manifest(store):
+    (folder(store, 2) / _MANIFEST).unlink()
+
+
+def garble_manifest(store):
+    (folder(store, 2) / _MANIFEST).write_text("{not json")
+
+
+def drop_state(store):
+    (folder(store, 2) / _STATE).unlink()
+
+
+@pytest.mark.parametrize(
+    "damage", [truncate, flip_byte, drop_manifest, garble_manifest, drop_state]
+)
+def test_damaged_latest_is_skipped_and_refused(disk, damage, caplog):
+    damage(disk)
+    with caplog.at_level("WARNING"):
+        assert disk.load_latest()["generation"] == 1
+    assert "skipping checkpoint 2" in caplog.text
+    with pytest.raises(CheckpointCorruptError):
+        disk.load(2)
+    assert disk.verify(2) is not None and disk.verify(1) is None
+
+
+def test_leftover_temp_folder_is_ignored(disk):
+    tmp = disk.root / ".tmp-step_0000000003-deadbeef"
+    tmp.mkdir()
+    (tmp / _STATE).write_bytes(b"half")
+    assert disk.load_latest()["generation"] == 2
+    assert [i.step for i in disk.list()] == [1, 2]
+    assert disk.clean_temp() == 1
+
+
+CRASH_BEFORE_RENAME = """
+import os, sys
+import ray_ft.checkpoints.disk as disk
+real_rename = os.rename
+def crash(src, dst):
+    os._exit(9)  # the process dies between the temp write and the rename
+disk.os.rename = crash
+store = disk.DiskCheckpointStore(sys.argv[1], keep_last=None)
+store.save({"generation": 3}, step=3)
+"""
+
+
+def test_crash_between_temp_write_and_rename(disk):
+    proc = subprocess.run([sys.executable, "-c", CRASH_BEFORE_RENAME, str(disk.root)], timeout=60)
+    assert proc.returncode == 9
+    assert any(p.name.startswith(".tmp-") for p in disk.root.iterdir())
+    assert disk.load_latest()["generation"] == 2
+    assert [i.step for i in disk.list()] == [1, 2]
+
+
+def _save_many(root, worker):
+    store = DiskCheckpointStore(root, keep_last=None)
+    for step in range(10):
+        store.save({"worker": worker, "step": step, "blob": os.urandom(20_000)}, step=step)
+
+
+def test_two_processes_saving_to_one_root(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_save_many, args=(tmp_path, w)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = DiskCheckpointStore(tmp_path, keep_last=None)
+    for step in range(10):
+        assert store.load(step)["step"] == step  # every step intact, one writer's version
+
+
+def test_signed_checkpoints(tmp_path, monkeypatch):
+    store = DiskCheckpointStore(tmp_path, keep_last=None)
+    store.save({"unsigned": True}, step=1)
+    monkeypatch.setenv(CHECKPOINT_KEY_ENV, "secret-1")
+    store.save({"signed": True}, step=2)
+    assert store.load(2) == {"signed": True}
+    with pytest.raises(CheckpointCorruptError, match="not signed"):
+        store.load(1)
+    manifest = folder(store, 2) / _MANIFEST
+    manifest.write_text(manifest.read_text().replace('"step": 2', '"step": 20'))
+    with pytest.raises(CheckpointCorruptError, match="bad signature"):
+        store.load(2)
+    monkeypatch.setenv(CHECKPOINT_KEY_ENV, "another-key")
+    store.save({"x": 1}, step=3)
+    monkeypatch.setenv(CHECKPOINT_KEY_ENV, "secret-1")
+    with pytest.raises(CheckpointCorruptError, match="bad signature"):
+        store.load(3)
+    assert store.load_latest() is None
+
+
+def test_object_store_checkpoint_outlives_its_driver(ray_session, tmp_path):
+    from ray_ft import get_manager
+
+    get_manager(state_dir=str(tmp_path))
+    script = (
+        "import sys, ray\n"
+        "from ray_ft import ObjectStoreCheckpointStore\n"
+        "ray.init(address=sys.argv[1])\n"
+        "ObjectStoreCheckpointStore('handover').save({'from': 'first driver'}, step=7)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, ray_session.address], check=True, timeout=120)
+    from ray_ft import ObjectStoreCheckpointStore
+
+    store = ObjectStoreCheckpointStore("handover")
+    assert store.load_latest() == {"from": "first driver"}
+    assert [i.step for i in store.list()] == [7]
+    kill_manager()
