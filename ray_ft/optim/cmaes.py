@@ -2,14 +2,15 @@
 
 ``cma`` draws from NumPy's global random state. Every call into it runs with this
 optimizer's own saved global state swapped in (and the caller's swapped back), so its
-stream is isolated from other code and checkpointed with it: a resumed run is exact.
+stream is isolated from other code. CMA-ES is a pure function of its seed and the told
+fitnesses, so the checkpointed state is just those fitnesses (JSON, no pickled cma
+object): loading replays every ask/tell from the seed and lands on the identical strategy.
 Needs the optional extra: ``pip install 'ray-ft[cma]'``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import pickle
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -42,21 +43,31 @@ class CMAES:
         except ImportError as exc:
             msg = "CMAES needs the cma package; install it with pip install 'ray-ft[cma]'"
             raise ImportError(msg) from exc
+        self._cma = cma
         self.dim = dim
         self.seed = seed
-        self._np_state: Any = np.random.RandomState(seed).get_state()
-        opts: dict[str, Any] = {"seed": seed, "verbose": -9, "verb_log": 0, "verb_disp": 0}
+        self.sigma0 = float(sigma0)
+        self.x0 = [float(v) for v in np.broadcast_to(np.asarray(x0, dtype=np.float64), (dim,))]
+        self.opts: dict[str, Any] = {"seed": seed, "verbose": -9, "verb_log": 0, "verb_disp": 0}
         if population_size is not None:
-            opts["popsize"] = population_size
+            self.opts["popsize"] = population_size
         if bounds is not None:
-            opts["bounds"] = [list(np.broadcast_to(b, (dim,)).astype(float)) for b in bounds]
-        x0_vec = np.broadcast_to(np.asarray(x0, dtype=np.float64), (dim,)).copy()
-        with self._own_random():
-            self.es = cma.CMAEvolutionStrategy(x0_vec, sigma0, opts)
+            self.opts["bounds"] = [
+                [float(v) for v in np.broadcast_to(np.asarray(b, dtype=np.float64), (dim,))]
+                for b in bounds
+            ]
         self.population: list[Individual] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        """A fresh strategy from the seed (the start of every run and of every replay)."""
+        self._np_state: Any = np.random.RandomState(self.seed).get_state()
+        with self._own_random():
+            self.es = self._cma.CMAEvolutionStrategy(np.array(self.x0), self.sigma0, self.opts)
         self.generation = 0
         self._best: Individual | None = None
         self._asked: list[Any] = []
+        self._told: list[list[float]] = []
 
     def ask(self) -> list[Individual]:
         """One generation of candidates sampled by CMA-ES."""
@@ -80,9 +91,13 @@ class CMAES:
         fitness = [float("inf") if i.fitness is None else float(i.fitness) for i in individuals]
         with self._own_random():
             self.es.tell(self._asked, fitness)
+        self._told.append(fitness)
         self.population = list(individuals)
         for ind in individuals:
-            if ind.fitness is not None and (self._best is None or ind.fitness < self._best.fitness):
+            best = self._best
+            if ind.fitness is not None and (
+                best is None or best.fitness is None or ind.fitness < best.fitness
+            ):
                 self._best = ind
         self.generation += 1
         self._asked = []
@@ -93,27 +108,42 @@ class CMAES:
         return self._best
 
     def get_state(self) -> dict[str, Any]:
-        """The pickled strategy and its private random state."""
+        """Settings and every told fitness (JSON-serializable)."""
         return {
             "kind": "CMAES",
-            "es": pickle.dumps(self.es),
-            "np_state": self._np_state,
-            "generation": self.generation,
+            "settings": self._settings(),
+            "told": [list(f) for f in self._told],
             "best": None if self._best is None else self._best.to_dict(),
-            "dim": self.dim,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`get_state` (the checkpoint must come from a trusted source)."""
-        if state.get("kind") != "CMAES" or state.get("dim") != self.dim:
-            msg = "state was not saved by a CMAES of this dimension"
+        """Rebuild from the seed and replay every told generation."""
+        if state.get("kind") != "CMAES":
+            msg = f"state of kind {state.get('kind')!r} cannot load into a CMAES"
             raise ValueError(msg)
-        self.es = pickle.loads(state["es"])
-        self._np_state = state["np_state"]
-        self.generation = int(state["generation"])
+        if state["settings"] != self._settings():
+            msg = (
+                f"checkpoint was made with other CMAES settings; build it with {state['settings']}"
+            )
+            raise ValueError(msg)
+        self._reset()
+        for fitness in state["told"]:
+            with self._own_random():
+                solutions = self.es.ask()
+                self.es.tell(solutions, [float(v) for v in fitness])
+            self._told.append([float(v) for v in fitness])
+        self.generation = len(self._told)
         best = state.get("best")
         self._best = None if best is None else Individual.from_dict(best)
-        self._asked = []
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "seed": self.seed,
+            "sigma0": self.sigma0,
+            "x0": self.x0,
+            "opts": {k: v for k, v in self.opts.items()},
+        }
 
     @contextlib.contextmanager
     def _own_random(self) -> Iterator[None]:

@@ -1,0 +1,95 @@
+"""Kill anything — workers, a node, the driver — and the run ends with the clean result.
+
+On a real 3-node cluster: a clean run; a run whose workers are SIGKILLed and one of whose
+nodes is removed; a run whose driver process is SIGKILLed after a checkpoint and then
+restarted with resume=True. All three must agree bitwise, for the GA and for CMA-ES.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+import ray
+
+from ray_ft import DiskCheckpointStore, FaultTolerantExecutor, optimize
+from tests.raytools import cluster_session, signal_all, worker_pids
+from tests.recovery_common import CONFIG, make_optimizer, slow_rastrigin
+
+GENERATIONS = 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with cluster_session(3) as c:
+        yield c
+
+
+def summary(result):
+    return result.history, result.best.genome.tobytes().hex(), result.evaluations
+
+
+def chaos(cluster, stop: threading.Event, log: list):
+    """Kill a worker every 0.3 s and remove one node once; bounded, stops by itself."""
+    removed = False
+    for _ in range(25):
+        if stop.wait(0.3):
+            return
+        pids = [p for n in cluster.list_all_nodes() for p in worker_pids(n, "slow_rastrigin")]
+        if pids:
+            signal_all(pids[:1], signal.SIGKILL)
+            log.append(("kill", pids[0]))
+        if not removed and len(log) >= 2:
+            node = next(iter(cluster.worker_nodes))
+            cluster.remove_node(node, allow_graceful=False)
+            log.append(("remove", node.node_id))
+            removed = True
+
+
+@pytest.mark.parametrize("kind", ["ga", "cmaes"])
+def test_faults_and_driver_kill_give_the_clean_result(cluster, kind, tmp_path):
+    while len([n for n in ray.nodes() if n["Alive"]]) < 3:
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    with FaultTolerantExecutor(CONFIG) as ex:
+        clean = optimize(slow_rastrigin, make_optimizer(kind), generations=GENERATIONS, executor=ex)
+
+        stop, log = threading.Event(), []
+        monkey = threading.Thread(target=chaos, args=(cluster, stop, log))
+        monkey.start()
+        try:
+            faulty = optimize(
+                slow_rastrigin, make_optimizer(kind), generations=GENERATIONS, executor=ex
+            )
+        finally:
+            stop.set()
+            monkey.join()
+        stats = ex.stats()
+    assert any(kind == "kill" for kind, _ in log), log
+    assert stats["retries"] >= 1 and stats["failed"] == 0
+    assert faulty.failed_evaluations == []
+    assert summary(faulty) == summary(clean)
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out.json"
+    driver = [
+        sys.executable,
+        "-m",
+        "tests.recovery_driver",
+        cluster.address,
+        str(ckpt),
+        kind,
+        str(GENERATIONS),
+    ]
+    killed = subprocess.run([*driver, "4", str(out)], timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert DiskCheckpointStore(ckpt).load_latest()["generation"] == 4
+    subprocess.run([*driver, "-1", str(out)], timeout=300, check=True)
+    resumed = json.loads(out.read_text())
+    assert resumed["resumed_from"] == 4
+    assert (resumed["history"], resumed["best"], resumed["evaluations"]) == summary(clean)
+    assert resumed["submitted_here"] < clean.evaluations
