@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ray-ft probe
+	$(BIN)/ray-ft demo --verify
 
 lint: $(STAMP)
 	$(BIN)/ruff check ray_ft tests bench

@@ -1,4 +1,8 @@
-"""The ``ray-ft`` command: demo, status, checkpoints, probe."""
+"""The ``ray-ft`` command: demo, status, checkpoints, probe.
+
+Errors a user can fix (no cluster at the address, a missing path) print one line and exit
+with status 2; logging is quiet unless -v is given.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,23 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("ray_ft.cli")
 
 
 class CliError(Exception):
     """An error the user can fix; printed as one line, exit status 2."""
+
+
+# -- probe ---------------------------------------------------------------------------------
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -27,12 +38,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"health": health, "healthy": report.healthy, "reasons": list(report.reasons)},
+                {"healthy": report.healthy, "reasons": list(report.reasons), "health": health},
                 indent=2,
                 default=str,
             )
         )
-        return 0
+        return 0 if report.healthy else 1
     print(f"healthy: {'yes' if report.healthy else 'NO'}")
     for reason in report.reasons:
         print(f"  - {reason}")
@@ -42,22 +53,223 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         f"({health['disk_free_gb']:.1f} GB free)"
     )
     gpus = health["gpus"]
-    if not gpus:
-        print("gpus: none")
+    print(f"gpus: {len(gpus)} (backend: {health.get('gpu_backend') or 'none'})")
     for gpu in gpus:
         print(
-            f"gpu {gpu.get('id')}: {gpu.get('name') or ''} load={gpu.get('load')} "
-            f"mem={gpu.get('memory_used')}/{gpu.get('memory_total')} MB "
-            f"temp={gpu.get('temperature')} C"
+            f"  gpu {gpu.get('id')}: {gpu.get('name') or ''} load={gpu.get('load')} "
+            f"memory={gpu.get('memory_used')}/{gpu.get('memory_total')} MB "
+            f"temperature={gpu.get('temperature')} C"
         )
+    return 0 if report.healthy else 1
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def _connect(address: str | None) -> None:
+    import ray
+
+    if address and address != "auto":
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+                pass
+        except (OSError, ValueError) as exc:
+            msg = f"no Ray cluster at {address} ({exc}); pass --address HOST:PORT of a running head"
+            raise CliError(msg) from None
+    try:
+        ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.ERROR)
+    except Exception as exc:
+        where = address or "auto (RAY_ADDRESS or a local cluster)"
+        msg = f"no Ray cluster at {where}: {str(exc).splitlines()[0]}; start one or pass --address"
+        raise CliError(msg) from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import ray
+
+    from ray_ft.actors.manager_actor import DEFAULT_NAME, DEFAULT_NAMESPACE
+
+    _connect(args.address)
+    try:
+        try:
+            manager = ray.get_actor(args.name or DEFAULT_NAME, namespace=DEFAULT_NAMESPACE)
+        except ValueError:
+            msg = (
+                "no ray_ft manager on this cluster yet; it starts with the first "
+                "FaultTolerantExecutor or get_manager()"
+            )
+            raise CliError(msg) from None
+        answer: Any = ray.get(manager.status.remote(), timeout=30)
+        status: dict[str, Any] = answer
+        alive = {n["NodeID"]: n for n in ray.nodes()}
+    finally:
+        ray.shutdown()
+    status["last_checkpoint"] = _last_checkpoint(Path(args.checkpoint_dir))
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    _print_status(status, alive)
     return 0
+
+
+def _last_checkpoint(root: Path) -> dict[str, Any] | None:
+    from ray_ft.checkpoints.disk import DiskCheckpointStore
+
+    if not root.is_dir():
+        return None
+    newest: dict[str, Any] | None = None
+    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        if folder.name.startswith(("_", ".")):
+            continue
+        for info in DiskCheckpointStore(folder).list()[-1:]:
+            if newest is None or info.created_at > newest["created_at"]:
+                newest = {"path": info.path, "step": info.step, "created_at": info.created_at}
+    return newest
+
+
+def _print_status(status: dict[str, Any], ray_nodes: dict[str, Any]) -> None:
+    print(f"{'node':<12} {'ray':<5} {'status':<7} {'breaker':<9} {'probe':<7} {'fails':>5}  health")
+    for node_id, node in status["nodes"].items():
+        ray_alive = "alive" if ray_nodes.get(node_id, {}).get("Alive") else "dead"
+        probe = "ok" if node["healthy"] else ("-" if node["healthy"] is None else "BAD")
+        if node["probe_misses"]:
+            probe = f"miss{node['probe_misses']}"
+        reasons = "; ".join(node["health_reasons"]) or "ok"
+        print(
+            f"{node_id[:12]:<12} {ray_alive:<5} {node['status']:<7} {node['breaker']:<9} "
+            f"{probe:<7} {len(node['recent_failures']):>5}  {reasons}"
+        )
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(status["failure_counts"].items()))
+    print(f"failures: {status['failures_total']} ({counts or 'none'})")
+    print(
+        f"breaker transitions: {len(status['breaker_transitions'])}; "
+        f"excluded now: {len(status['excluded'])}; probe rounds: {status['probe_rounds']}"
+    )
+    ckpt = status.get("last_checkpoint")
+    if ckpt:
+        age = time.time() - ckpt["created_at"]
+        print(f"last checkpoint: step {ckpt['step']} at {ckpt['path']} ({age:.0f} s ago)")
+    else:
+        print("last checkpoint: none found")
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def _store(path: str) -> Any:
+    from ray_ft.checkpoints.disk import DiskCheckpointStore
+
+    root = Path(path)
+    if not root.is_dir():
+        msg = f"no checkpoint folder at {path}; pass the folder given to DiskCheckpointStore"
+        raise CliError(msg)
+    return DiskCheckpointStore(root, keep_last=None)
+
+
+def _cmd_checkpoints(args: argparse.Namespace) -> int:
+    store = _store(args.path)
+    infos = store.list()
+    if args.action == "list":
+        if not infos:
+            print(f"no checkpoints in {args.path}")
+        for info in infos:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
+            print(f"step {info.step:>6}  {created}  {info.size_bytes:>12,} bytes  {info.path}")
+        return 0
+    if args.action == "verify":
+        bad = 0
+        for step in store._steps():
+            problem = store.verify(step)
+            print(f"step {step:>6}  {'ok' if problem is None else 'CORRUPT: ' + problem}")
+            bad += problem is not None
+        return 1 if bad else 0
+    return _show(store, args)
+
+
+def _show(store: Any, args: argparse.Namespace) -> int:
+    from ray_ft.checkpoints.base import CheckpointCorruptError
+
+    try:
+        state = store.load(args.step) if args.step is not None else store.load_latest()
+    except CheckpointCorruptError as exc:
+        raise CliError(str(exc)) from None
+    if state is None:
+        raise CliError(f"no valid checkpoint in {args.path}")
+    if not isinstance(state, dict):
+        print(repr(state)[:2000])
+        return 0
+    history = state.get("history") or []
+    summary = {
+        "generation": state.get("generation"),
+        "format_version": state.get("format_version"),
+        "evaluations": state.get("evaluations"),
+        "population": len(state.get("population") or []),
+        "best_fitness": history[-1] if history else None,
+        "failed_evaluations": len(state.get("failed_evaluations") or []),
+        "failures": state.get("failures"),
+        "optimizer": (state.get("optimizer_state") or {}).get("kind"),
+    }
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ray_ft.demo import DemoOptions, run_demo
+
+    if args.generations < 1 or args.population < 4 or args.nodes < 2:
+        raise CliError("pass --generations >= 1, --population >= 4 and --nodes >= 2")
+    opts = DemoOptions(
+        generations=args.generations,
+        population=args.population,
+        nodes=args.nodes,
+        seed=args.seed,
+        resume=args.resume,
+        verify=args.verify,
+        chaos=not args.no_chaos,
+        checkpoint_dir=args.checkpoint_dir,
+    )
+    return run_demo(opts, quiet_ray=args.verbose == 0)
+
+
+# -- the parser ----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="ray-ft", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ray-ft", description="Fault tolerance for Ray.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="an optimization that survives injected faults")
+    demo.add_argument("--generations", type=int, default=40)
+    demo.add_argument("--population", type=int, default=32)
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    demo.add_argument(
+        "--verify", action="store_true", help="compare with a fault-free reference run"
+    )
+    demo.add_argument("--no-chaos", action="store_true", help="inject no faults")
+    demo.add_argument("--checkpoint-dir", default=os.path.join("checkpoints", "demo"))
+    demo.set_defaults(func=_cmd_demo)
+
+    status = sub.add_parser("status", help="nodes, breakers, health and failures")
+    status.add_argument("--address", default=None, help="HOST:PORT of the head (default auto)")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--name", default=None, help="manager actor name")
+    status.add_argument("--checkpoint-dir", default="checkpoints")
+    status.set_defaults(func=_cmd_status)
+
+    ckpt = sub.add_parser("checkpoints", help="list, verify or show checkpoints")
+    ckpt.add_argument("action", choices=["list", "verify", "show"])
+    ckpt.add_argument("path", help="a checkpoint folder (DiskCheckpointStore root)")
+    ckpt.add_argument("--step", type=int, default=None, help="for show: this step")
+    ckpt.set_defaults(func=_cmd_checkpoints)
+
     probe = sub.add_parser("probe", help="this machine's health report, GPUs included")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
     probe.set_defaults(func=_cmd_probe)
@@ -67,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    level = logging.ERROR - 10 * min(args.verbose, 3)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
