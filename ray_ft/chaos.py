@@ -94,9 +94,8 @@ class _ChaosAgent:
         raylet = self._raylet()
         return [raylet.pid] + [c.pid for c in raylet.children(recursive=True)]
 
-    def signal_node_later(self, script: str) -> list[int]:
-        """Run ``script`` (with $PIDS set) in a detached helper; returns the node's PIDs."""
-        pids = self.node_pids()
+    def signal_node(self, script: str, pids: list[int]) -> list[int]:
+        """Run ``script`` with $PIDS set in a detached helper (it may kill this agent too)."""
         env = {**os.environ, "PIDS": " ".join(str(p) for p in pids)}
         subprocess.Popen(
             ["/bin/sh", "-c", script],
@@ -179,7 +178,9 @@ def kill_random_worker(
 def kill_node(node_id: str, *, allow_head: bool = False) -> ChaosEvent:
     """SIGKILL a node's raylet and every process under it (the node dies)."""
     _refuse_head(node_id, allow_head, "kill")
-    pids = ray.get(_agent(node_id).signal_node_later.remote("sleep 0.3; kill -9 $PIDS"), timeout=30)
+    agent = _agent(node_id)
+    pids = ray.get(agent.node_pids.remote(), timeout=30)
+    agent.signal_node.remote("kill -9 $PIDS", pids)  # no answer: the agent dies with the node
     _forget_agent(node_id)
     return _record(
         ChaosEvent(
@@ -203,7 +204,9 @@ def freeze_node(node_id: str, seconds: float, *, allow_head: bool = False) -> Ch
         msg = f"seconds={seconds!r} is not valid; pass a duration in (0, 3600]"
         raise ValueError(msg)
     script = f"kill -STOP $PIDS; sleep {float(seconds)}; kill -CONT $PIDS"
-    pids = ray.get(_agent(node_id).signal_node_later.remote(script), timeout=30)
+    agent = _agent(node_id)
+    pids = ray.get(agent.node_pids.remote(), timeout=30)
+    agent.signal_node.remote(script, pids)  # not awaited: the agent itself is frozen too
     return _record(
         ChaosEvent(
             time.time(),

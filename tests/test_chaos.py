@@ -1,0 +1,94 @@
+"""ray_ft.chaos on a real multi-node cluster: the agent on each node signals real processes."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+import ray
+
+from ray_ft import chaos
+from tests.raytools import cluster_session, wait_for
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with cluster_session(3) as c:
+        yield c
+
+
+@ray.remote(max_retries=0)
+def sleeper(seconds):
+    time.sleep(seconds)
+    return ray.get_runtime_context().get_node_id()
+
+
+def test_kill_random_worker_kills_a_running_task(cluster):
+    ref = sleeper.remote(30)
+    wait_for(
+        lambda: any("sleeper" in " ".join(p.cmdline()) for p in psutil.process_iter() if _safe(p)),
+        timeout=60,
+    )
+    event = chaos.kill_random_worker(name_part="sleeper", seed=1)
+    assert event.action == "kill_worker" and len(event.pids) == 1 and event.node_id
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(ref, timeout=60)
+
+
+def test_no_worker_running_is_reported_not_raised(cluster):
+    event = chaos.kill_random_worker(name_part="no-such-task")
+    assert event.node_id is None and event.pids == ()
+
+
+def test_freeze_node_stops_then_resumes_its_processes(cluster):
+    node = next(iter(cluster.worker_nodes))
+    event = chaos.freeze_node(node.node_id, 2.0)
+    raylet = psutil.Process(event.pids[0])
+    wait_for(lambda: raylet.status() == psutil.STATUS_STOPPED, timeout=10, interval=0.05)
+    wait_for(lambda: raylet.status() != psutil.STATUS_STOPPED, timeout=30, interval=0.1)
+    assert len(event.pids) >= 2  # the raylet and at least the agent under it
+
+
+def test_head_node_is_refused(cluster):
+    with pytest.raises(ValueError, match="refusing to kill the head node"):
+        chaos.kill_node(cluster.head_node.node_id)
+
+
+def test_chaos_monkey_is_bounded(cluster):
+    refs = [sleeper.remote(20) for _ in range(3)]
+    time.sleep(2)
+    monkey = chaos.ChaosMonkey(
+        interval_s=0.3,
+        actions=("kill_worker",),
+        seed=3,
+        max_events=2,
+        max_duration_s=60,
+        name_part="sleeper",
+    )
+    monkey.start()
+    monkey._thread.join(timeout=60)
+    events = monkey.stop()
+    assert len(events) == 2 and all(e.action == "kill_worker" for e in events)
+    ray.cancel(refs[0], force=True)
+    with pytest.raises(ValueError, match="actions"):
+        chaos.ChaosMonkey(actions=("meteor",))
+
+
+def test_kill_node_kills_it(cluster):
+    node = next(iter(cluster.worker_nodes))
+    event = chaos.kill_node(node.node_id)
+    assert event.action == "kill_node"
+
+    def dead():
+        return not any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes())
+
+    wait_for(dead, timeout=90, interval=0.5)
+
+
+def _safe(proc):
+    try:
+        proc.cmdline()
+    except psutil.Error:
+        return False
+    return True
