@@ -39,6 +39,7 @@ _LAZY = {
     "CapacityError": "ray_ft.executor",
     "FaultTolerantExecutor": "ray_ft.executor",
     "get_manager": "ray_ft.actors.manager_actor",
+    "shutdown_manager": "ray_ft.actors.manager_actor",
     "ObjectStoreCheckpointStore": "ray_ft.checkpoints.object_store",
 }
 
@@ -73,6 +74,7 @@ __all__ = [
     "classify_failure",
     "get_manager",
     "optimize",
+    "shutdown_manager",
 ]
 
 

@@ -141,7 +141,7 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from ray_ft.actors.manager_actor import get_manager
+    from ray_ft.actors.manager_actor import get_manager, shutdown_manager
     from ray_ft.chaos import ChaosMonkey
     from ray_ft.executor import FaultTolerantExecutor
 
@@ -212,7 +212,7 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> int:
                 ex.shutdown(wait=False, cancel_futures=True)
     finally:
         with contextlib.suppress(Exception):
-            ray.get(manager.shutdown.remote(), timeout=10)
+            shutdown_manager(manager)
         ray.shutdown()
         with contextlib.suppress(Exception):
             cluster.shutdown()

@@ -25,7 +25,7 @@ from ray_ft.config import FTConfig
 from ray_ft.failures import FailureEvent
 from ray_ft.manager import FaultToleranceManager, WorkerStatus
 
-__all__ = ["DEFAULT_NAME", "DEFAULT_NAMESPACE", "ManagerActor", "get_manager"]
+__all__ = ["DEFAULT_NAME", "DEFAULT_NAMESPACE", "ManagerActor", "get_manager", "shutdown_manager"]
 
 log = logging.getLogger(__name__)
 
@@ -379,3 +379,16 @@ def get_manager(
     if config is not None:
         ray.get(handle.update_config.remote(actor_config))
     return handle
+
+
+def shutdown_manager(handle: Any = None, *, timeout: float = 30.0) -> None:
+    """Stop the manager actor (its probes too) for good; no error when it is already gone."""
+    if handle is None:
+        try:
+            handle = ray.get_actor(DEFAULT_NAME, namespace=DEFAULT_NAMESPACE)
+        except ValueError:
+            return
+    try:
+        ray.get(handle.shutdown.remote(), timeout=timeout)
+    except ray.exceptions.RayActorError:
+        pass  # the expected answer: the actor exited
