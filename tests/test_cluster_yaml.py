@@ -27,5 +27,5 @@ def test_cluster_yaml_is_valid(config):
 
 def test_schema_check_can_fail(config):
     config["available_node_types"]["head"]["no_such_field"] = 1
-    with pytest.raises(Exception, match="no_such_field|Additional properties"):
+    with pytest.raises(Exception, match=r"no_such_field|Additional properties"):
         validate_config(prepare_config(config))

@@ -8,6 +8,7 @@ new cluster starts clean. A background thread keeps one HealthProbe on every ali
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -388,7 +389,5 @@ def shutdown_manager(handle: Any = None, *, timeout: float = 30.0) -> None:
             handle = ray.get_actor(DEFAULT_NAME, namespace=DEFAULT_NAMESPACE)
         except ValueError:
             return
-    try:
+    with contextlib.suppress(ray.exceptions.RayActorError):  # the expected answer: it exited
         ray.get(handle.shutdown.remote(), timeout=timeout)
-    except ray.exceptions.RayActorError:
-        pass  # the expected answer: the actor exited
