@@ -22,6 +22,8 @@ __all__ = ["ActorManagerClient", "Exclusions", "LocalManagerClient", "ManagerCli
 
 log = logging.getLogger(__name__)
 
+_CHECK_S = 0.05
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Exclusions:
@@ -80,7 +82,7 @@ class LocalManagerClient:
             dead=frozenset(w for w, i in workers.items() if i.status == WorkerStatus.DEAD),
             half_open=tuple(sorted(m.half_open_workers().items())),
         )
-        if snap == self._last:
+        if snap == self._last and not snap.half_open:
             return None
         self._last = snap
         return snap
@@ -92,16 +94,11 @@ class LocalManagerClient:
 
     def acquire_trial(self, node_id: str) -> bool:
         """Take a trial slot from the local breaker."""
-        return self.manager.breaker(node_id).allow_request()
+        return self.manager.acquire_trial(node_id)
 
     def report_trial(self, node_id: str, success: bool, failure: FailureEvent | None) -> None:
         """Close or reopen the local breaker."""
-        if success:
-            self.manager.record_worker_success(node_id)
-        elif failure is not None and failure.failure_type.is_system:
-            self.manager.handle_worker_failure(node_id, failure.failure_type, failure.details)
-        else:
-            self.manager.breaker(node_id).release_trial()
+        self.manager.record_trial(node_id, success, failure)
 
 
 class ActorManagerClient:
@@ -119,20 +116,32 @@ class ActorManagerClient:
         self._clock = clock
         self._inflight: Any = None
         self._asked_at = -float("inf")
+        self._checked_at = -float("inf")
+        self._last: Exclusions | None = None
         self._unsent: list[FailureEvent] = []
 
     def poll(self) -> Exclusions | None:
-        """Collect a finished snapshot request; start the next one when due."""
+        """Collect a finished snapshot request (None if unchanged); start the next when due.
+
+        Looks at the pending request at most every 50 ms, so a busy monitor loop does not
+        pay a ray.wait per round.
+        """
+        now = self._clock()
+        if now - self._checked_at < _CHECK_S:
+            return None
+        self._checked_at = now
         result = None
         if self._inflight is not None:
             ready, _ = ray.wait([self._inflight], timeout=0)
             if ready:
                 try:
-                    result = Exclusions.from_dict(ray.get(ready[0]))
+                    snapshot = Exclusions.from_dict(ray.get(ready[0]))
+                    # unchanged snapshots are skipped, except while a node awaits a trial
+                    if snapshot != self._last or snapshot.half_open:
+                        result = self._last = snapshot
                 except Exception as exc:  # restarting actor: keep the last snapshot
                     log.debug("manager snapshot failed: %s", exc)
                 self._inflight = None
-        now = self._clock()
         if self._inflight is None and now - self._asked_at >= self.refresh_s:
             self._inflight = self.handle.excluded_nodes.remote()
             self._asked_at = now
@@ -149,7 +158,7 @@ class ActorManagerClient:
         except Exception as exc:
             log.warning("could not report %d failures to the manager: %s", len(batch), exc)
             self._unsent = batch[-10_000:]
-        self._asked_at = -float("inf")  # a failure may change exclusions: refresh soon
+        self._asked_at = self._checked_at = -float("inf")  # exclusions may change: refresh
 
     def acquire_trial(self, node_id: str) -> bool:
         """A short synchronous call; only made when a node is HALF_OPEN."""
@@ -162,4 +171,4 @@ class ActorManagerClient:
     def report_trial(self, node_id: str, success: bool, failure: FailureEvent | None) -> None:
         """Fire and forget."""
         self.handle.report_trial.remote(node_id, success, failure)
-        self._asked_at = -float("inf")
+        self._asked_at = self._checked_at = -float("inf")

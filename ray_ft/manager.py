@@ -183,6 +183,26 @@ class FaultToleranceManager:
             breaker.record_success()
             self.worker_failures.pop(worker_id, None)
 
+    def acquire_trial(self, worker_id: str) -> bool:
+        """Take one trial slot of an alive HALF_OPEN node; False otherwise."""
+        info = self.workers.get(worker_id)
+        if info is not None and info.status != WorkerStatus.ALIVE:
+            return False
+        breaker = self.breaker(worker_id)
+        return breaker.state is BreakerState.HALF_OPEN and breaker.allow_request()
+
+    def record_trial(
+        self, worker_id: str, success: bool, failure: FailureEvent | None = None
+    ) -> None:
+        """A trial's outcome: success closes the breaker, a system failure reopens it,
+        anything else (an application error, a cancel) just gives the slot back."""
+        if success:
+            self.record_worker_success(worker_id)
+        elif failure is not None and failure.failure_type.is_system:
+            self.handle_worker_failure(worker_id, failure.failure_type, failure.details)
+        else:
+            self.breaker(worker_id).release_trial()
+
     def mark_worker_failed(self, worker_id: str, reasons: Iterable[str]) -> None:
         """Probes missed or the node reported unhealthy: exclude it and open its breaker."""
         info = self.workers.get(worker_id) or self.register_worker(worker_id)

@@ -218,3 +218,26 @@ def test_recover_refuses_incomplete_or_future(clock):
             {"generation": 1, "optimizer_state": {}, "population": [], "format_version": 99},
             TinyOptimizer(),
         )
+
+
+def test_trials_only_on_alive_half_open_nodes(clock):
+    from ray_ft.failures import FailureEvent
+
+    m = manager(clock, worker_failure_threshold=0, breaker_timeout=5, half_open_max_calls=1)
+    m.register_worker("a")
+    assert not m.acquire_trial("a")  # CLOSED: no trial needed
+    m.handle_worker_failure("a")
+    assert not m.acquire_trial("a")  # OPEN
+    clock.advance(5)
+    assert m.acquire_trial("a") and not m.acquire_trial("a")  # one slot
+    m.record_trial("a", False, FailureEvent(0.0, FailureType.APPLICATION_ERROR))
+    assert m.breaker("a").state is BreakerState.HALF_OPEN  # slot given back
+    assert m.acquire_trial("a")
+    m.record_trial("a", False, FailureEvent(0.0, FailureType.WORKER_CRASH))
+    assert m.breaker("a").state is BreakerState.OPEN
+    clock.advance(5)
+    assert m.acquire_trial("a")
+    m.record_trial("a", True)
+    assert m.breaker("a").state is BreakerState.CLOSED
+    m.mark_worker_dead("a")
+    assert not m.acquire_trial("a")

@@ -21,7 +21,6 @@ from typing import Any
 import ray
 
 from ray_ft.actors.health_probe import start_probe
-from ray_ft.breaker import BreakerState
 from ray_ft.config import FTConfig
 from ray_ft.failures import FailureEvent
 from ray_ft.manager import FaultToleranceManager, WorkerStatus
@@ -83,25 +82,14 @@ class ManagerActor:
     def acquire_trial(self, node_id: str) -> bool:
         """Take one trial slot of a HALF_OPEN node; False when none is left."""
         with self._lock:
-            info = self.manager.workers.get(node_id)
-            if info is not None and info.status != WorkerStatus.ALIVE:
-                return False
-            breaker = self.manager.breaker(node_id)
-            if breaker.state is not BreakerState.HALF_OPEN:
-                return False
-            return breaker.allow_request()
+            return self.manager.acquire_trial(node_id)
 
     def report_trial(
         self, node_id: str, success: bool, failure: FailureEvent | None = None
     ) -> None:
         """The outcome of a trial task: success closes the breaker, failure reopens it."""
         with self._lock:
-            if success:
-                self.manager.record_worker_success(node_id)
-            elif failure is not None and failure.failure_type.is_system:
-                self.manager.handle_worker_failure(node_id, failure.failure_type, failure.details)
-            else:
-                self.manager.breaker(node_id).release_trial()
+            self.manager.record_trial(node_id, success, failure)
             self._save_state()
 
     # -- operations ----------------------------------------------------------------------
