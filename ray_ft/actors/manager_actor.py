@@ -239,12 +239,11 @@ class ManagerActor:
                     self.manager.register_worker(node_id, int(node["Resources"].get("CPU", 0)))
                 if node_id not in self._probes:
                     self._probes[node_id] = start_probe(node_id, thresholds)
-                    self._probe_started[node_id] = time.monotonic()
-                    self._probe_answered.discard(node_id)
-                    self._misses.pop(node_id, None)
+                    self._probe_started.setdefault(node_id, time.monotonic())
             for node_id in list(self._probes):
                 if node_id not in alive:
                     self._drop_probe(node_id)
+                    self._forget_node(node_id)
             for node_id, info in self.manager.workers.items():
                 if node_id not in alive and info.status != WorkerStatus.DEAD:
                     self.manager.mark_worker_dead(node_id)
@@ -271,9 +270,10 @@ class ManagerActor:
     def _take_answer(self, node_id: str, ref: Any) -> None:
         try:
             answer = ray.get(ref)
-        except Exception as exc:  # the probe died: replace it next round
-            log.warning("probe on node %s failed: %s", node_id, exc)
+        except Exception as exc:  # the probe died (or its node did): a miss; replace it
+            log.warning("probe on node %s failed: %s", node_id, str(exc).splitlines()[0])
             self._drop_probe(node_id)
+            self._count_miss(node_id, time.monotonic())
             return
         self._probe_answered.add(node_id)
         self._misses.pop(node_id, None)
@@ -286,6 +286,8 @@ class ManagerActor:
             self.manager.mark_worker_failed(node_id, answer["reasons"])
 
     def _count_miss(self, node_id: str, now: float) -> None:
+        # Grace only for a node whose first probe has never answered (the probe process is
+        # still starting); a replacement probe on a node that answered before gets none.
         starting = now - self._probe_started.get(node_id, now) < _PROBE_STARTUP_GRACE_S
         if node_id not in self._probe_answered and starting:
             return
@@ -299,10 +301,15 @@ class ManagerActor:
             reason = f"missed {misses} consecutive health probes (timeout {timeout}s)"
             self.manager.mark_worker_failed(node_id, [reason])
 
+    def _forget_node(self, node_id: str) -> None:
+        """A node Ray reports gone: its probe history starts afresh if it ever rejoins."""
+        self._probe_answered.discard(node_id)
+        self._probe_started.pop(node_id, None)
+        self._misses.pop(node_id, None)
+
     def _drop_probe(self, node_id: str) -> None:
         probe = self._probes.pop(node_id, None)
         self._pending.pop(node_id, None)
-        self._probe_answered.discard(node_id)
         if probe is not None:
             try:
                 ray.kill(probe)
