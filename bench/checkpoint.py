@@ -60,10 +60,14 @@ def measure(mb: int, repeats: int, root: str) -> dict:
         loads.append(time.perf_counter() - t)
         os.remove(raw_path)
         store.delete(step)
-    return {"save": summary(saves), "load": summary(loads), "raw_write": summary(raw_w),
-            "raw_read": summary(raw_r),
-            "save_ratio": summary([r / s for r, s in zip(raw_w, saves)]),
-            "load_ratio": summary([r / s for r, s in zip(raw_r, loads)])}
+    return {
+        "save": summary(saves),
+        "load": summary(loads),
+        "raw_write": summary(raw_w),
+        "raw_read": summary(raw_r),
+        "save_ratio": summary([r / s for r, s in zip(raw_w, saves)]),
+        "load_ratio": summary([r / s for r, s in zip(raw_r, loads)]),
+    }
 
 
 def run(repeats: int = 3) -> dict:
@@ -79,13 +83,31 @@ def report(results: dict) -> str:
     for mb, r in results.items():
         for op, raw in (("save", "raw_write"), ("load", "raw_read")):
             ratio = r[f"{op}_ratio"]
-            rows.append([f"{mb} MB {op}", f"{r[op]['median'] * 1000:.0f} ms",
-                         f"{r[raw]['median'] * 1000:.0f} ms", ratio["median"], ratio["min"],
-                         ratio["max"], "≥ 0.8",
-                         "met" if ratio["median"] >= 0.8 else
-                         f"missed by {0.8 - ratio['median']:.2f}"])
-    return table(["checkpoint", "DiskCheckpointStore", "raw (pickle + write + fsync / read)",
-                  "ratio raw/store (median)", "min", "max", "goal", "verdict"], rows)
+            rows.append(
+                [
+                    f"{mb} MB {op}",
+                    f"{r[op]['median'] * 1000:.0f} ms",
+                    f"{r[raw]['median'] * 1000:.0f} ms",
+                    ratio["median"],
+                    ratio["min"],
+                    ratio["max"],
+                    "≥ 0.8",
+                    "met" if ratio["median"] >= 0.8 else f"missed by {0.8 - ratio['median']:.2f}",
+                ]
+            )
+    return table(
+        [
+            "checkpoint",
+            "DiskCheckpointStore",
+            "raw (pickle + write + fsync / read)",
+            "ratio raw/store (median)",
+            "min",
+            "max",
+            "goal",
+            "verdict",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

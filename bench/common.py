@@ -12,8 +12,8 @@ from typing import Any
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import ray  # noqa: E402 - after the environment is set
-from ray.cluster_utils import Cluster  # noqa: E402
+import ray
+from ray.cluster_utils import Cluster
 
 
 @contextlib.contextmanager
@@ -40,14 +40,17 @@ def local_cluster(n_nodes: int = 3, cpus_per_node: int = 1) -> Iterator[Cluster]
 
 def summary(values: Sequence[float]) -> dict[str, float]:
     """Median, min and max of repeated measurements."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def machine() -> str:
     """Cores, Python and Ray version, for the results header."""
-    return (f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"Ray {ray.__version__}")
+    return f"{os.cpu_count()} cores, Python {platform.python_version()}, Ray {ray.__version__}"
 
 
 def fmt(value: Any) -> str:

@@ -6,21 +6,28 @@ local 3-node cluster on 127.0.0.1. Plain Ray on a frozen node is bounded at 180 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import statistics
 import threading
 import time
 
-from common import local_cluster, summary, table
-
-import ray
-from ray._private import ray_constants
 import psutil
+import ray
+from common import local_cluster, summary, table
+from ray._private import ray_constants
+
 from ray_ft import FaultTolerantExecutor, get_manager
 
-FT_CONFIG = {"health_check_interval": 0.5, "probe_timeout": 1.0, "probe_failure_threshold": 2,
-             "retry_delay": 0.1, "max_retry_delay": 1.0, "max_retries": 5,
-             "worker_failure_threshold": 1000}
+FT_CONFIG = {
+    "health_check_interval": 0.5,
+    "probe_timeout": 1.0,
+    "probe_failure_threshold": 2,
+    "retry_delay": 0.1,
+    "max_retry_delay": 1.0,
+    "max_retries": 5,
+    "worker_failure_threshold": 1000,
+}
 PLAIN_BOUND_S = 180.0
 N_TASKS = 12
 TASK_S = 1.0
@@ -55,19 +62,15 @@ def _fault(cluster, kind: str):
     pids = _node_pids(node)
     sig = signal.SIGSTOP if kind == "freeze" else signal.SIGKILL
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.Error):
             psutil.Process(pid).send_signal(sig)
-        except psutil.Error:
-            pass
     return pids
 
 
 def _thaw(pids):
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.Error):
             psutil.Process(pid).send_signal(signal.SIGCONT)
-        except psutil.Error:
-            pass
 
 
 def one_fault_run(kind: str, system: str) -> float | None:
@@ -123,10 +126,26 @@ def fault_report(name: str, pair: dict) -> str:
     speedup = statistics.median(plain_s) / statistics.median(ft) if ft else float("nan")
     bound = " (lower bound)" if any(v is None for v in plain) else ""
     verdict = "met" if speedup >= 10 else f"missed: {speedup:.1f}x of 10x"
-    return table(["fault", "ray_ft: all done after", "plain Ray (max_retries=3)",
-                  "speed-up (median)", "goal", "verdict"],
-                 [[name, fmt_seconds(pair["ray_ft"]), fmt_seconds(plain),
-                   f"{speedup:.1f}x{bound}", "≥ 10x", verdict]])
+    return table(
+        [
+            "fault",
+            "ray_ft: all done after",
+            "plain Ray (max_retries=3)",
+            "speed-up (median)",
+            "goal",
+            "verdict",
+        ],
+        [
+            [
+                name,
+                fmt_seconds(pair["ray_ft"]),
+                fmt_seconds(plain),
+                f"{speedup:.1f}x{bound}",
+                "≥ 10x",
+                verdict,
+            ]
+        ],
+    )
 
 
 # -- goodput under chaos ---------------------------------------------------------------
@@ -149,8 +168,12 @@ def goodput_run(chaos: bool, n: int = 1200) -> dict:
 
             def monkey():
                 while not stop.wait(2.0):
-                    victims = [p for node in cluster.list_all_nodes() for p in
-                               _node_pids(node)[1:] if _title_has(p, "eval_task")]
+                    victims = [
+                        p
+                        for node in cluster.list_all_nodes()
+                        for p in _node_pids(node)[1:]
+                        if _title_has(p, "eval_task")
+                    ]
                     if victims:
                         psutil.Process(victims[0]).kill()
                         kills.append(victims[0])
@@ -159,8 +182,9 @@ def goodput_run(chaos: bool, n: int = 1200) -> dict:
             start = time.monotonic()
             futures = [ex.submit(eval_task, i) for i in range(n)]
             for f in futures:
-                f.add_done_callback(lambda fut: (lock.acquire(), resolved.append(fut),
-                                                 lock.release()))
+                f.add_done_callback(
+                    lambda fut: (lock.acquire(), resolved.append(fut), lock.release())
+                )
             if chaos:
                 thread.start()
             values = []
@@ -174,8 +198,14 @@ def goodput_run(chaos: bool, n: int = 1200) -> dict:
             stop.set()
             stats = ex.stats()
         wrong = sum(1 for i, v in enumerate(values) if v != i * i) if not lost else -1
-        return {"rate": n / elapsed, "lost": lost, "duplicates": len(resolved) - n,
-                "wrong": wrong, "kills": len(kills), "retries": stats["retries"]}
+        return {
+            "rate": n / elapsed,
+            "lost": lost,
+            "duplicates": len(resolved) - n,
+            "wrong": wrong,
+            "kills": len(kills),
+            "retries": stats["retries"],
+        }
 
 
 def _title_has(pid: int, name: str) -> bool:
@@ -198,12 +228,36 @@ def goodput(repeats: int) -> str:
         rows.append((clean["rate"], noisy["rate"]))
     s = summary(ratios)
     verdict = "met" if s["median"] >= 0.8 and lost == 0 and dup == 0 else "missed"
-    return table(["workload", "no faults (eval/s)", "SIGKILL every 2 s (eval/s)",
-                  "ratio median", "min", "max", "workers killed", "lost", "duplicates",
-                  "goal", "verdict"],
-                 [["1,200 evals of 20 ms, 3 nodes", statistics.median(r[0] for r in rows),
-                   statistics.median(r[1] for r in rows), s["median"], s["min"], s["max"],
-                   kills, lost, dup, "≥ 0.8, 0 lost, 0 dup", verdict]])
+    return table(
+        [
+            "workload",
+            "no faults (eval/s)",
+            "SIGKILL every 2 s (eval/s)",
+            "ratio median",
+            "min",
+            "max",
+            "workers killed",
+            "lost",
+            "duplicates",
+            "goal",
+            "verdict",
+        ],
+        [
+            [
+                "1,200 evals of 20 ms, 3 nodes",
+                statistics.median(r[0] for r in rows),
+                statistics.median(r[1] for r in rows),
+                s["median"],
+                s["min"],
+                s["max"],
+                kills,
+                lost,
+                dup,
+                "≥ 0.8, 0 lost, 0 dup",
+                verdict,
+            ]
+        ],
+    )
 
 
 # -- retry delay precision -------------------------------------------------------------
@@ -235,8 +289,13 @@ def fail_once(clock, key: str) -> str:
 def retry_delay(samples: int) -> str:
     with local_cluster(3):
         clock = Clock.remote()
-        config = {**FT_CONFIG, "retry_delay": 0.1, "max_retry_delay": 0.1, "jitter": "none",
-                  "retry_exceptions": (Flaky,)}
+        config = {
+            **FT_CONFIG,
+            "retry_delay": 0.1,
+            "max_retry_delay": 0.1,
+            "jitter": "none",
+            "retry_exceptions": (Flaky,),
+        }
         ft, plain = [], []
         with FaultTolerantExecutor(config, manager=False) as ex:
             for i in range(samples):
@@ -249,10 +308,28 @@ def retry_delay(samples: int) -> str:
             a, b = ray.get(clock.get.remote(f"ray{i}"))
             plain.append(b - a)
     f, p = summary(ft), summary(plain)
-    return table(["requested backoff", "ray_ft achieved (median)", "min", "max",
-                  "plain Ray retry gap (median)", "min", "max"],
-                 [["0.1 s", f"{f['median']:.3f} s", f"{f['min']:.3f}", f"{f['max']:.3f}",
-                   f"{p['median']:.3f} s", f"{p['min']:.3f}", f"{p['max']:.3f}"]])
+    return table(
+        [
+            "requested backoff",
+            "ray_ft achieved (median)",
+            "min",
+            "max",
+            "plain Ray retry gap (median)",
+            "min",
+            "max",
+        ],
+        [
+            [
+                "0.1 s",
+                f"{f['median']:.3f} s",
+                f"{f['min']:.3f}",
+                f"{f['max']:.3f}",
+                f"{p['median']:.3f} s",
+                f"{p['min']:.3f}",
+                f"{p['max']:.3f}",
+            ]
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 import time
 
+import ray
 from common import local_cluster, machine, summary, table
 
-import ray
 from ray_ft import FaultTolerantExecutor
 
 REPEATS = 5
@@ -57,22 +57,42 @@ def measure(ex: FaultTolerantExecutor, fn, n: int, repeats: int) -> dict:
 
 def run(repeats: int = REPEATS) -> dict:
     results = {}
-    with local_cluster(3):
-        with FaultTolerantExecutor() as ex:
-            results["3000 trivial tasks"] = measure(ex, trivial, 3000, repeats)
-            results["500 tasks of 10 ms"] = measure(ex, ten_ms, 500, repeats)
+    with local_cluster(3), FaultTolerantExecutor() as ex:
+        results["3000 trivial tasks"] = measure(ex, trivial, 3000, repeats)
+        results["500 tasks of 10 ms"] = measure(ex, ten_ms, 500, repeats)
     return results
 
 
 def report(results: dict) -> str:
     rows = []
     for name, r in results.items():
-        rows.append([name, r["raw"]["median"], r["ft"]["median"], r["ratio"]["median"],
-                     r["ratio"]["min"], r["ratio"]["max"], "≥ 0.95",
-                     "met" if r["ratio"]["median"] >= 0.95 else
-                     f"missed by {0.95 - r['ratio']['median']:.2f}"])
-    return table(["workload", "raw tasks/s", "ray_ft tasks/s", "ratio (median)", "min", "max",
-                  "goal", "verdict"], rows)
+        rows.append(
+            [
+                name,
+                r["raw"]["median"],
+                r["ft"]["median"],
+                r["ratio"]["median"],
+                r["ratio"]["min"],
+                r["ratio"]["max"],
+                "≥ 0.95",
+                "met"
+                if r["ratio"]["median"] >= 0.95
+                else f"missed by {0.95 - r['ratio']['median']:.2f}",
+            ]
+        )
+    return table(
+        [
+            "workload",
+            "raw tasks/s",
+            "ray_ft tasks/s",
+            "ratio (median)",
+            "min",
+            "max",
+            "goal",
+            "verdict",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

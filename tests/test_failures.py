@@ -11,6 +11,7 @@ import ray.exceptions as rex
 from ray_ft.failures import (
     FailureEvent,
     FailureType,
+    NodeFailedError,
     TaskFailedError,
     TaskTimeoutError,
     classify_failure,
@@ -159,6 +160,8 @@ def test_failure_objects_pickle_and_json():
     )
     timeout = pickle.loads(pickle.dumps(TaskTimeoutError(2.0, "f")))
     assert timeout.timeout == 2.0 and "f" in str(timeout)
+    node = pickle.loads(pickle.dumps(NodeFailedError("n1", "is dead")))
+    assert (node.node_id, node.reason) == ("n1", "is dead") and "n1" in str(node)
 
 
 def test_failure_type_parse():

@@ -122,3 +122,17 @@ def test_manual_breaker_and_new_cluster_starts_clean(cluster, manager, tmp_path)
     state_files = list(tmp_path.glob("*/manager_state.json"))
     assert len(state_files) == 1
     assert state_files[0].parent.name == ray.get_runtime_context().get_session_name()
+
+
+def test_metrics_are_real_ray_metrics(cluster):
+    from ray_ft.metrics import BREAKER_STATE_VALUES, Metrics, get_metrics
+
+    metrics = get_metrics()
+    assert isinstance(metrics, Metrics)  # not the no-op stand-in: Ray accepted them
+    metrics.failure("worker_crash")
+    metrics.retry()
+    metrics.gave_up("task_timeout")
+    metrics.success(3)
+    metrics.recovered(1.5)
+    metrics.node("node-a", "OPEN", False)
+    assert BREAKER_STATE_VALUES == {"CLOSED": 0.0, "HALF_OPEN": 1.0, "OPEN": 2.0}

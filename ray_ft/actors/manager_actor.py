@@ -24,6 +24,7 @@ from ray_ft.actors.health_probe import start_probe
 from ray_ft.config import FTConfig
 from ray_ft.failures import FailureEvent
 from ray_ft.manager import FaultToleranceManager, WorkerStatus
+from ray_ft.metrics import get_metrics
 
 __all__ = ["DEFAULT_NAME", "DEFAULT_NAMESPACE", "ManagerActor", "get_manager", "shutdown_manager"]
 
@@ -266,6 +267,15 @@ class ManagerActor:
                     self._count_miss(node_id, now)
             self._rounds += 1
             self._save_state()
+            self._export_metrics()
+
+    def _export_metrics(self) -> None:
+        metrics = get_metrics()
+        for node_id, info in self.manager.workers.items():
+            if info.status == WorkerStatus.DEAD:
+                continue
+            healthy = self._last_report.get(node_id, {}).get("healthy")
+            metrics.node(node_id, self.manager.breaker(node_id).state.value, healthy)
 
     def _take_answer(self, node_id: str, ref: Any) -> None:
         try:
