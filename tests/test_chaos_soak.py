@@ -105,16 +105,26 @@ def test_soak_identical_result_nothing_lost_every_fault_recorded(cluster, tmp_pa
         timeout=60,
     )
     stop, injected = threading.Event(), []
+    outcome: dict = {}
     with FaultTolerantExecutor(CONFIG, manager=manager) as inner:
         counting = CountingExecutor(inner)
-        monkey = threading.Thread(target=drill, args=(cluster, stop, injected), daemon=True)
-        monkey.start()
-        try:
-            result = optimize(soak_objective, make_ga(), generations=12, executor=counting)
-        finally:
-            stop.set()
-            monkey.join(timeout=60)
+
+        def run():
+            try:
+                outcome["result"] = optimize(
+                    soak_objective, make_ga(), generations=12, executor=counting
+                )
+            finally:
+                stop.set()
+
+        # The optimization runs in a thread; the drill runs here, because Ray's
+        # Cluster.add_node must be called from the main thread.
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        drill(cluster, stop, injected)
+        worker.join(timeout=SOAK_S + 120)
         stats = inner.stats()
+    result = outcome["result"]
 
     assert result.history == clean.history
     assert result.best.genome.tobytes() == clean.best.genome.tobytes()
