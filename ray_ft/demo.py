@@ -71,10 +71,13 @@ class _DropRayNoise:
 
     def __init__(self, target: TextIO) -> None:
         self._target = target
+        self._dropped = False
 
     def write(self, text: str) -> int:
-        if "(raylet)" in text or "(ManagerActor" in text:
+        if "(raylet)" in text or "(ManagerActor" in text or (self._dropped and text == "\n"):
+            self._dropped = text != "\n"
             return len(text)
+        self._dropped = False
         return self._target.write(text)
 
     def flush(self) -> None:
