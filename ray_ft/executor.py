@@ -203,9 +203,9 @@ class FaultTolerantExecutor(cf.Executor):
             work = Work(task_id, name, fn if is_remote else None, blob, args, kwargs, spec, future)
             self._stats["submitted"] += 1
             queue = self._pending.setdefault(work.shape, deque())
-            if not queue and self._dispatch_one(work, raise_errors=True):
-                return future
-            queue.append(work)
+            if queue or not self._dispatch_one(work, raise_errors=True):
+                queue.append(work)
+            # wake a monitor idling with nothing in flight, so it starts watching at once
             self._wakeup.notify()
         return future
 
@@ -538,7 +538,10 @@ class FaultTolerantExecutor(cf.Executor):
         if decision:
             self._stats["retries"] += 1
             metrics.retry()
-            work.avoid = work.avoid | {attempt.node_id}
+            if failure_type is not FailureType.APPLICATION_ERROR:
+                # the node may be at fault: retry elsewhere (an application error is the
+                # task's own, and the same node keeps its warm worker)
+                work.avoid = work.avoid | {attempt.node_id}
             heapq.heappush(self._timers, (self._clock() + decision.delay, next(self._seq), work))
             return
         self._stats["failed"] += 1
