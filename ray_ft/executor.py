@@ -58,6 +58,7 @@ _PASSTHROUGH = {
 _OWNED = {"max_retries", "retry_exceptions", "scheduling_strategy", "max_calls"}
 _NODE_REFRESH_S = 1.0
 _WAIT_S = 0.05
+_NO_OPTIONS: dict[str, Any] = {}  # one object: CallSpecs are cached by the options' identity
 
 
 class CapacityError(RuntimeError):
@@ -140,7 +141,7 @@ class FaultTolerantExecutor(cf.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; returns a Future. Unpicklable input raises here."""
-        return self._submit(fn, args, kwargs, {})
+        return self._submit(fn, args, kwargs, _NO_OPTIONS)
 
     def options(self, **options: Any) -> _OptionsView:
         """A view whose submissions carry these Ray options and ``timeout`` (seconds)."""

@@ -232,3 +232,10 @@ def test_unschedulable_shape_fails_after_capacity_wait(cluster):
         future = ex.options(num_gpus=1).submit(square, 2)
         with pytest.raises(Exception, match="no usable node could run tasks needing"):
             future.result(timeout=60)
+
+
+def test_option_specs_are_cached_not_accumulated(ex):
+    view = ex.options(num_cpus=1)
+    futures = [ex.submit(square, i) for i in range(50)] + [view.submit(square, 2)]
+    assert [f.result(timeout=60) for f in futures[:3]] == [0, 1, 4]
+    assert len(ex._specs) <= 2  # one per options object, not one per call
