@@ -260,12 +260,10 @@ class FaultToleranceManager:
                 else self.workers.get(candidate, WorkerInfo(candidate))
             )
             worker_id = info.worker_id
-            known = self.workers.get(worker_id)
             if (
                 worker_id == failed_worker_id
                 or info.status != WorkerStatus.ALIVE
                 or worker_id in not_alive
-                or (known is not None and known.status != WorkerStatus.ALIVE)
             ):
                 continue
             slots = info.free
