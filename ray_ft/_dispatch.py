@@ -145,6 +145,8 @@ class Work:
     events: list[FailureEvent] | None = None
     avoid: frozenset[str] = frozenset()
     first_failure_at: float | None = None
+    started: bool = False  # its future was set running (on its first launch)
+    placement_failures: int = 0
 
     @property
     def shape(self) -> Shape:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import ray
 
 from ray_ft.failures import FailureEvent
-from ray_ft.manager import FaultToleranceManager, WorkerStatus
+from ray_ft.manager import FaultToleranceManager
 
 __all__ = ["ActorManagerClient", "Exclusions", "LocalManagerClient", "ManagerClient"]
 
@@ -32,15 +32,17 @@ class Exclusions:
     excluded: frozenset[str] = frozenset()
     failed: frozenset[str] = frozenset()
     dead: frozenset[str] = frozenset()
+    degraded: frozenset[str] = frozenset()
     half_open: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Exclusions:
-        """From the manager actor's ``excluded_nodes()`` answer."""
+        """From ``FaultToleranceManager.exclusions_snapshot()`` (the actor's answer too)."""
         return cls(
             excluded=frozenset(data.get("excluded", ())),
             failed=frozenset(data.get("failed", ())),
             dead=frozenset(data.get("dead", ())),
+            degraded=frozenset(data.get("degraded", ())),
             half_open=tuple(sorted(data.get("half_open", {}).items())),
         )
 
@@ -74,21 +76,15 @@ class LocalManagerClient:
 
     def poll(self) -> Exclusions | None:
         """Recompute the snapshot; None when nothing changed."""
-        m = self.manager
-        workers = m.workers
-        snap = Exclusions(
-            excluded=frozenset(m.excluded_workers()),
-            failed=frozenset(w for w, i in workers.items() if i.status == WorkerStatus.FAILED),
-            dead=frozenset(w for w, i in workers.items() if i.status == WorkerStatus.DEAD),
-            half_open=tuple(sorted(m.half_open_workers().items())),
-        )
+        snap = Exclusions.from_dict(self.manager.exclusions_snapshot())
         if snap == self._last and not snap.half_open:
             return None
         self._last = snap
         return snap
 
     def report(self, events: Sequence[FailureEvent]) -> None:
-        """Charge node faults to the local breakers."""
+        """Charge node-blamed failures to the local breakers (this manager is not the
+        executor's retry bookkeeping, so each failure is counted once)."""
         for event in events:
             self.manager.report_failure(event)
 

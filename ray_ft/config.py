@@ -14,7 +14,7 @@ from typing import Any
 
 from ray_ft.failures import SYSTEM_FAILURES, FailureType
 
-__all__ = ["JITTER_MODES", "FTConfig"]
+__all__ = ["CLUSTER_KEYS", "JITTER_MODES", "FTConfig"]
 
 JITTER_MODES = ("full", "equal", "none")
 
@@ -40,17 +40,20 @@ class FTConfig:
     breaker_timeout: float = 300.0
     half_open_max_calls: int = 1
     capacity_wait_timeout: float = 600.0
-    cpu_threshold: float = 95.0
+    cpu_threshold: float | None = None
     memory_threshold: float = 95.0
     disk_threshold: float = 95.0
     gpu_temp_threshold: float = 85.0
-    gpu_memory_threshold: float = 95.0
+    gpu_memory_threshold: float | None = None
+    liveness_interval: float = 1.0
+    liveness_phi_threshold: float = 8.0
+    liveness_timeout_floor: float = 2.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         for name, (kind, low, low_inclusive) in _NUMERIC.items():
             value = getattr(self, name)
-            if name == "task_timeout" and value is None:
+            if name in _OPTIONAL and value is None:
                 continue
             set_(self, name, _check_number(name, value, kind, low, low_inclusive))
         if self.jitter not in JITTER_MODES:
@@ -59,7 +62,7 @@ class FTConfig:
         set_(self, "retry_on", _parse_retry_on(self.retry_on))
         set_(self, "retry_exceptions", _parse_retry_exceptions(self.retry_exceptions))
         for name in ("cpu_threshold", "memory_threshold", "disk_threshold", "gpu_memory_threshold"):
-            if getattr(self, name) > 100.0:
+            if (getattr(self, name) or 0.0) > 100.0:
                 msg = f"{name}={getattr(self, name)!r} is a percentage; pass a value in (0, 100]"
                 raise ValueError(msg)
         if self.max_retry_delay < self.retry_delay:
@@ -107,6 +110,10 @@ class FTConfig:
         ]
         return data
 
+    def cluster_settings(self) -> dict[str, Any]:
+        """The settings that belong to the whole cluster (see :data:`CLUSTER_KEYS`)."""
+        return {key: getattr(self, key) for key in CLUSTER_KEYS}
+
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> FTConfig:
         """Inverse of ``to_dict()``; exception classes are re-imported by dotted name."""
@@ -118,6 +125,29 @@ class FTConfig:
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FTConfig))
+
+# None turns these off (a utilisation threshold is an opt-in: busy is not broken)
+_OPTIONAL = frozenset({"task_timeout", "cpu_threshold", "gpu_memory_threshold"})
+
+#: Settings that are the cluster's, not one driver's: they are fixed when the manager actor
+#: is created, and a later driver with other values is warned instead of overwriting them.
+CLUSTER_KEYS: tuple[str, ...] = (
+    "health_check_interval",
+    "probe_timeout",
+    "probe_failure_threshold",
+    "liveness_interval",
+    "liveness_phi_threshold",
+    "liveness_timeout_floor",
+    "failure_window",
+    "worker_failure_threshold",
+    "breaker_timeout",
+    "half_open_max_calls",
+    "cpu_threshold",
+    "memory_threshold",
+    "disk_threshold",
+    "gpu_temp_threshold",
+    "gpu_memory_threshold",
+)
 
 # name -> (int or float, lower bound, bound inclusive)
 _NUMERIC: dict[str, tuple[type, float, bool]] = {
@@ -140,6 +170,9 @@ _NUMERIC: dict[str, tuple[type, float, bool]] = {
     "disk_threshold": (float, 0.0, False),
     "gpu_temp_threshold": (float, 0.0, False),
     "gpu_memory_threshold": (float, 0.0, False),
+    "liveness_interval": (float, 0.0, False),
+    "liveness_phi_threshold": (float, 0.0, False),
+    "liveness_timeout_floor": (float, 0.0, False),
 }
 
 

@@ -10,6 +10,7 @@ trial tasks to HALF_OPEN nodes and retry elsewhere. Ray runs each attempt once
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -30,6 +31,7 @@ from ray_ft._manager_client import (
     LocalManagerClient,
     ManagerClient,
 )
+from ray_ft.attribution import Blame, CrashLedger
 from ray_ft.config import FTConfig
 from ray_ft.failures import (
     FailureEvent,
@@ -98,9 +100,11 @@ class FaultTolerantExecutor(cf.Executor):
         self.queue_depth = queue_depth
         self._clock = clock
         self._policy = FaultToleranceManager(self.config, clock=clock)
+        self._ledger = CrashLedger()
         self._client: ManagerClient
         if manager is False:
-            self._client = LocalManagerClient(self._policy)
+            # breakers of their own: the retry bookkeeping above must not count twice
+            self._client = LocalManagerClient(FaultToleranceManager(self.config, clock=clock))
         else:
             if manager is None:
                 from ray_ft.actors.manager_actor import get_manager
@@ -170,6 +174,7 @@ class FaultTolerantExecutor(cf.Executor):
                 "cancelled": self._stats["cancelled"],
                 "retries": self._stats["retries"],
                 "abandoned": self._stats["abandoned"],
+                "replaced": self._stats["replaced"],
                 "timeouts": self._stats["timeouts"],
                 "failures_by_type": dict(self._failures_by_type),
                 "excluded_nodes": sorted(self._exclusions.excluded),
@@ -267,9 +272,11 @@ class FaultTolerantExecutor(cf.Executor):
         if picked is None:
             return False
         node_id, trial = picked
-        if work.attempts == 0 and not work.future.set_running_or_notify_cancel():
-            self._stats["cancelled"] += 1
-            return True  # cancelled while queued: consumed, nothing to run
+        if not work.started:
+            if not work.future.set_running_or_notify_cancel():
+                self._stats["cancelled"] += 1
+                return True  # cancelled while queued: consumed, nothing to run
+            work.started = True
         try:
             ref = self._launch(work, node_id)
         except Exception as exc:
@@ -412,13 +419,22 @@ class FaultTolerantExecutor(cf.Executor):
                 del self._trial_slots[node_id]
 
     def _abandon_node(self, node_id: str, reason: str) -> None:
+        """Rerun a failed node's attempts elsewhere at once: ray_ft's own verdict, so it
+        charges nobody (neither the node's breaker nor the task's retries)."""
         for ref, attempt in list(self._inflight.items()):
             if attempt.node_id == node_id:
-                self._stats["abandoned"] += 1
                 self._drop_attempt(ref, attempt, cancel=True)
-                self._attempt_failed(
-                    attempt, NodeFailedError(node_id, reason), FailureType.NODE_DIED
-                )
+                self._requeue(attempt, NodeFailedError(node_id, reason), "abandoned")
+
+    def _requeue(self, attempt: Attempt, error: BaseException, counter: str) -> None:
+        """Put an attempt's work back at the head of its queue, away from that node."""
+        work = attempt.work
+        self._stats[counter] += 1
+        if attempt.trial:
+            self._client.report_trial(attempt.node_id, False, None)  # gives the slot back
+        work.avoid = work.avoid | {attempt.node_id}
+        log.info("%s %s: %s", counter, work.task_id, error)
+        self._pending.setdefault(work.shape, deque()).appendleft(work)
 
     def _fire_timers(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
@@ -463,8 +479,9 @@ class FaultTolerantExecutor(cf.Executor):
         )
         while queue:
             work = queue.popleft()
-            if work.attempts == 0 and not work.future.set_running_or_notify_cancel():
+            if not work.started and not work.future.set_running_or_notify_cancel():
                 continue
+            self._finish_attribution(work)
             self._stats["failed"] += 1
             work.future.set_exception(CapacityError(msg))
         self._zero_capacity_since.pop(shape, None)
@@ -501,6 +518,11 @@ class FaultTolerantExecutor(cf.Executor):
                 self._drop_attempt(ref, attempt)
                 if error is None:
                     self._stats["succeeded"] += 1
+                    if attempt.work.task is not None:
+                        self._policy.forget_task(attempt.work.task_id)
+                        self._reports.extend(
+                            self._ledger.succeeded(attempt.work.task_id, attempt.node_id)
+                        )
                     if attempt.trial:
                         self._client.report_trial(attempt.node_id, True, None)
                     if attempt.work.first_failure_at is not None:
@@ -508,7 +530,7 @@ class FaultTolerantExecutor(cf.Executor):
                     succeeded.append((attempt.work.future, value))
                 else:
                     try:
-                        self._attempt_failed(attempt, error, _classify_attempt(error))
+                        self._attempt_failed(attempt, error, classify_failure(error))
                     except Exception as internal:  # never lose a future to a bug here
                         log.exception("handling the failure of %s failed", attempt.work.task_id)
                         if not attempt.work.future.done():
@@ -521,19 +543,24 @@ class FaultTolerantExecutor(cf.Executor):
         self, attempt: Attempt, error: BaseException, failure_type: FailureType
     ) -> None:
         work = attempt.work
+        if isinstance(error, ray_exc.TaskUnschedulableError):
+            self._placement_failed(attempt, error)
+            return
         original = _unwrap(error)
         task = work.failure_task()
         task.worker_id = attempt.node_id
         decision = self._policy.handle_task_failure(task, failure_type, original)
-        event = self._policy.history[-1]
+        blame, decided = self._ledger.failed(self._policy.history[-1])
+        event = dataclasses.replace(self._policy.history[-1], blame=blame.value)
         work.events = [*(work.events or ()), event]
         self._failures_by_type[failure_type.value] += 1
         metrics = get_metrics()
         metrics.failure(failure_type.value)
+        self._reports.extend(decided)
         if attempt.trial:
-            self._client.report_trial(attempt.node_id, False, event)
-        else:
-            self._reports.append(event)
+            self._client.report_trial(
+                attempt.node_id, False, event if blame is Blame.NODE else None
+            )
         if work.first_failure_at is None:
             work.first_failure_at = self._clock()
         if decision:
@@ -546,6 +573,7 @@ class FaultTolerantExecutor(cf.Executor):
             heapq.heappush(self._timers, (self._clock() + decision.delay, next(self._seq), work))
             return
         self._stats["failed"] += 1
+        self._finish_attribution(work)
         if failure_type is FailureType.APPLICATION_ERROR:
             work.future.set_exception(original)
             return
@@ -559,6 +587,33 @@ class FaultTolerantExecutor(cf.Executor):
         )
         failed.__cause__ = original
         work.future.set_exception(failed)
+
+    def _placement_failed(self, attempt: Attempt, error: BaseException) -> None:
+        """Ray could not schedule a pinned attempt: re-place it, charging nobody.
+
+        On a node Ray has dropped this is a node death seen early (the node table follows);
+        on a live node the request does not fit there. Either way it is no retry; a request
+        that fits nowhere fails with CapacityError after a few placements.
+        """
+        work = attempt.work
+        work.placement_failures += 1
+        if work.placement_failures > max(3, len(self._nodes)):
+            self._stats["failed"] += 1
+            self._finish_attribution(work)
+            msg = (
+                f"Ray could not schedule {work.name} (needs {work.shape.describe()}) on any "
+                f"of {work.placement_failures} nodes it was placed on: {error}; lower the "
+                "request or add nodes that can meet it"
+            )
+            work.future.set_exception(CapacityError(msg))
+            return
+        self._requeue(attempt, error, "replaced")
+
+    def _finish_attribution(self, work: Work) -> None:
+        """A task ended without success: its undecided failures charge nobody."""
+        if work.task is not None:
+            self._policy.forget_task(work.task_id)
+            self._reports.extend(self._ledger.finished(work.task_id))
 
     def _flush_reports(self) -> None:
         if self._reports:
@@ -631,13 +686,6 @@ def _get_one(ref: Any) -> tuple[Any, BaseException | None]:
         return ray.get(ref), None
     except Exception as exc:
         return None, exc
-
-
-def _classify_attempt(error: BaseException) -> FailureType:
-    # A pinned attempt whose node vanished before it ran is unschedulable: the node died.
-    if isinstance(error, ray_exc.TaskUnschedulableError):
-        return FailureType.NODE_DIED
-    return classify_failure(error)
 
 
 def _unwrap(error: BaseException) -> BaseException:

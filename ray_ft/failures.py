@@ -68,6 +68,7 @@ class FailureEvent:
     task_id: str | None = None
     worker_id: str | None = None
     attempt: int | None = None
+    blame: str | None = None  # "node", "task", "placement" or "none" (see ray_ft.attribution)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable form (the failure type as its value)."""

@@ -9,9 +9,12 @@ double-bit ECC errors, pending page retirement, a lost GPU, hardware thermal slo
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
+import threading
+import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import psutil
@@ -19,38 +22,94 @@ import psutil
 from ray_ft.config import FTConfig
 
 __all__ = [
+    "Finding",
     "GPUtilBackend",
     "GpuBackend",
     "HealthMonitor",
     "HealthReport",
     "HealthThresholds",
     "NvmlBackend",
+    "Severity",
     "detect_gpu_backend",
+    "sample_system",
 ]
 
 log = logging.getLogger(__name__)
 
+_DISK_FULL_GB = 0.1  # less free space than this is a full disk: fatal
+_CPU_MIN_INTERVAL_S = 0.1  # the shortest interval a CPU figure is measured over
+
+
+class Severity(str, enum.Enum):
+    """How bad a health finding is: ``fatal`` excludes a node, ``degraded`` pauses new work."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    FATAL = "fatal"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def rank(self) -> int:
+        """0 for ok, 1 for degraded, 2 for fatal (for taking the worst of several)."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.OK: 0, Severity.DEGRADED: 1, Severity.FATAL: 2}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing wrong with a node, and how bad it is."""
+
+    severity: Severity
+    reason: str
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HealthReport:
-    """A verdict with the human-readable reasons for it; truthy when healthy."""
+    """A verdict with its reasons; truthy when healthy (severity ``ok``).
+
+    ``fatal`` (a lost GPU, double-bit ECC, a full disk, a node that stopped answering)
+    excludes the node and reruns its attempts elsewhere; ``degraded`` (memory pressure,
+    thermal slowdown) only keeps new work away until it clears.
+    """
 
     healthy: bool
     reasons: tuple[str, ...] = ()
+    severity: Severity = Severity.OK
 
     def __bool__(self) -> bool:
         return self.healthy
 
+    @classmethod
+    def of(cls, findings: Iterable[Finding]) -> HealthReport:
+        """The report of some findings: its severity is the worst of theirs."""
+        items = list(findings)
+        worst = max((f.severity for f in items), key=lambda s: s.rank, default=Severity.OK)
+        return cls(worst is Severity.OK, tuple(f.reason for f in items), worst)
+
+    @property
+    def fatal(self) -> bool:
+        """True when the node must be excluded and its work rerun elsewhere."""
+        return self.severity is Severity.FATAL
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HealthThresholds:
-    """Limits above which a node is unhealthy (percent, or degrees C for temperature)."""
+    """Limits above which a node is degraded (percent, or degrees C for temperature).
 
-    cpu: float = 95.0
+    ``cpu`` and ``gpu_memory`` are off (None) by default: a node busy with evaluations is
+    doing its job, and TF/JAX preallocate GPU memory. Set them to opt in.
+    """
+
+    cpu: float | None = None
     memory: float = 95.0
     disk: float = 95.0
     gpu_temp: float = 85.0
-    gpu_memory: float = 95.0
+    gpu_memory: float | None = None
+    disk_full_gb: float = _DISK_FULL_GB
 
     @classmethod
     def from_config(cls, config: FTConfig | Mapping[str, Any] | None) -> HealthThresholds:
@@ -214,6 +273,76 @@ def detect_gpu_backend() -> GpuBackend | None:
 _AUTO = "auto"
 
 
+class _CpuMeter:
+    """CPU use since the previous reading, from psutil's counters; never 0.0 from an
+    empty interval (the first reading waits until ``_CPU_MIN_INTERVAL_S`` has passed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._base = (time.monotonic(), psutil.cpu_times())
+        self._last: float | None = None
+
+    def percent(self) -> float:
+        with self._lock:
+            elapsed = time.monotonic() - self._base[0]
+            if elapsed < _CPU_MIN_INTERVAL_S:
+                if self._last is not None:
+                    return self._last
+                time.sleep(_CPU_MIN_INTERVAL_S - elapsed)
+            now, times = time.monotonic(), psutil.cpu_times()
+            value = _busy_percent(self._base[1], times)
+            self._base, self._last = (now, times), value
+            return value
+
+
+def _busy_percent(before: Any, after: Any) -> float:
+    def split(t: Any) -> tuple[float, float]:
+        total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        return total, total - idle
+
+    total0, busy0 = split(before)
+    total1, busy1 = split(after)
+    if total1 <= total0:
+        return 0.0
+    return round(max(0.0, min(100.0, 100.0 * (busy1 - busy0) / (total1 - total0))), 1)
+
+
+_CPU = _CpuMeter()
+_default_backend: list[GpuBackend | None] = []
+
+
+def _default_gpu_backend() -> GpuBackend | None:
+    if not _default_backend:
+        _default_backend.append(detect_gpu_backend())
+    return _default_backend[0]
+
+
+def sample_system(
+    *, gpu_backend: GpuBackend | str | None = _AUTO, disk_path: str = "/"
+) -> dict[str, Any]:
+    """CPU, memory, disk and GPU figures now, without blocking (the seed's keys and more)."""
+    memory = psutil.virtual_memory()
+    disk = psutil.disk_usage(disk_path)
+    backend = _default_gpu_backend() if gpu_backend == _AUTO else gpu_backend
+    gpus: list[dict[str, Any]] = []
+    if backend is not None and not isinstance(backend, str):
+        try:
+            gpus = backend.read()
+        except Exception as exc:
+            log.warning("reading GPUs through %s failed: %s", backend.name, exc)
+            gpus = [{"id": -1, "error": f"{type(exc).__name__}: {exc}"}]
+    return {
+        "cpu_percent": _CPU.percent(),
+        "memory_percent": memory.percent,
+        "memory_available_gb": memory.available / 2**30,
+        "gpus": gpus,
+        "disk_percent": disk.percent,
+        "disk_free_gb": disk.free / 2**30,
+        "gpu_backend": None if backend is None or isinstance(backend, str) else backend.name,
+    }
+
+
 class _InstanceOrDefault:
     """A method callable on the class too, where it acts on a default-threshold instance."""
 
@@ -228,8 +357,9 @@ class _InstanceOrDefault:
 class HealthMonitor:
     """Samples this machine and judges it against thresholds.
 
-    ``HealthMonitor.get_system_health()`` and ``HealthMonitor.is_healthy(h)`` work on the
-    class with default thresholds (the seed's API); an instance carries its own.
+    ``HealthMonitor.get_system_health()`` is a staticmethod, as in the seed, and
+    ``HealthMonitor.is_healthy(h)`` / ``check(h)`` work on the class with default
+    thresholds; an instance carries its own thresholds and GPU backend (:meth:`sample`).
     """
 
     _default_instance: HealthMonitor | None = None
@@ -249,7 +379,6 @@ class HealthMonitor:
         self._gpu_backend: GpuBackend | None = None
         self._gpu_resolved = False
         self.disk_path = disk_path
-        psutil.cpu_percent(interval=None)  # prime: later calls measure since this one
 
     @classmethod
     def _default(cls) -> HealthMonitor:
@@ -262,51 +391,46 @@ class HealthMonitor:
         """The GPU backend in use, resolved on first need."""
         if not self._gpu_resolved:
             arg = self._gpu_backend_arg
-            self._gpu_backend = detect_gpu_backend() if arg == _AUTO else arg  # type: ignore[assignment]
+            self._gpu_backend = _default_gpu_backend() if arg == _AUTO else arg  # type: ignore[assignment]
             self._gpu_resolved = True
         return self._gpu_backend
 
-    @_InstanceOrDefault
-    def get_system_health(self) -> dict[str, Any]:
-        """CPU, memory, disk and GPU figures now, without blocking."""
-        memory = psutil.virtual_memory()
-        disk = psutil.disk_usage(self.disk_path)
-        backend = self.gpu_backend
-        gpus: list[dict[str, Any]] = []
-        if backend is not None:
-            try:
-                gpus = backend.read()
-            except Exception as exc:
-                log.warning("reading GPUs through %s failed: %s", backend.name, exc)
-                gpus = [{"id": -1, "error": f"{type(exc).__name__}: {exc}"}]
-        return {
-            "cpu_percent": psutil.cpu_percent(interval=None),
-            "memory_percent": memory.percent,
-            "memory_available_gb": memory.available / 2**30,
-            "gpus": gpus,
-            "disk_percent": disk.percent,
-            "disk_free_gb": disk.free / 2**30,
-            "gpu_backend": None if backend is None else backend.name,
-        }
+    @staticmethod
+    def get_system_health() -> dict[str, Any]:
+        """CPU, memory, disk and GPU figures of this machine now, without blocking."""
+        return sample_system()
+
+    def sample(self) -> dict[str, Any]:
+        """Like :meth:`get_system_health`, through this monitor's GPU backend and disk."""
+        return sample_system(gpu_backend=self.gpu_backend, disk_path=self.disk_path)
 
     @_InstanceOrDefault
     def check(self, health: Mapping[str, Any] | None = None) -> HealthReport:
         """Judge a health dict (sampled now when None); every problem becomes a reason."""
         if health is None:
-            health = self.get_system_health()
+            health = self.sample()
+        return HealthReport.of(self.findings(health))
+
+    @_InstanceOrDefault
+    def findings(self, health: Mapping[str, Any]) -> list[Finding]:
+        """Every problem in a health dict with its severity; utilisation is not one."""
         limits = self.thresholds
-        reasons: list[str] = []
+        found: list[Finding] = []
         for key, limit, label in (
             ("cpu_percent", limits.cpu, "CPU"),
             ("memory_percent", limits.memory, "memory"),
             ("disk_percent", limits.disk, "disk"),
         ):
             value = health.get(key)
-            if value is not None and value > limit:
-                reasons.append(f"{label} at {value:.1f}% exceeds {limit:g}%")
+            if value is not None and limit is not None and value > limit:
+                reason = f"{label} at {value:.1f}% exceeds {limit:g}%"
+                found.append(Finding(Severity.DEGRADED, reason))
+        free = health.get("disk_free_gb")
+        if free is not None and free < limits.disk_full_gb:
+            found.append(Finding(Severity.FATAL, f"disk full ({free * 1024:.0f} MB free)"))
         for gpu in health.get("gpus") or ():
-            reasons.extend(_gpu_reasons(gpu, limits))
-        return HealthReport(not reasons, tuple(reasons))
+            found.extend(_gpu_findings(gpu, limits))
+        return found
 
     @_InstanceOrDefault
     def is_healthy(self, health: Mapping[str, Any] | None = None) -> bool:
@@ -314,27 +438,30 @@ class HealthMonitor:
         return bool(self.check(health))
 
 
-def _gpu_reasons(gpu: Mapping[str, Any], limits: HealthThresholds) -> list[str]:
+def _gpu_findings(gpu: Mapping[str, Any], limits: HealthThresholds) -> list[Finding]:
     label = f"GPU {gpu.get('id')}"
+    fatal, degraded = Severity.FATAL, Severity.DEGRADED
     if gpu.get("lost"):
-        return [f"{label} is lost (NVML: GPU is lost); the node needs a reset"]
-    reasons = []
+        return [Finding(fatal, f"{label} is lost (NVML: GPU is lost); the node needs a reset")]
+    found = []
     if gpu.get("error"):
-        reasons.append(f"{label} could not be read: {gpu['error']}")
+        found.append(Finding(degraded, f"{label} could not be read: {gpu['error']}"))
     temp = gpu.get("temperature")
     nvml_limit = gpu.get("temperature_limit")
     limit = float(nvml_limit) if nvml_limit else limits.gpu_temp
     if temp is not None and temp > limit:
-        reasons.append(f"{label} at {temp:g} C exceeds {limit:g} C")
+        found.append(Finding(degraded, f"{label} at {temp:g} C exceeds {limit:g} C"))
     used, total = gpu.get("memory_used"), gpu.get("memory_total")
-    if used is not None and total:
+    if used is not None and total and limits.gpu_memory is not None:
         percent = 100.0 * used / total
         if percent > limits.gpu_memory:
-            reasons.append(f"{label} memory at {percent:.1f}% exceeds {limits.gpu_memory:g}%")
+            reason = f"{label} memory at {percent:.1f}% exceeds {limits.gpu_memory:g}%"
+            found.append(Finding(degraded, reason))
     if gpu.get("ecc_double_bit"):
-        reasons.append(f"{label} has {gpu['ecc_double_bit']} volatile double-bit ECC errors")
+        reason = f"{label} has {gpu['ecc_double_bit']} volatile double-bit ECC errors"
+        found.append(Finding(fatal, reason))
     if gpu.get("retired_pages_pending"):
-        reasons.append(f"{label} has memory pages pending retirement (reset needed)")
+        found.append(Finding(fatal, f"{label} has memory pages pending retirement (reset needed)"))
     if gpu.get("thermal_slowdown"):
-        reasons.append(f"{label} is in hardware thermal slowdown")
-    return reasons
+        found.append(Finding(degraded, f"{label} is in hardware thermal slowdown"))
+    return found

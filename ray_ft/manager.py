@@ -2,6 +2,9 @@
 
 No Ray here: the detached manager actor wraps one of these, the executor caches what it
 says. A worker is a Ray node (its node id): processes come and go, nodes fail and recover.
+The seed's attributes keep the seed's types (``task_retries``, ``failed_tasks``,
+``worker_failures``, ``circuit_breakers``); a node's status combines its liveness (the
+heartbeat detector) and its health verdict (ok, degraded, fatal).
 """
 
 from __future__ import annotations
@@ -9,19 +12,21 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ray_ft.attribution import SUSPECT_FAILURES, Blame
 from ray_ft.breaker import BreakerState, CircuitBreaker
 from ray_ft.config import FTConfig
 from ray_ft.failures import FailureEvent, FailureType
-from ray_ft.optim.base import BaseOptimizer
-from ray_ft.optim.individual import Individual
 from ray_ft.policy import RetryDecision, RetryPolicy
 
+if TYPE_CHECKING:
+    from ray_ft.optim.base import BaseOptimizer
+
 __all__ = [
-    "CHECKPOINT_FORMAT_VERSION",
     "FaultToleranceManager",
     "Task",
     "WorkerInfo",
@@ -36,8 +41,7 @@ NODE_FAULTS = frozenset(
         FailureType.OUT_OF_MEMORY,
     }
 )
-CHECKPOINT_FORMAT_VERSION = 1
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2
 _HISTORY_LIMIT = 1000
 
 
@@ -45,7 +49,8 @@ class WorkerStatus:
     """String constants for WorkerInfo.status."""
 
     ALIVE = "alive"
-    FAILED = "failed"  # probes missed or an unhealthy report: may come back
+    DEGRADED = "degraded"  # a degraded health verdict: no new work, running work stays
+    FAILED = "failed"  # stopped answering, or a fatal health verdict: may come back
     DEAD = "dead"  # Ray says the node is gone
 
 
@@ -89,22 +94,36 @@ class FaultToleranceManager:
         self._clock = clock
         self._wall_clock = wall_clock
         self.workers: dict[str, WorkerInfo] = {}
-        self.breakers: dict[str, CircuitBreaker] = {}
-        self.worker_failures: dict[str, collections.deque[FailureEvent]] = {}
-        self.failed_tasks: dict[str, Task] = {}
+        self.circuit_breakers: dict[str, CircuitBreaker] = {}
+        self.task_retries: dict[str, int] = {}
+        self.failed_tasks: list[Task] = []
+        self.worker_failures: dict[str, list[FailureEvent]] = {}
         self.history: collections.deque[FailureEvent] = collections.deque(maxlen=_HISTORY_LIMIT)
         self.failure_counts: collections.Counter[str] = collections.Counter()
         self.health_reasons: dict[str, list[str]] = {}
+        self.health_severity: dict[str, str] = {}
+        self.liveness_failures: dict[str, str] = {}
         self.breaker_transitions: list[dict[str, Any]] = []
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Alias of :attr:`circuit_breakers`."""
+        return self.circuit_breakers
 
     # -- tasks -------------------------------------------------------------------------
 
     def handle_task_failure(
         self, task: Task, failure_type: FailureType, error: BaseException | None = None
     ) -> RetryDecision:
-        """Count one failure of ``task`` and return the policy's decision; never sleeps."""
+        """Count one failure of ``task`` (by its id) and return the policy's decision.
+
+        Failures are counted in ``task_retries`` by task id, so a fresh Task object for the
+        same id still runs out of retries. Never sleeps: the caller schedules the delay.
+        """
         failure_type = FailureType.parse(failure_type)
-        task.attempts += 1
+        count = self.task_retries.get(task.task_id, 0) + 1
+        self.task_retries[task.task_id] = count
+        task.attempts = count
         self._record(
             FailureEvent(
                 timestamp=self._wall_clock(),
@@ -112,13 +131,18 @@ class FaultToleranceManager:
                 details=None if error is None else f"{type(error).__name__}: {error}"[:500],
                 task_id=task.task_id,
                 worker_id=task.worker_id,
-                attempt=task.attempts,
+                attempt=count,
             )
         )
-        decision = self.policy.decide(task.attempts, failure_type, error)
+        decision = self.policy.decide(count, failure_type, error)
         if not decision:
-            self.failed_tasks[task.task_id] = task
+            self.failed_tasks.append(task)
+            del self.failed_tasks[:-_HISTORY_LIMIT]
         return decision
+
+    def forget_task(self, task_id: str) -> None:
+        """Drop a finished task's retry count (an executor calls this to stay bounded)."""
+        self.task_retries.pop(task_id, None)
 
     # -- workers -----------------------------------------------------------------------
 
@@ -131,11 +155,12 @@ class FaultToleranceManager:
             info.capacity = capacity
             if info.status == WorkerStatus.DEAD:
                 info.status = WorkerStatus.ALIVE
+                self._settle(worker_id)
         return info
 
     def breaker(self, worker_id: str) -> CircuitBreaker:
         """The breaker of one node, created CLOSED on first use."""
-        breaker = self.breakers.get(worker_id)
+        breaker = self.circuit_breakers.get(worker_id)
         if breaker is None:
             breaker = CircuitBreaker(
                 self.config.breaker_timeout,
@@ -144,7 +169,7 @@ class FaultToleranceManager:
                 name=worker_id,
             )
             breaker.add_listener(self._on_transition)
-            self.breakers[worker_id] = breaker
+            self.circuit_breakers[worker_id] = breaker
         return breaker
 
     def handle_worker_failure(
@@ -154,31 +179,19 @@ class FaultToleranceManager:
         details: str | None = None,
     ) -> FailureEvent:
         """Record a failure on a node; more than the threshold in the window opens its breaker."""
-        failure_type = FailureType.parse(failure_type)
         event = FailureEvent(
             timestamp=self._wall_clock(),
-            failure_type=failure_type,
+            failure_type=FailureType.parse(failure_type),
             details=details,
             worker_id=worker_id,
+            blame=Blame.NODE.value,
         )
-        self._record(event)
-        now = self._clock()
-        window = self.worker_failures.setdefault(worker_id, collections.deque())
-        window.append(dataclasses.replace(event, timestamp=now))
-        while window and now - window[0].timestamp > self.config.failure_window:
-            window.popleft()
-        # A task's NODE_DIED is evidence, not a verdict: only Ray's node table (through
-        # mark_worker_dead) or the probes (mark_worker_failed) change a node's status.
-        breaker = self.breaker(worker_id)
-        if breaker.state is BreakerState.HALF_OPEN:
-            breaker.record_failure()
-        elif len(window) > self.config.worker_failure_threshold and not breaker.is_open():
-            breaker.open()
+        self._charge(event, outlier_only=False)
         return event
 
     def record_worker_success(self, worker_id: str) -> None:
         """A task finished on this node: a HALF_OPEN trial success closes its breaker."""
-        breaker = self.breakers.get(worker_id)
+        breaker = self.circuit_breakers.get(worker_id)
         if breaker is not None and breaker.state is BreakerState.HALF_OPEN:
             breaker.record_success()
             self.worker_failures.pop(worker_id, None)
@@ -194,50 +207,88 @@ class FaultToleranceManager:
     def record_trial(
         self, worker_id: str, success: bool, failure: FailureEvent | None = None
     ) -> None:
-        """A trial's outcome: success closes the breaker, a system failure reopens it,
-        anything else (an application error, a cancel) just gives the slot back."""
+        """A trial's outcome: success closes the breaker, a node fault reopens it,
+        anything else (the task's own failure, a cancel) just gives the slot back."""
         if success:
             self.record_worker_success(worker_id)
-        elif failure is not None and failure.failure_type.is_system:
-            self.handle_worker_failure(worker_id, failure.failure_type, failure.details)
+        elif failure is not None and _charges_node(failure):
+            self._record(failure)
+            self.breaker(worker_id).record_failure()
         else:
             self.breaker(worker_id).release_trial()
 
     def mark_worker_failed(self, worker_id: str, reasons: Iterable[str]) -> None:
-        """Probes missed or the node reported unhealthy: exclude it and open its breaker."""
-        info = self.workers.get(worker_id) or self.register_worker(worker_id)
-        if info.status != WorkerStatus.DEAD:
-            info.status = WorkerStatus.FAILED
-        self.health_reasons[worker_id] = list(reasons)
-        breaker = self.breaker(worker_id)
-        if not breaker.is_open():
-            breaker.open()
+        """A fatal health verdict: exclude the node, rerun its work, open its breaker."""
+        self.update_health(worker_id, "fatal", list(reasons))
 
     def mark_worker_healthy(self, worker_id: str) -> None:
-        """A healthy probe answer: the node is ALIVE; its breaker still recovers by trial."""
-        info = self.workers.get(worker_id)
-        if info is not None and info.status == WorkerStatus.FAILED:
-            info.status = WorkerStatus.ALIVE
-        self.health_reasons.pop(worker_id, None)
+        """A healthy report and heartbeats: the node is ALIVE (its breaker recovers by trial)."""
+        self.liveness_failures.pop(worker_id, None)
+        self.update_health(worker_id, "ok", [])
+
+    def update_health(self, worker_id: str, severity: str, reasons: list[str]) -> None:
+        """Take a health verdict: ``fatal`` fails the node, ``degraded`` pauses new work."""
+        self.workers.get(worker_id) or self.register_worker(worker_id)
+        if severity == "ok":
+            self.health_severity.pop(worker_id, None)
+            self.health_reasons.pop(worker_id, None)
+        else:
+            self.health_severity[worker_id] = severity
+            self.health_reasons[worker_id] = list(reasons)
+        self._settle(worker_id)
+
+    def update_liveness(self, worker_id: str, alive: bool, reason: str | None = None) -> None:
+        """Take the heartbeat detector's verdict: a node that stopped answering fails."""
+        self.workers.get(worker_id) or self.register_worker(worker_id)
+        if alive:
+            self.liveness_failures.pop(worker_id, None)
+        else:
+            self.liveness_failures[worker_id] = reason or "stopped answering heartbeats"
+        self._settle(worker_id)
 
     def mark_worker_dead(self, worker_id: str) -> None:
         """Ray reports the node dead: never schedule there again unless it rejoins."""
         info = self.workers.get(worker_id) or self.register_worker(worker_id)
         info.status = WorkerStatus.DEAD
 
+    def node_reasons(self, worker_id: str) -> list[str]:
+        """Why a node is not ALIVE: its liveness failure first, then its health reasons."""
+        reasons = []
+        if worker_id in self.liveness_failures:
+            reasons.append(self.liveness_failures[worker_id])
+        return reasons + self.health_reasons.get(worker_id, [])
+
     def excluded_workers(self) -> set[str]:
-        """Nodes that must receive no task: dead, failed, or with an OPEN breaker."""
+        """Nodes that must receive no new task: dead, failed, degraded, or OPEN breaker."""
         excluded = {w for w, info in self.workers.items() if info.status != WorkerStatus.ALIVE}
-        excluded.update(w for w, b in self.breakers.items() if b.is_open())
+        excluded.update(w for w, b in self.circuit_breakers.items() if b.is_open())
         return excluded
 
     def half_open_workers(self) -> dict[str, int]:
         """HALF_OPEN nodes and the trial calls each still admits."""
         result = {}
-        for worker_id, breaker in self.breakers.items():
-            if breaker.state is BreakerState.HALF_OPEN and worker_id not in self._not_alive():
+        not_alive = self._not_alive()
+        for worker_id, breaker in self.circuit_breakers.items():
+            if breaker.state is BreakerState.HALF_OPEN and worker_id not in not_alive:
                 result[worker_id] = breaker.trials_available()
         return result
+
+    def exclusions_snapshot(self) -> dict[str, Any]:
+        """What executors must respect, as plain data (the actor and local client share it).
+
+        ``failed`` and ``dead`` nodes have their running attempts rerun elsewhere;
+        ``degraded`` nodes only take no new work; ``half_open`` nodes take trials only.
+        """
+        by_status: dict[str, list[str]] = collections.defaultdict(list)
+        for worker_id, info in self.workers.items():
+            by_status[info.status].append(worker_id)
+        return {
+            "excluded": sorted(self.excluded_workers()),
+            "failed": sorted(by_status[WorkerStatus.FAILED]),
+            "dead": sorted(by_status[WorkerStatus.DEAD]),
+            "degraded": sorted(by_status[WorkerStatus.DEGRADED]),
+            "half_open": self.half_open_workers(),
+        }
 
     def reassign_tasks(
         self,
@@ -245,14 +296,16 @@ class FaultToleranceManager:
         task_ids: Iterable[str],
         available_workers: Iterable[WorkerInfo | str],
     ) -> dict[str, str]:
-        """Plan where tasks go: most free capacity first, never to a failed/dead/OPEN node.
+        """Plan where tasks go: never to the failed node, a failed/dead one or an OPEN breaker.
 
-        HALF_OPEN nodes take at most their remaining trial allowance. Tasks that fit
-        nowhere are left out of the mapping (they stay queued). The plan does not change
-        any load; the caller dispatches and counts.
+        Free capacity is filled evenly first; tasks beyond it are spread over the eligible
+        workers by load, so no task is dropped while any eligible worker exists. HALF_OPEN
+        nodes take at most their remaining trial allowance. The plan changes no load; the
+        caller dispatches and counts.
         """
         not_alive = self._not_alive()
         free: dict[str, int] = {}
+        overflow: dict[str, int] = {}  # eligible workers that may queue beyond capacity
         for candidate in available_workers:
             info = (
                 candidate
@@ -267,18 +320,26 @@ class FaultToleranceManager:
             ):
                 continue
             slots = info.free
-            breaker = self.breakers.get(worker_id)
-            if breaker is not None:
-                state = breaker.state
-                if state is BreakerState.OPEN:
-                    continue
-                if state is BreakerState.HALF_OPEN:
-                    slots = min(slots, breaker.trials_available())
+            breaker = self.circuit_breakers.get(worker_id)
+            state = None if breaker is None else breaker.state
+            if state is BreakerState.OPEN:
+                continue
+            if state is BreakerState.HALF_OPEN:
+                assert breaker is not None
+                slots = min(slots, breaker.trials_available())
+            else:
+                overflow[worker_id] = info.load + info.free
             if slots > 0:
                 free[worker_id] = free.get(worker_id, 0) + slots
         tasks = list(task_ids)
         counts = _water_fill(free, len(tasks))
         order = [w for w, n in counts for _ in range(n)]
+        rest = tasks[len(order) :]
+        if rest and overflow:
+            # round-robin over the eligible workers, least loaded (after the fill) first
+            placed = collections.Counter(dict(counts))
+            ranked = sorted(overflow, key=lambda w: (overflow[w] + placed[w], w))
+            order.extend(ranked[i % len(ranked)] for i in range(len(rest)))
         return dict(zip(tasks, order))
 
     # -- checkpoints -------------------------------------------------------------------
@@ -286,71 +347,62 @@ class FaultToleranceManager:
     def recover_from_checkpoint(
         self, checkpoint: Mapping[str, Any], optimizer: BaseOptimizer
     ) -> int:
-        """Restore optimizer state and population; return the generation to resume from."""
-        missing = [
-            k for k in ("generation", "optimizer_state", "population") if k not in checkpoint
-        ]
-        if missing:
-            msg = (
-                f"checkpoint lacks {', '.join(missing)}; pass a dict saved by optimize() "
-                "(generation, optimizer_state, population)"
-            )
-            raise ValueError(msg)
-        version = checkpoint.get("format_version", CHECKPOINT_FORMAT_VERSION)
-        if version > CHECKPOINT_FORMAT_VERSION:
-            msg = (
-                f"checkpoint format_version={version} is newer than this ray_ft understands "
-                f"({CHECKPOINT_FORMAT_VERSION}); upgrade ray_ft to load it"
-            )
-            raise ValueError(msg)
-        optimizer.load_state(checkpoint["optimizer_state"])
-        optimizer.population = [Individual.from_dict(d) for d in checkpoint["population"]]
-        return int(checkpoint["generation"])
+        """Restore optimizer state and population; return the generation to resume from.
+
+        The seed's method; the format lives in :mod:`ray_ft.optim.checkpoint`.
+        """
+        from ray_ft.optim.checkpoint import restore_checkpoint
+
+        return restore_checkpoint(checkpoint, optimizer)
 
     # -- state -------------------------------------------------------------------------
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serializable snapshot of everything that must survive a restart."""
-        now = self._clock()
         return {
             "format_version": STATE_FORMAT_VERSION,
             "config": self.config.to_dict(),
             "workers": {w: dataclasses.asdict(i) for w, i in self.workers.items()},
-            "breakers": {w: b.get_state() for w, b in self.breakers.items()},
+            "breakers": {w: b.get_state() for w, b in self.circuit_breakers.items()},
+            "task_retries": dict(self.task_retries),
             "worker_failures": {
-                w: [dataclasses.replace(e, timestamp=now - e.timestamp).to_dict() for e in events]
-                for w, events in self.worker_failures.items()
+                w: [e.to_dict() for e in events] for w, events in self.worker_failures.items()
             },
-            "failed_tasks": {t: dataclasses.asdict(task) for t, task in self.failed_tasks.items()},
+            "failed_tasks": [dataclasses.asdict(task) for task in self.failed_tasks],
             "history": [e.to_dict() for e in self.history],
             "failure_counts": dict(self.failure_counts),
             "health_reasons": dict(self.health_reasons),
+            "health_severity": dict(self.health_severity),
+            "liveness_failures": dict(self.liveness_failures),
             "breaker_transitions": list(self.breaker_transitions),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`get_state` snapshot (ages in the failure window are kept)."""
+        """Restore a :meth:`get_state` snapshot (failure events keep their wall times)."""
         if state.get("format_version", STATE_FORMAT_VERSION) != STATE_FORMAT_VERSION:
-            msg = f"manager state format_version={state.get('format_version')!r} is not supported"
+            msg = (
+                f"manager state format_version={state.get('format_version')!r} is not "
+                f"supported (this ray_ft reads {STATE_FORMAT_VERSION}); remove the state file "
+                "to start clean"
+            )
             raise ValueError(msg)
-        now = self._clock()
         self.workers = {w: WorkerInfo(**i) for w, i in state.get("workers", {}).items()}
-        self.breakers = {}
+        self.circuit_breakers = {}
         for worker_id, breaker_state in state.get("breakers", {}).items():
             self.breaker(worker_id).load_state(breaker_state)
+        self.task_retries = {t: int(n) for t, n in state.get("task_retries", {}).items()}
         self.worker_failures = {
-            w: collections.deque(
-                dataclasses.replace(FailureEvent.from_dict(e), timestamp=now - e["timestamp"])
-                for e in events
-            )
+            w: [FailureEvent.from_dict(e) for e in events]
             for w, events in state.get("worker_failures", {}).items()
         }
-        self.failed_tasks = {t: Task(**d) for t, d in state.get("failed_tasks", {}).items()}
+        self.failed_tasks = [Task(**d) for d in state.get("failed_tasks", [])]
         self.history = collections.deque(
             (FailureEvent.from_dict(e) for e in state.get("history", [])), maxlen=_HISTORY_LIMIT
         )
         self.failure_counts = collections.Counter(state.get("failure_counts", {}))
         self.health_reasons = {w: list(r) for w, r in state.get("health_reasons", {}).items()}
+        self.health_severity = dict(state.get("health_severity", {}))
+        self.liveness_failures = dict(state.get("liveness_failures", {}))
         self.breaker_transitions = list(state.get("breaker_transitions", []))
 
     def record_event(self, event: FailureEvent) -> None:
@@ -358,17 +410,73 @@ class FaultToleranceManager:
         self._record(event)
 
     def report_failure(self, event: FailureEvent) -> None:
-        """Route an attempt's failure: node faults count toward its breaker, others are kept.
+        """Route an attempt's failure by its blame (see :mod:`ray_ft.attribution`).
 
-        Timeouts and application errors say more about the task than about the node, so
-        they never open a breaker (a task that hangs everywhere must not empty the cluster).
+        Only events blamed on the node count toward its breaker; crash evidence (a crash,
+        an OOM kill, a timeout) opens it only when the node stands out from the others, so
+        crashes spread evenly over every node (a flaky objective) exclude nothing. An event
+        without blame is judged by its type: Ray's node and network failures are the node's.
         """
-        if event.worker_id is not None and event.failure_type in NODE_FAULTS:
-            self.handle_worker_failure(event.worker_id, event.failure_type, event.details)
+        blame = event.blame
+        if blame is None:
+            blame = (Blame.NODE if event.failure_type in NODE_FAULTS else Blame.TASK).value
+            event = dataclasses.replace(event, blame=blame)
+        if event.worker_id is not None and blame == Blame.NODE.value:
+            self._charge(event, outlier_only=event.failure_type in SUSPECT_FAILURES)
         else:
-            self.record_event(event)
+            self._record(event)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _charge(self, event: FailureEvent, *, outlier_only: bool) -> None:
+        """Count a node fault in the window; open the breaker past the threshold."""
+        worker_id = event.worker_id
+        assert worker_id is not None
+        self._record(event)
+        now = self._wall_clock()
+        window = [
+            e
+            for e in self.worker_failures.get(worker_id, [])
+            if now - e.timestamp <= self.config.failure_window
+        ]
+        window.append(event)
+        self.worker_failures[worker_id] = window
+        breaker = self.breaker(worker_id)
+        if breaker.state is BreakerState.HALF_OPEN:
+            breaker.record_failure()
+            return
+        if len(window) <= self.config.worker_failure_threshold or breaker.is_open():
+            return
+        if outlier_only and not self._stands_out(worker_id, now):
+            return
+        breaker.open()
+
+    def _stands_out(self, worker_id: str, now: float) -> bool:
+        """More than twice the failures of a typical other node in the window."""
+        others = [
+            sum(1 for e in events if now - e.timestamp <= self.config.failure_window)
+            for w, events in self.worker_failures.items()
+            if w != worker_id and self.workers.get(w, WorkerInfo(w)).status != WorkerStatus.DEAD
+        ]
+        mine = len(self.worker_failures.get(worker_id, []))
+        return mine > 2 * statistics.median(others) if others else True
+
+    def _settle(self, worker_id: str) -> None:
+        """Recompute a node's status from its liveness and health; fatal opens the breaker."""
+        info = self.workers[worker_id]
+        if info.status == WorkerStatus.DEAD:
+            return
+        severity = self.health_severity.get(worker_id)
+        if worker_id in self.liveness_failures or severity == "fatal":
+            if info.status != WorkerStatus.FAILED:
+                info.status = WorkerStatus.FAILED
+                breaker = self.breaker(worker_id)
+                if not breaker.is_open():
+                    breaker.open()
+        elif severity == "degraded":
+            info.status = WorkerStatus.DEGRADED
+        else:
+            info.status = WorkerStatus.ALIVE
 
     def _record(self, event: FailureEvent) -> None:
         self.history.append(event)
@@ -387,6 +495,12 @@ class FaultToleranceManager:
             }
         )
         del self.breaker_transitions[:-_HISTORY_LIMIT]
+
+
+def _charges_node(event: FailureEvent) -> bool:
+    if event.blame is not None:
+        return event.blame == Blame.NODE.value
+    return event.failure_type in NODE_FAULTS
 
 
 def _water_fill(free: Mapping[str, int], n_tasks: int) -> list[tuple[str, int]]:

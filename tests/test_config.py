@@ -27,8 +27,14 @@ def test_defaults_match_design():
     assert (c.health_check_interval, c.probe_timeout, c.probe_failure_threshold) == (30.0, 10.0, 3)
     assert (c.checkpoint_interval, c.failure_window, c.worker_failure_threshold) == (10, 3600.0, 3)
     assert (c.breaker_timeout, c.half_open_max_calls, c.capacity_wait_timeout) == (300.0, 1, 600.0)
-    assert (c.cpu_threshold, c.memory_threshold, c.disk_threshold) == (95.0, 95.0, 95.0)
-    assert (c.gpu_temp_threshold, c.gpu_memory_threshold) == (85.0, 95.0)
+    # utilisation thresholds are opt-in (busy is not broken)
+    assert (c.cpu_threshold, c.memory_threshold, c.disk_threshold) == (None, 95.0, 95.0)
+    assert (c.gpu_temp_threshold, c.gpu_memory_threshold) == (85.0, None)
+    assert (c.liveness_interval, c.liveness_phi_threshold, c.liveness_timeout_floor) == (
+        1.0,
+        8.0,
+        2.0,
+    )
 
 
 def test_seed_dict_accepted():

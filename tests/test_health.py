@@ -114,14 +114,14 @@ def test_seed_class_level_api_and_speed():
 
 def test_no_gpu_is_healthy():
     m = HealthMonitor(gpu_backend=None)
-    health = m.get_system_health()
+    health = m.sample()
     assert health["gpus"] == []
     assert m.is_healthy({**health, "cpu_percent": 1, "memory_percent": 1, "disk_percent": 1})
 
 
 def test_nvml_parse_good_gpu():
     m = monitor([GOOD])
-    (gpu,) = m.get_system_health()["gpus"]
+    (gpu,) = m.sample()["gpus"]
     assert gpu.keys() >= GPU_KEYS
     assert (
         gpu["load"] == 0.5 and gpu["memory_total"] == 80 * 1024 and gpu["memory_used"] == 8 * 1024
@@ -142,9 +142,9 @@ def test_nvml_parse_good_gpu():
     ],
 )
 def test_nvml_unhealthy_reasons(change, reason):
-    m = monitor([GOOD, {**GOOD, **change}])
+    m = monitor([GOOD, {**GOOD, **change}], gpu_memory=95.0)
     report = m.check(
-        m.get_system_health() | {"cpu_percent": 0, "memory_percent": 0, "disk_percent": 0}
+        m.sample() | {"cpu_percent": 0, "memory_percent": 0, "disk_percent": 0}
     )
     assert not report
     assert len(report.reasons) == 1 and reason in report.reasons[0]
@@ -154,7 +154,7 @@ def test_nvml_unhealthy_reasons(change, reason):
 def test_lost_gpu_and_unsupported_fields():
     unsupported = {**GOOD, "slowdown": None, "ecc": None, "pending": None, "throttle": None}
     m = monitor(["lost", unsupported], gpu_temp=70)
-    lost, partial = m.get_system_health()["gpus"]
+    lost, partial = m.sample()["gpus"]
     assert lost["lost"] is True
     assert partial["ecc_double_bit"] is None and partial["temperature_limit"] is None
     report = m.check({"gpus": [lost, {**partial, "temp": 75, "temperature": 75}]})

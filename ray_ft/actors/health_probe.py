@@ -22,19 +22,24 @@ __all__ = ["HealthProbe", "start_probe"]
 class HealthProbe:
     """Samples its node on request; never blocks for long (psutil primed, GPU lazily)."""
 
-    def __init__(self, thresholds: dict[str, float] | None = None) -> None:
-        self.monitor = HealthMonitor(HealthThresholds(**(thresholds or {})))
+    def __init__(self, thresholds: dict[str, float | None] | None = None) -> None:
+        self.monitor = HealthMonitor(HealthThresholds(**(thresholds or {})))  # type: ignore[arg-type]
         self.node_id = ray.get_runtime_context().get_node_id()
 
+    def ping(self) -> float:
+        """The liveness heartbeat: answers at once (its round trip is the node's latency)."""
+        return time.time()
+
     def check(self) -> dict[str, Any]:
-        """The node's health dict and verdict."""
-        health = self.monitor.get_system_health()
+        """The node's health dict and verdict (severity ok, degraded or fatal)."""
+        health = self.monitor.sample()
         report = self.monitor.check(health)
         return {
             "node_id": self.node_id,
             "pid": os.getpid(),
             "time": time.time(),
             "healthy": report.healthy,
+            "severity": report.severity.value,
             "reasons": list(report.reasons),
             "health": health,
         }
@@ -47,12 +52,12 @@ class HealthProbe:
 _RemoteProbe: Any = ray.remote(HealthProbe)
 
 
-def start_probe(node_id: str, thresholds: dict[str, float] | None = None) -> Any:
+def start_probe(node_id: str, thresholds: dict[str, float | None] | None = None) -> Any:
     """Start a HealthProbe pinned to ``node_id``; it does not restart (the manager replaces it)."""
     return _RemoteProbe.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         num_cpus=0,
         max_restarts=0,
-        max_concurrency=2,
+        max_concurrency=4,  # a slow health check never delays a ping
         name=None,
     ).remote(thresholds)

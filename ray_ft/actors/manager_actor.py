@@ -1,9 +1,12 @@
-"""The detached manager actor: shared fault-tolerance state and the node probe loop.
+"""The detached manager actor: shared fault-tolerance state, liveness and health probes.
 
 One per cluster (name + namespace). It wraps a FaultToleranceManager, writes its state to
 ``state_dir/<ray session>/manager_state.json`` after every change and reloads it when Ray
 restarts the actor, so breakers and failure history survive the actor's own death while a
-new cluster starts clean. A background thread keeps one HealthProbe on every alive node.
+new cluster starts clean. Two background threads keep one HealthProbe on every alive node:
+the liveness thread pings each probe every ``liveness_interval`` and judges the answers with
+a phi-accrual detector per node (their round trip is the node's latency); the health thread
+asks each probe for a psutil/NVML verdict every ``health_check_interval``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import ray
 from ray_ft.actors.health_probe import start_probe
 from ray_ft.config import FTConfig
 from ray_ft.failures import FailureEvent
+from ray_ft.liveness import PhiAccrualDetector
 from ray_ft.manager import FaultToleranceManager, WorkerStatus
 from ray_ft.metrics import get_metrics
 
@@ -34,6 +39,7 @@ DEFAULT_NAME = "ray_ft_manager"
 DEFAULT_NAMESPACE = "ray_ft"
 DEFAULT_STATE_DIR = os.path.join("checkpoints", "_manager")
 _PROBE_STARTUP_GRACE_S = 60.0  # a new probe process may take a while to start
+_OBSERVER_STALL_FACTOR = 3.0  # a liveness round this many intervals late: the actor stalled
 
 
 class ManagerActor:
@@ -41,6 +47,7 @@ class ManagerActor:
 
     def __init__(self, config: dict[str, Any], state_dir: str) -> None:
         self._lock = threading.RLock()
+        self._health_lock = threading.Lock()
         self.config = FTConfig.from_json_dict(config)
         self.manager = FaultToleranceManager(self.config)
         session = ray.get_runtime_context().get_session_name()
@@ -49,36 +56,37 @@ class ManagerActor:
         self.started_at = time.time()
         self._probes: dict[str, Any] = {}
         self._probe_started: dict[str, float] = {}
-        self._probe_answered: set[str] = set()
-        self._pending: dict[str, Any] = {}
+        self._detectors: dict[str, PhiAccrualDetector] = {}
+        self._pings: dict[str, tuple[Any, float]] = {}
+        self._latency: dict[str, float] = {}
+        self._health_pending: dict[str, Any] = {}
         self._misses: Counter[str] = Counter()
         self._last_report: dict[str, dict[str, Any]] = {}
         self._checkpoints: dict[str, list[Any]] = {}
         self._rounds = 0
+        self._liveness_rounds = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._probe_loop, name="ray_ft-probes", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._liveness_loop, name="ray_ft-liveness", daemon=True),
+            threading.Thread(target=self._health_loop, name="ray_ft-health", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- called by executors -------------------------------------------------------------
 
     def report_failures(self, events: list[FailureEvent]) -> None:
-        """Take a batch of attempt failures (node faults count toward that node's breaker)."""
+        """Take a batch of attempt failures (only node-blamed ones count toward breakers)."""
         with self._lock:
             for event in events:
                 self.manager.report_failure(event)
             self._save_state()
 
     def excluded_nodes(self) -> dict[str, Any]:
-        """What executors must respect: excluded nodes, and HALF_OPEN nodes with trials left."""
+        """What executors must respect: excluded, failed, dead, degraded and HALF_OPEN nodes."""
         with self._lock:
-            workers = self.manager.workers
-            return {
-                "excluded": sorted(self.manager.excluded_workers()),
-                "failed": sorted(w for w, i in workers.items() if i.status == WorkerStatus.FAILED),
-                "dead": sorted(w for w, i in workers.items() if i.status == WorkerStatus.DEAD),
-                "half_open": self.manager.half_open_workers(),
-            }
+            return self.manager.exclusions_snapshot()
 
     def acquire_trial(self, node_id: str) -> bool:
         """Take one trial slot of a HALF_OPEN node; False when none is left."""
@@ -107,8 +115,12 @@ class ManagerActor:
             self.manager.breaker(node_id).close()
             self._save_state()
 
+    def cluster_config(self) -> dict[str, Any]:
+        """The cluster-wide settings in force (see ``ray_ft.config.CLUSTER_KEYS``)."""
+        return self.config.cluster_settings()
+
     def update_config(self, config: dict[str, Any]) -> None:
-        """Adopt new settings (a driver passed a config to get_manager for a running actor)."""
+        """Adopt new settings explicitly (an operator's decision; drivers never call it)."""
         new = FTConfig.from_json_dict(config)
         with self._lock:
             if new == self.config:
@@ -117,31 +129,43 @@ class ManagerActor:
             self.config = new
             self.manager = FaultToleranceManager(new)
             self.manager.load_state(state)
-            for breaker in self.manager.breakers.values():
+            for breaker in self.manager.circuit_breakers.values():
                 breaker.timeout = new.breaker_timeout
                 breaker.half_open_max_calls = new.half_open_max_calls
+            self._detectors.clear()  # relearn with the new liveness settings
             self._save_state()
         self._wake.set()
 
     def probe_now(self) -> dict[str, Any]:
-        """Run one probe round at once and return the status (for the CLI and tests)."""
-        self._probe_round()
+        """Run one health round at once and return the status (for the CLI and tests)."""
+        self._sync_nodes()
+        self._health_round()
         return self.status()
 
     def status(self) -> dict[str, Any]:
-        """Every node with status, breaker, health reasons, probe misses, recent failures."""
+        """Every node: status, severity and reasons, breaker, latency, recent failures."""
         with self._lock:
             m = self.manager
+            now = time.monotonic()
             nodes = {}
             for node_id, info in sorted(m.workers.items()):
                 report = self._last_report.get(node_id, {})
                 recent = [e.to_dict() for e in m.history if e.worker_id == node_id][-5:]
+                detector = self._detectors.get(node_id)
+                latency = self._latency.get(node_id)
                 nodes[node_id] = {
                     "status": info.status,
+                    "severity": _severity(m, node_id),
+                    "reasons": m.node_reasons(node_id),
                     "capacity": info.capacity,
                     "breaker": m.breaker(node_id).state.value,
                     "health_reasons": m.health_reasons.get(node_id, []),
                     "healthy": report.get("healthy"),
+                    "latency_ms": None if latency is None else round(latency * 1000, 2),
+                    "heartbeat_silence_s": (
+                        None if detector is None else round(detector.silence(now), 3)
+                    ),
+                    "phi": None if detector is None else round(min(detector.phi(now), 99.0), 2),
                     "probe_misses": self._misses.get(node_id, 0),
                     "last_probe_at": report.get("time"),
                     "has_probe": node_id in self._probes,
@@ -157,6 +181,7 @@ class ManagerActor:
                 "restored": self.restored,
                 "state_path": str(self.state_path),
                 "probe_rounds": self._rounds,
+                "liveness_rounds": self._liveness_rounds,
                 "started_at": self.started_at,
                 "checkpoints": {k: len(v) for k, v in self._checkpoints.items()},
             }
@@ -203,28 +228,21 @@ class ManagerActor:
             self._checkpoints[key] = [e for e in self._checkpoints.get(key, []) if e[0] != step]
 
     def shutdown(self) -> None:
-        """Stop the probe loop, kill the probes and exit without restart."""
+        """Stop the probe threads, kill the probes and exit without restart."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=self.config.probe_timeout + 5)
+        for thread in self._threads:
+            thread.join(timeout=self.config.probe_timeout + 5)
         with self._lock:
             for probe in self._probes.values():
                 ray.kill(probe)
             self._probes.clear()
         ray.actor.exit_actor()
 
-    # -- the probe loop ------------------------------------------------------------------
+    # -- nodes and probes ----------------------------------------------------------------
 
-    def _probe_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._probe_round()
-            except Exception:  # the loop must outlive any one bad round
-                log.exception("probe round failed")
-            self._wake.wait(self.config.health_check_interval)
-            self._wake.clear()
-
-    def _probe_round(self) -> None:
+    def _sync_nodes(self) -> None:
+        """Follow Ray's node table: register new nodes, start probes, drop dead ones."""
         alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
         thresholds = {
             "cpu": self.config.cpu_threshold,
@@ -233,11 +251,14 @@ class ManagerActor:
             "gpu_temp": self.config.gpu_temp_threshold,
             "gpu_memory": self.config.gpu_memory_threshold,
         }
+        changed = False
         with self._lock:
             for node_id, node in alive.items():
                 info = self.manager.workers.get(node_id)
-                if info is None or info.status == WorkerStatus.DEAD:
-                    self.manager.register_worker(node_id, int(node["Resources"].get("CPU", 0)))
+                capacity = int(node["Resources"].get("CPU", 0))
+                if info is None or info.status == WorkerStatus.DEAD or info.capacity != capacity:
+                    self.manager.register_worker(node_id, capacity)
+                    changed = True
                 if node_id not in self._probes:
                     self._probes[node_id] = start_probe(node_id, thresholds)
                     self._probe_started.setdefault(node_id, time.monotonic())
@@ -248,78 +269,197 @@ class ManagerActor:
             for node_id, info in self.manager.workers.items():
                 if node_id not in alive and info.status != WorkerStatus.DEAD:
                     self.manager.mark_worker_dead(node_id)
-            for node_id, probe in self._probes.items():
-                if node_id not in self._pending:
-                    self._pending[node_id] = probe.check.remote()
-            pending = dict(self._pending)
-        refs = list(pending.values())
-        ready, _ = ray.wait(
-            refs, num_returns=len(refs), timeout=self.config.probe_timeout, fetch_local=True
-        )
-        ready_set = set(ready)
-        now = time.monotonic()
+                    changed = True
+            if changed:
+                self._save_state()
+
+    def _detector(self, node_id: str) -> PhiAccrualDetector:
+        detector = self._detectors.get(node_id)
+        if detector is None:
+            detector = self._detectors[node_id] = PhiAccrualDetector(
+                threshold=self.config.liveness_phi_threshold,
+                timeout_floor=self.config.liveness_timeout_floor,
+                expected_interval=self.config.liveness_interval,
+            )
+        return detector
+
+    # -- the liveness loop ---------------------------------------------------------------
+
+    def _liveness_loop(self) -> None:
+        last_round: float | None = None
+        while not self._stop.is_set():
+            started = time.monotonic()
+            interval = self.config.liveness_interval
+            if last_round is not None and started - last_round > _OBSERVER_STALL_FACTOR * interval:
+                # this actor itself stalled (its node is busy or was paused): the silence
+                # is ours, not the nodes'
+                with self._lock:
+                    for detector in self._detectors.values():
+                        detector.forgive(started - last_round - interval)
+            last_round = started
+            try:
+                self._sync_nodes()
+                self._liveness_round(started + interval)
+            except Exception:  # the loop must outlive any one bad round
+                log.exception("liveness round failed")
+                self._wake.wait(interval)
+                self._wake.clear()
+
+    def _liveness_round(self, deadline: float) -> None:
+        """Ping every probe that has no ping out, collect answers until ``deadline``, judge."""
         with self._lock:
-            for node_id, ref in pending.items():
-                if ref in ready_set:
-                    self._pending.pop(node_id, None)
-                    self._take_answer(node_id, ref)
-                else:
-                    self._count_miss(node_id, now)
-            self._rounds += 1
-            self._save_state()
+            for node_id, probe in self._probes.items():
+                if node_id not in self._pings:
+                    self._pings[node_id] = (probe.ping.remote(), time.monotonic())
+        while not self._stop.is_set():
+            with self._lock:
+                by_ref = {ref: node for node, (ref, _) in self._pings.items()}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not by_ref:
+                self._wake.wait(remaining)
+                self._wake.clear()
+                break
+            ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=remaining)
+            arrived = time.monotonic()
+            for ref in ready:
+                self._take_ping(by_ref[ref], ref, arrived)
+        self._judge_liveness(time.monotonic())
+
+    def _take_ping(self, node_id: str, ref: Any, arrived: float) -> None:
+        with self._lock:
+            sent = self._pings.pop(node_id, (None, arrived))[1]
+        try:
+            ray.get(ref, timeout=0)
+        except Exception as exc:  # the probe died: replace it; no heartbeat
+            log.warning("probe on node %s failed: %s", node_id, str(exc).splitlines()[0])
+            with self._lock:
+                self._drop_probe(node_id)
+            return
+        with self._lock:
+            self._detector(node_id).heartbeat(arrived)
+            rtt = arrived - sent
+            previous = self._latency.get(node_id)
+            self._latency[node_id] = rtt if previous is None else 0.8 * previous + 0.2 * rtt
+
+    def _judge_liveness(self, now: float) -> None:
+        changed = False
+        with self._lock:
+            self._liveness_rounds += 1
+            for node_id in list(self._probes):
+                info = self.manager.workers.get(node_id)
+                if info is None or info.status == WorkerStatus.DEAD:
+                    continue
+                detector = self._detector(node_id)
+                was_failing = node_id in self.manager.liveness_failures
+                if detector.last_heartbeat is None:
+                    waited = now - self._probe_started.get(node_id, now)
+                    if waited < _PROBE_STARTUP_GRACE_S or was_failing:
+                        continue
+                    never = f"its health probe never answered ({waited:.0f}s)"
+                    self.manager.update_liveness(node_id, False, never)
+                    changed = True
+                    continue
+                alive = detector.is_alive(now)
+                if alive == was_failing:  # a change of verdict
+                    reason: str | None = None
+                    if not alive:
+                        silence, phi = detector.silence(now), detector.phi(now)
+                        reason = (
+                            f"stopped answering heartbeats ({silence:.1f}s silent, phi "
+                            f"{min(phi, 99):.1f} > {detector.threshold:g})"
+                        )
+                        log.warning("node %s %s: marking it failed", node_id, reason)
+                    self.manager.update_liveness(node_id, alive, reason)
+                    changed = True
+            if changed:
+                self._save_state()
             self._export_metrics()
+
+    # -- the health loop -----------------------------------------------------------------
+
+    def _health_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._health_round()
+            except Exception:  # the loop must outlive any one bad round
+                log.exception("health round failed")
+            self._wake.wait(self.config.health_check_interval)
+            self._wake.clear()
+
+    def _health_round(self) -> None:
+        """Ask every probe for a health verdict; unanswered checks count as misses.
+
+        Rounds never overlap (``probe_now`` and the thread share a lock), so one late
+        check is one miss.
+        """
+        with self._health_lock:
+            with self._lock:
+                for node_id, probe in self._probes.items():
+                    if node_id not in self._health_pending:
+                        self._health_pending[node_id] = probe.check.remote()
+                pending = dict(self._health_pending)
+            refs = list(pending.values())
+            ready, _ = ray.wait(
+                refs, num_returns=len(refs), timeout=self.config.probe_timeout, fetch_local=True
+            )
+            ready_set = set(ready)
+            with self._lock:
+                for node_id, ref in pending.items():
+                    if ref in ready_set:
+                        self._health_pending.pop(node_id, None)
+                        self._take_health(node_id, ref)
+                    elif node_id in self._probes:
+                        self._count_miss(node_id)
+                self._rounds += 1
+                self._save_state()
+
+    def _take_health(self, node_id: str, ref: Any) -> None:
+        try:
+            answer = ray.get(ref)
+        except Exception as exc:  # the probe died; the liveness loop replaces it
+            log.warning("health check on node %s failed: %s", node_id, str(exc).splitlines()[0])
+            return
+        self._misses.pop(node_id, None)
+        self._last_report[node_id] = {
+            k: answer.get(k) for k in ("healthy", "severity", "reasons", "time", "health")
+        }
+        severity = answer.get("severity") or ("ok" if answer["healthy"] else "fatal")
+        self.manager.update_health(node_id, severity, list(answer["reasons"]))
+
+    def _count_miss(self, node_id: str) -> None:
+        now = time.monotonic()
+        starting = now - self._probe_started.get(node_id, now) < _PROBE_STARTUP_GRACE_S
+        if node_id not in self._latency and starting:
+            return  # its probe is still starting
+        self._misses[node_id] += 1
+        misses = self._misses[node_id]
+        if misses >= self.config.probe_failure_threshold:
+            reason = (
+                f"missed {misses} consecutive health checks (timeout {self.config.probe_timeout}s)"
+            )
+            self.manager.update_health(node_id, "fatal", [reason])
 
     def _export_metrics(self) -> None:
         metrics = get_metrics()
         for node_id, info in self.manager.workers.items():
             if info.status == WorkerStatus.DEAD:
                 continue
-            healthy = self._last_report.get(node_id, {}).get("healthy")
-            metrics.node(node_id, self.manager.breaker(node_id).state.value, healthy)
-
-    def _take_answer(self, node_id: str, ref: Any) -> None:
-        try:
-            answer = ray.get(ref)
-        except Exception as exc:  # the probe died (or its node did): a miss; replace it
-            log.warning("probe on node %s failed: %s", node_id, str(exc).splitlines()[0])
-            self._drop_probe(node_id)
-            self._count_miss(node_id, time.monotonic())
-            return
-        self._probe_answered.add(node_id)
-        self._misses.pop(node_id, None)
-        self._last_report[node_id] = {
-            k: answer[k] for k in ("healthy", "reasons", "time", "health")
-        }
-        if answer["healthy"]:
-            self.manager.mark_worker_healthy(node_id)
-        else:
-            self.manager.mark_worker_failed(node_id, answer["reasons"])
-
-    def _count_miss(self, node_id: str, now: float) -> None:
-        # Grace only for a node whose first probe has never answered (the probe process is
-        # still starting); a replacement probe on a node that answered before gets none.
-        starting = now - self._probe_started.get(node_id, now) < _PROBE_STARTUP_GRACE_S
-        if node_id not in self._probe_answered and starting:
-            return
-        self._misses[node_id] += 1
-        misses = self._misses[node_id]
-        if misses >= self.config.probe_failure_threshold:
-            info = self.manager.workers.get(node_id)
-            if info is None or info.status == WorkerStatus.ALIVE:
-                log.warning("node %s missed %d probes: marking it failed", node_id, misses)
-            timeout = self.config.probe_timeout
-            reason = f"missed {misses} consecutive health probes (timeout {timeout}s)"
-            self.manager.mark_worker_failed(node_id, [reason])
+            metrics.node(node_id, self.manager.breaker(node_id).state.value, info.status == "alive")
 
     def _forget_node(self, node_id: str) -> None:
         """A node Ray reports gone: its probe history starts afresh if it ever rejoins."""
-        self._probe_answered.discard(node_id)
         self._probe_started.pop(node_id, None)
+        self._detectors.pop(node_id, None)
+        self._latency.pop(node_id, None)
         self._misses.pop(node_id, None)
+        self.manager.liveness_failures.pop(node_id, None)
 
     def _drop_probe(self, node_id: str) -> None:
         probe = self._probes.pop(node_id, None)
-        self._pending.pop(node_id, None)
+        self._pings.pop(node_id, None)
+        self._health_pending.pop(node_id, None)
         if probe is not None:
             try:
                 ray.kill(probe)
@@ -344,11 +484,19 @@ class ManagerActor:
                 state = json.load(fh)
         except FileNotFoundError:
             return False
-        except (OSError, ValueError) as exc:
+        try:
+            self.manager.load_state(state)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("ignoring unreadable manager state %s: %s", self.state_path, exc)
+            self.manager = FaultToleranceManager(self.config)
             return False
-        self.manager.load_state(state)
         return True
+
+
+def _severity(manager: FaultToleranceManager, node_id: str) -> str:
+    if node_id in manager.liveness_failures:
+        return "fatal"
+    return manager.health_severity.get(node_id, "ok")
 
 
 _RemoteManager: Any = ray.remote(ManagerActor)
@@ -363,8 +511,11 @@ def get_manager(
 ) -> Any:
     """The cluster's one detached manager actor, created on first call.
 
-    A ``config`` given for an actor that already runs is applied to it. ``state_dir``
-    (default ``./checkpoints/_manager`` on the head node) is where state is persisted.
+    Cluster-wide settings (liveness, health, breakers: ``ray_ft.config.CLUSTER_KEYS``) are
+    fixed when the actor is created. A later driver whose ``config`` sets other values gets
+    a warning naming both and does not overwrite them; call ``update_config`` on the handle
+    to change them on purpose. ``state_dir`` (default ``./checkpoints/_manager`` on the head
+    node) is where state is persisted.
     """
     if not ray.is_initialized():
         ray.init()
@@ -383,8 +534,33 @@ def get_manager(
         resources={"node:__internal_head__": 0.001},
     ).remote(actor_config, directory)
     if config is not None:
-        ray.get(handle.update_config.remote(actor_config))
+        warn_on_conflict(cfg, ray.get(handle.cluster_config.remote(), timeout=60))
     return handle
+
+
+def warn_on_conflict(wanted: FTConfig, in_force: dict[str, Any]) -> list[str]:
+    """Warn about each cluster setting this driver set that differs from the one in force.
+
+    Only settings this driver changed from the defaults count: a driver that leaves them
+    alone accepts the cluster's. Returns the conflicting keys.
+    """
+    defaults = FTConfig().cluster_settings()
+    conflicts = [
+        key
+        for key, value in wanted.cluster_settings().items()
+        if value != defaults[key] and key in in_force and in_force[key] != value
+    ]
+    if conflicts:
+        detail = ", ".join(
+            f"{k}={wanted.cluster_settings()[k]!r} (in force: {in_force[k]!r})" for k in conflicts
+        )
+        msg = (
+            f"the ray_ft manager of this cluster already runs with other cluster-wide settings; "
+            f"keeping its values: {detail}. Call get_manager().update_config.remote(...) to "
+            "change them for every driver, or use the values in force"
+        )
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return conflicts
 
 
 def shutdown_manager(handle: Any = None, *, timeout: float = 30.0) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from ray_ft.checkpoints.base import CheckpointStore
 from ray_ft.failures import TaskFailedError
 from ray_ft.optim.base import BaseOptimizer
+from ray_ft.optim.checkpoint import make_checkpoint, restore_checkpoint
 from ray_ft.optim.individual import Individual
 
 __all__ = ["GenerationReport", "OptimizationResult", "optimize"]
@@ -82,8 +83,6 @@ def optimize(
         msg = f"checkpoint_interval={interval!r} is not valid; pass >= 1"
         raise ValueError(msg)
 
-    from ray_ft.manager import CHECKPOINT_FORMAT_VERSION, FaultToleranceManager
-
     start, history, evaluations = 0, [], 0
     failed: list[dict[str, Any]] = []
     failures: dict[str, int] = {}
@@ -91,7 +90,7 @@ def optimize(
     if resume and checkpoint_store is not None:
         checkpoint = checkpoint_store.load_latest()
         if checkpoint is not None:
-            start = FaultToleranceManager().recover_from_checkpoint(checkpoint, optimizer)
+            start = restore_checkpoint(checkpoint, optimizer)
             history = list(checkpoint.get("history", []))
             evaluations = int(checkpoint.get("evaluations", 0))
             failed = list(checkpoint.get("failed_evaluations", []))
@@ -102,16 +101,14 @@ def optimize(
     def save(generation: int) -> None:
         if checkpoint_store is None:
             return
-        state = {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "generation": generation,
-            "optimizer_state": optimizer.get_state(),
-            "population": [i.to_dict() for i in optimizer.population],
-            "history": list(history),
-            "evaluations": evaluations,
-            "failed_evaluations": list(failed),
-            "failures": dict(failures),
-        }
+        state = make_checkpoint(
+            generation,
+            optimizer,
+            history=list(history),
+            evaluations=evaluations,
+            failed_evaluations=list(failed),
+            failures=dict(failures),
+        )
         checkpoint_store.save(state, step=generation)
 
     for generation in range(start, generations):
