@@ -109,7 +109,7 @@ class FaultTolerantExecutor(cf.Executor):
             if manager is None:
                 from ray_ft.actors.manager_actor import get_manager
 
-                manager = get_manager(self.config)
+                manager = get_manager(config if config is not None else {})
             self._client = ActorManagerClient(manager, clock=clock)
         self.manager = manager if manager is not False else None
 
@@ -556,7 +556,7 @@ class FaultTolerantExecutor(cf.Executor):
         self._failures_by_type[failure_type.value] += 1
         metrics = get_metrics()
         metrics.failure(failure_type.value)
-        self._reports.extend(decided)
+        self._report_decided(work, decided)
         if attempt.trial:
             self._client.report_trial(
                 attempt.node_id, False, event if blame is Blame.NODE else None
@@ -613,7 +613,17 @@ class FaultTolerantExecutor(cf.Executor):
         """A task ended without success: its undecided failures charge nobody."""
         if work.task is not None:
             self._policy.forget_task(work.task_id)
-            self._reports.extend(self._ledger.finished(work.task_id))
+            self._report_decided(work, self._ledger.finished(work.task_id))
+
+    def _report_decided(self, work: Work, decided: list[FailureEvent]) -> None:
+        """Send failures whose blame is now known, and note it on the work's own events."""
+        self._reports.extend(decided)
+        blames = {e.attempt: e.blame for e in decided if e.task_id == work.task_id}
+        if blames and work.events:
+            work.events = [
+                dataclasses.replace(e, blame=blames[e.attempt]) if e.attempt in blames else e
+                for e in work.events
+            ]
 
     def _flush_reports(self) -> None:
         if self._reports:

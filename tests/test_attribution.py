@@ -86,7 +86,8 @@ def test_crashes_spread_evenly_over_nodes_exclude_nothing(clock):
     m = manager(clock, worker_failure_threshold=2)
     for i in range(12):  # a flaky objective: crashes everywhere alike
         node = "abc"[i % 3]
-        m.report_failure(FailureEvent(clock(), CRASH, task_id=f"t{i}", worker_id=node, blame="node"))
+        event = FailureEvent(clock(), CRASH, task_id=f"t{i}", worker_id=node, blame="node")
+        m.report_failure(event)
     assert m.excluded_workers() == set()
 
 
@@ -170,9 +171,7 @@ BUSY = {
     "memory_percent": 60.0,
     "disk_percent": 50.0,
     "disk_free_gb": 100.0,
-    "gpus": [
-        {"id": 0, "load": 1.0, "memory_used": 98.0, "memory_total": 100.0, "temperature": 70}
-    ],
+    "gpus": [{"id": 0, "load": 1.0, "memory_used": 98.0, "memory_total": 100.0, "temperature": 70}],
 }
 
 

@@ -143,9 +143,7 @@ def test_nvml_parse_good_gpu():
 )
 def test_nvml_unhealthy_reasons(change, reason):
     m = monitor([GOOD, {**GOOD, **change}], gpu_memory=95.0)
-    report = m.check(
-        m.sample() | {"cpu_percent": 0, "memory_percent": 0, "disk_percent": 0}
-    )
+    report = m.check(m.sample() | {"cpu_percent": 0, "memory_percent": 0, "disk_percent": 0})
     assert not report
     assert len(report.reasons) == 1 and reason in report.reasons[0]
     assert report.reasons[0].startswith("GPU 1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import ray
@@ -66,7 +67,7 @@ def test_two_drivers_share_one_manager(cluster, manager):
 def test_state_survives_actor_restart(cluster, manager):
     node = ray.nodes()[0]["NodeID"]
     events = [
-        FailureEvent(float(i), FailureType.NODE_DIED, f"e{i}", worker_id=node) for i in range(2)
+        FailureEvent(time.time(), FailureType.NODE_DIED, f"e{i}", worker_id=node) for i in range(2)
     ]
     ray.get(manager.report_failures.remote(events))
     before = ray.get(manager.status.remote())

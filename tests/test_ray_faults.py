@@ -114,7 +114,9 @@ def test_removed_node_work_finishes_elsewhere(nodes, tmp_path):
         stats = ex.stats()
     assert [r[0] for r in results] == list(range(24))
     lost = stats["failures_by_type"]
-    assert lost.get("node_died", 0) + lost.get("worker_crash", 0) >= 1, lost
+    # Ray's own errors, or attempts ray_ft reran itself once the node left Ray's table
+    rerun = lost.get("node_died", 0) + lost.get("worker_crash", 0) + stats["abandoned"]
+    assert rerun >= 1, stats
 
     def node_dead_without_probe():
         node = ray.get(manager.status.remote())["nodes"].get(victim.node_id)

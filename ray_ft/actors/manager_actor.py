@@ -19,13 +19,14 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from ray_ft.actors.health_probe import start_probe
-from ray_ft.config import FTConfig
+from ray_ft.config import CLUSTER_KEYS, FTConfig
 from ray_ft.failures import FailureEvent
 from ray_ft.liveness import PhiAccrualDetector
 from ray_ft.manager import FaultToleranceManager, WorkerStatus
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "ray_ft_manager"
 DEFAULT_NAMESPACE = "ray_ft"
 DEFAULT_STATE_DIR = os.path.join("checkpoints", "_manager")
-_PROBE_STARTUP_GRACE_S = 60.0  # a new probe process may take a while to start
+_PROBE_STARTUP_GRACE_S = 30.0  # a new probe process may take a while to start
+_JUDGE_EVERY_S = 0.2  # how often silences are judged between heartbeats
 _OBSERVER_STALL_FACTOR = 3.0  # a liveness round this many intervals late: the actor stalled
 
 
@@ -321,11 +323,12 @@ class ManagerActor:
                 self._wake.wait(remaining)
                 self._wake.clear()
                 break
-            ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=remaining)
+            ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=min(remaining, _JUDGE_EVERY_S))
             arrived = time.monotonic()
             for ref in ready:
                 self._take_ping(by_ref[ref], ref, arrived)
-        self._judge_liveness(time.monotonic())
+            self._judge_liveness(arrived)  # often, so a silence is judged when it happens
+        self._liveness_rounds += 1
 
     def _take_ping(self, node_id: str, ref: Any, arrived: float) -> None:
         with self._lock:
@@ -346,7 +349,6 @@ class ManagerActor:
     def _judge_liveness(self, now: float) -> None:
         changed = False
         with self._lock:
-            self._liveness_rounds += 1
             for node_id in list(self._probes):
                 info = self.manager.workers.get(node_id)
                 if info is None or info.status == WorkerStatus.DEAD:
@@ -533,34 +535,42 @@ def get_manager(
         num_cpus=0,
         resources={"node:__internal_head__": 0.001},
     ).remote(actor_config, directory)
-    if config is not None:
-        warn_on_conflict(cfg, ray.get(handle.cluster_config.remote(), timeout=60))
+    explicit = {} if config is None else _explicit_settings(config)
+    if explicit:
+        warn_on_conflict(explicit, ray.get(handle.cluster_config.remote(), timeout=60))
     return handle
 
 
-def warn_on_conflict(wanted: FTConfig, in_force: dict[str, Any]) -> list[str]:
-    """Warn about each cluster setting this driver set that differs from the one in force.
+def warn_on_conflict(explicit: Mapping[str, Any], in_force: Mapping[str, Any]) -> list[str]:
+    """Warn about each cluster setting a driver set that differs from the one in force.
 
-    Only settings this driver changed from the defaults count: a driver that leaves them
-    alone accepts the cluster's. Returns the conflicting keys.
+    ``explicit`` holds only the settings the driver passed (a driver that leaves them alone
+    accepts the cluster's). Returns the conflicting keys.
     """
-    defaults = FTConfig().cluster_settings()
     conflicts = [
         key
-        for key, value in wanted.cluster_settings().items()
-        if value != defaults[key] and key in in_force and in_force[key] != value
+        for key in CLUSTER_KEYS
+        if key in explicit and key in in_force and in_force[key] != explicit[key]
     ]
     if conflicts:
-        detail = ", ".join(
-            f"{k}={wanted.cluster_settings()[k]!r} (in force: {in_force[k]!r})" for k in conflicts
-        )
+        detail = ", ".join(f"{k}={explicit[k]!r} (in force: {in_force[k]!r})" for k in conflicts)
         msg = (
-            f"the ray_ft manager of this cluster already runs with other cluster-wide settings; "
-            f"keeping its values: {detail}. Call get_manager().update_config.remote(...) to "
-            "change them for every driver, or use the values in force"
+            "the ray_ft manager of this cluster already runs with other cluster-wide "
+            f"settings; keeping its values: {detail}. Call "
+            "get_manager().update_config.remote(...) to change them for every driver, or "
+            "use the values in force"
         )
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
     return conflicts
+
+
+def _explicit_settings(config: FTConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The cluster settings a driver chose: a dict's keys, or an FTConfig's non-defaults."""
+    if isinstance(config, FTConfig):
+        defaults = FTConfig().cluster_settings()
+        return {k: v for k, v in config.cluster_settings().items() if v != defaults[k]}
+    settings = FTConfig.coerce(config).cluster_settings()
+    return {k: settings[k] for k in config if k in settings}
 
 
 def shutdown_manager(handle: Any = None, *, timeout: float = 30.0) -> None:
