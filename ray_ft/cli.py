@@ -32,19 +32,26 @@ class CliError(Exception):
 def _cmd_probe(args: argparse.Namespace) -> int:
     from ray_ft.health import HealthMonitor
 
-    monitor = HealthMonitor()
-    health = monitor.get_system_health()
+    if args.raw and not args.json:
+        raise CliError("--raw prints JSON; pass --json --raw")
+    monitor = HealthMonitor(expected_gpus=args.expect_gpus, watch_xids=True)
+    started = time.perf_counter()
+    health = monitor.sample()
+    sample_ms = (time.perf_counter() - started) * 1000
     report = monitor.check(health)
     if args.json:
-        print(
-            json.dumps(
-                {"healthy": report.healthy, "reasons": list(report.reasons), "health": health},
-                indent=2,
-                default=str,
-            )
-        )
+        answer: dict[str, Any] = {
+            "healthy": report.healthy,
+            "severity": report.severity.value,
+            "reasons": list(report.reasons),
+            "sample_ms": round(sample_ms, 3),
+            "health": health,
+        }
+        if args.raw:
+            answer["raw"] = _raw_nvml()
+        print(json.dumps(answer, indent=2, default=str))
         return 0 if report.healthy else 1
-    print(f"healthy: {'yes' if report.healthy else 'NO'}")
+    print(f"healthy: {'yes' if report.healthy else 'NO'} (severity: {report.severity.value})")
     for reason in report.reasons:
         print(f"  - {reason}")
     print(
@@ -61,6 +68,33 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             f"temperature={gpu.get('temperature')} C"
         )
     return 0 if report.healthy else 1
+
+
+def _raw_nvml() -> dict[str, Any]:
+    """Every NVML call a health check makes, with value or exception class and latency."""
+    from ray_ft.gpu import GpuBackendUnavailable, NvmlBackend
+
+    started = time.perf_counter()
+    try:
+        backend = NvmlBackend()
+    except GpuBackendUnavailable as exc:
+        cause = exc.__cause__
+        return {
+            "init": "failed",
+            "error": type(cause).__name__ if cause is not None else type(exc).__name__,
+            "detail": str(exc),
+            "init_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+    init_ms = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    calls = backend.raw()
+    return {
+        "init": "ok",
+        "init_ms": round(init_ms, 3),
+        "read_ms": round((time.perf_counter() - started) * 1000, 3),
+        "calls": calls,
+        "unsupported": sorted({c["call"] for c in calls if "error" in c}),
+    }
 
 
 # -- status --------------------------------------------------------------------------------
@@ -129,16 +163,21 @@ def _last_checkpoint(root: Path) -> dict[str, Any] | None:
 
 
 def _print_status(status: dict[str, Any], ray_nodes: dict[str, Any]) -> None:
-    print(f"{'node':<12} {'ray':<5} {'status':<7} {'breaker':<9} {'probe':<7} {'fails':>5}  health")
+    print(
+        f"{'node':<12} {'ray':<5} {'status':<8} {'severity':<8} {'breaker':<9} "
+        f"{'rtt ms':>7} {'fails':>5}  reasons"
+    )
     for node_id, node in status["nodes"].items():
         ray_alive = "alive" if ray_nodes.get(node_id, {}).get("Alive") else "dead"
-        probe = "ok" if node["healthy"] else ("-" if node["healthy"] is None else "BAD")
-        if node["probe_misses"]:
-            probe = f"miss{node['probe_misses']}"
-        reasons = "; ".join(node["health_reasons"]) or "ok"
+        latency = node.get("latency_ms")
+        rtt = "-" if latency is None else f"{latency:.1f}"
+        reasons = list(node.get("reasons") or node.get("health_reasons") or [])
+        if node.get("probe_misses"):
+            reasons.append(f"{node['probe_misses']} health check(s) missed")
         print(
-            f"{node_id[:12]:<12} {ray_alive:<5} {node['status']:<7} {node['breaker']:<9} "
-            f"{probe:<7} {len(node['recent_failures']):>5}  {reasons}"
+            f"{node_id[:12]:<12} {ray_alive:<5} {node['status']:<8} "
+            f"{node.get('severity', 'ok'):<8} {node['breaker']:<9} {rtt:>7} "
+            f"{len(node['recent_failures']):>5}  {'; '.join(reasons) or 'ok'}"
         )
     counts = ", ".join(f"{k} {v}" for k, v in sorted(status["failure_counts"].items()))
     print(f"failures: {status['failures_total']} ({counts or 'none'})")
@@ -272,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="this machine's health report, GPUs included")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
+    probe.add_argument(
+        "--raw",
+        action="store_true",
+        help="with --json: every raw NVML call with its value or exception class and latency",
+    )
+    probe.add_argument(
+        "--expect-gpus",
+        type=int,
+        default=None,
+        help="GPUs this node should have (default: what Ray would count, via CUDA_VISIBLE_DEVICES "
+        "or NVML)",
+    )
     probe.set_defaults(func=_cmd_probe)
     return parser
 

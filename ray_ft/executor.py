@@ -430,6 +430,18 @@ class FaultTolerantExecutor(cf.Executor):
         """Put an attempt's work back at the head of its queue, away from that node."""
         work = attempt.work
         self._stats[counter] += 1
+        self._reports.append(  # for the record; blamed on nobody, so it charges nothing
+            FailureEvent(
+                timestamp=time.time(),
+                failure_type=FailureType.NODE_DIED
+                if counter == "abandoned"
+                else (FailureType.APPLICATION_ERROR),
+                details=f"{type(error).__name__}: {error}"[:500],
+                task_id=work.task_id,
+                worker_id=attempt.node_id,
+                blame=(Blame.NONE if counter == "abandoned" else Blame.PLACEMENT).value,
+            )
+        )
         if attempt.trial:
             self._client.report_trial(attempt.node_id, False, None)  # gives the slot back
         work.avoid = work.avoid | {attempt.node_id}

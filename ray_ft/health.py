@@ -20,6 +20,14 @@ from typing import Any, Protocol
 import psutil
 
 from ray_ft.config import FTConfig
+from ray_ft.gpu import (
+    GpuBackendUnavailable,
+    GPUtilBackend,
+    NvmlBackend,
+    NvmlInitFailed,
+    ThrottleHistory,
+    XidWatcher,
+)
 
 __all__ = [
     "Finding",
@@ -31,6 +39,9 @@ __all__ = [
     "NvmlBackend",
     "Severity",
     "detect_gpu_backend",
+    "gpu_findings",
+    "gpu_label",
+    "gpu_node_findings",
     "sample_system",
 ]
 
@@ -38,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _DISK_FULL_GB = 0.1  # less free space than this is a full disk: fatal
 _CPU_MIN_INTERVAL_S = 0.1  # the shortest interval a CPU figure is measured over
+_NVML_RETRY_S = 60.0  # a failed nvmlInit is tried again this often (a driver may load later)
 
 
 class Severity(str, enum.Enum):
@@ -134,140 +146,25 @@ class GpuBackend(Protocol):
         ...
 
 
-class GpuBackendUnavailable(RuntimeError):
-    """The backend's library or driver is missing: treat the machine as having no GPU."""
-
-
-class NvmlBackend:
-    """GPU data through NVML; ``nvml`` may be any module with pynvml's API (tests use one)."""
-
-    name = "nvml"
-
-    def __init__(self, nvml_module: types.ModuleType | None = None) -> None:
-        nvml: Any = nvml_module
-        if nvml is None:
-            try:
-                import pynvml
-
-                nvml = pynvml
-            except ImportError as exc:
-                msg = "nvidia-ml-py (pynvml) is not installed"
-                raise GpuBackendUnavailable(msg) from exc
-        self._nvml = nvml
-        try:
-            nvml.nvmlInit()
-        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-            msg = f"NVML is not usable here: {exc}"
-            raise GpuBackendUnavailable(msg) from exc
-
-    def read(self) -> list[dict[str, Any]]:
-        """Query every device; a device that answers GPU-is-lost is reported as lost."""
-        nvml = self._nvml
-        return [self._read_one(nvml, index) for index in range(nvml.nvmlDeviceGetCount())]
-
-    def _read_one(self, nvml: Any, index: int) -> dict[str, Any]:
-        gpu: dict[str, Any] = {
-            "id": index,
-            "load": None,
-            "memory_used": None,
-            "memory_total": None,
-            "temperature": None,
-            "temperature_limit": None,
-            "ecc_double_bit": None,
-            "retired_pages_pending": None,
-            "thermal_slowdown": None,
-            "lost": False,
-        }
-        lost_error = getattr(nvml, "NVMLError_GpuIsLost", None)
-
-        def query(fn: Callable[[], Any]) -> Any:
-            try:
-                return fn()
-            except Exception as exc:
-                if lost_error is not None and isinstance(exc, lost_error):
-                    raise
-                return None  # NotSupported, NoPermission...: that field stays unknown
-
-        try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            name = query(lambda: nvml.nvmlDeviceGetName(handle))
-            gpu["name"] = name.decode() if isinstance(name, bytes) else name
-            util = query(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
-            if util is not None:
-                gpu["load"] = util.gpu / 100.0
-            mem = query(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
-            if mem is not None:
-                gpu["memory_used"] = mem.used / 2**20
-                gpu["memory_total"] = mem.total / 2**20
-            gpu["temperature"] = query(
-                lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
-            )
-            gpu["temperature_limit"] = query(
-                lambda: nvml.nvmlDeviceGetTemperatureThreshold(
-                    handle, nvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
-                )
-            )
-            gpu["ecc_double_bit"] = query(
-                lambda: nvml.nvmlDeviceGetTotalEccErrors(
-                    handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC
-                )
-            )
-            pending = query(lambda: nvml.nvmlDeviceGetRetiredPagesPendingStatus(handle))
-            gpu["retired_pages_pending"] = None if pending is None else bool(pending)
-            reasons = query(lambda: nvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle))
-            if reasons is not None:
-                flag = nvml.nvmlClocksThrottleReasonHwThermalSlowdown
-                gpu["thermal_slowdown"] = bool(reasons & flag)
-        except Exception as exc:
-            if lost_error is not None and isinstance(exc, lost_error):
-                gpu["lost"] = True
-            else:
-                gpu["error"] = f"{type(exc).__name__}: {exc}"
-        return gpu
-
-
-class GPUtilBackend:
-    """GPU data through GPUtil (nvidia-smi): load, memory and temperature only."""
-
-    name = "gputil"
-
-    def __init__(self) -> None:
-        try:
-            import GPUtil
-        except Exception as exc:  # ImportError, or distutils missing on Python 3.12
-            msg = f"GPUtil is not usable here: {exc}"
-            raise GpuBackendUnavailable(msg) from exc
-        self._gputil = GPUtil
-
-    def read(self) -> list[dict[str, Any]]:
-        """One dict per GPU that nvidia-smi lists; none when nvidia-smi is absent."""
-        try:
-            gpus = self._gputil.getGPUs()
-        except Exception:
-            return []
-        return [
-            {
-                "id": g.id,
-                "load": g.load,
-                "memory_used": g.memoryUsed,
-                "memory_total": g.memoryTotal,
-                "temperature": g.temperature,
-                "name": getattr(g, "name", None),
-            }
-            for g in gpus
-        ]
-
-
 def detect_gpu_backend() -> GpuBackend | None:
-    """NVML when it initializes, else GPUtil when it imports, else None (no GPU)."""
-    for factory in (NvmlBackend, GPUtilBackend):
-        try:
-            backend: GpuBackend = factory()
-        except GpuBackendUnavailable as exc:
-            log.debug("GPU backend unavailable: %s", exc)
-            continue
-        return backend
-    return None
+    """NVML when it starts, else GPUtil when it imports, else None (no GPU backend)."""
+    return _detect()[0]
+
+
+def _detect() -> tuple[GpuBackend | None, str | None]:
+    """The backend, and why NVML did not start when its library is there but failed."""
+    nvml_error = None
+    try:
+        return NvmlBackend(), None
+    except NvmlInitFailed as exc:
+        nvml_error = str(exc)
+    except GpuBackendUnavailable as exc:
+        log.debug("NVML unavailable: %s", exc)
+    try:
+        return GPUtilBackend(), nvml_error
+    except GpuBackendUnavailable as exc:
+        log.debug("GPUtil unavailable: %s", exc)
+    return None, nvml_error
 
 
 _AUTO = "auto"
@@ -309,13 +206,13 @@ def _busy_percent(before: Any, after: Any) -> float:
 
 
 _CPU = _CpuMeter()
-_default_backend: list[GpuBackend | None] = []
+_default_backend: list[tuple[GpuBackend | None, str | None]] = []
 
 
 def _default_gpu_backend() -> GpuBackend | None:
     if not _default_backend:
-        _default_backend.append(detect_gpu_backend())
-    return _default_backend[0]
+        _default_backend.append(_detect())
+    return _default_backend[0][0]
 
 
 def sample_system(
@@ -359,7 +256,8 @@ class HealthMonitor:
 
     ``HealthMonitor.get_system_health()`` is a staticmethod, as in the seed, and
     ``HealthMonitor.is_healthy(h)`` / ``check(h)`` work on the class with default
-    thresholds; an instance carries its own thresholds and GPU backend (:meth:`sample`).
+    thresholds; an instance carries its own thresholds, GPU backend, slowdown history, the
+    GPU count Ray expects (``expected_gpus``) and optionally an Xid event watcher.
     """
 
     _default_instance: HealthMonitor | None = None
@@ -370,6 +268,9 @@ class HealthMonitor:
         *,
         gpu_backend: GpuBackend | str | None = _AUTO,
         disk_path: str = "/",
+        expected_gpus: int | None = None,
+        watch_xids: bool = False,
+        throttle_samples: tuple[int, int] = (3, 5),
     ) -> None:
         if isinstance(thresholds, HealthThresholds):
             self.thresholds = thresholds
@@ -377,8 +278,15 @@ class HealthMonitor:
             self.thresholds = HealthThresholds.from_config(thresholds)
         self._gpu_backend_arg = gpu_backend
         self._gpu_backend: GpuBackend | None = None
+        self._nvml_error: str | None = None
         self._gpu_resolved = False
+        self._resolved_at = 0.0
         self.disk_path = disk_path
+        self.expected_gpus = expected_gpus
+        self._watch_xids = watch_xids
+        self._xids: XidWatcher | None = None
+        self._xid_error: str | None = None
+        self._throttle = ThrottleHistory(*throttle_samples)
 
     @classmethod
     def _default(cls) -> HealthMonitor:
@@ -388,12 +296,31 @@ class HealthMonitor:
 
     @property
     def gpu_backend(self) -> GpuBackend | None:
-        """The GPU backend in use, resolved on first need."""
-        if not self._gpu_resolved:
+        """The GPU backend in use, resolved on first need (NVML is retried while it fails)."""
+        now = time.monotonic()
+        retry = (
+            self._nvml_error is not None
+            and not isinstance(self._gpu_backend, NvmlBackend)
+            and now - self._resolved_at >= _NVML_RETRY_S
+        )
+        if not self._gpu_resolved or retry:
             arg = self._gpu_backend_arg
-            self._gpu_backend = _default_gpu_backend() if arg == _AUTO else arg  # type: ignore[assignment]
-            self._gpu_resolved = True
+            if arg == _AUTO:
+                self._gpu_backend, self._nvml_error = _detect()
+            else:
+                self._gpu_backend = arg  # type: ignore[assignment]
+            self._gpu_resolved, self._resolved_at = True, now
+            self._start_xid_watch()
         return self._gpu_backend
+
+    def _start_xid_watch(self) -> None:
+        backend = self._gpu_backend
+        if not self._watch_xids or self._xids is not None or not isinstance(backend, NvmlBackend):
+            return
+        try:
+            self._xids = XidWatcher(backend)
+        except Exception as exc:  # events unsupported on this card or driver
+            self._xid_error = f"{type(exc).__name__}: {exc}"
 
     @staticmethod
     def get_system_health() -> dict[str, Any]:
@@ -401,8 +328,21 @@ class HealthMonitor:
         return sample_system()
 
     def sample(self) -> dict[str, Any]:
-        """Like :meth:`get_system_health`, through this monitor's GPU backend and disk."""
-        return sample_system(gpu_backend=self.gpu_backend, disk_path=self.disk_path)
+        """Like :meth:`get_system_health`, through this monitor's GPU backend and disk,
+        with the GPU facts judged over time (sustained slowdown, Xids, inventory)."""
+        backend = self.gpu_backend
+        health = sample_system(gpu_backend=backend, disk_path=self.disk_path)
+        for gpu in health["gpus"]:
+            slowed = bool(gpu.get("thermal_slowdown") or gpu.get("power_brake"))
+            key = str(gpu.get("uuid") or gpu.get("id"))
+            gpu["slowdown_sustained"] = self._throttle.add(key, slowed)
+        health["gpu_expected"] = self.expected_gpus
+        health["nvml_error"] = self._nvml_error
+        if self._xids is not None:
+            critical, recent = self._xids.latched()
+            health["xid_critical"], health["xid_recent"] = critical, recent
+        health["xid_watch"] = "on" if self._xids is not None else (self._xid_error or "off")
+        return health
 
     @_InstanceOrDefault
     def check(self, health: Mapping[str, Any] | None = None) -> HealthReport:
@@ -428,8 +368,9 @@ class HealthMonitor:
         free = health.get("disk_free_gb")
         if free is not None and free < limits.disk_full_gb:
             found.append(Finding(Severity.FATAL, f"disk full ({free * 1024:.0f} MB free)"))
+        found.extend(gpu_node_findings(health))
         for gpu in health.get("gpus") or ():
-            found.extend(_gpu_findings(gpu, limits))
+            found.extend(gpu_findings(gpu, limits))
         return found
 
     @_InstanceOrDefault
@@ -438,30 +379,90 @@ class HealthMonitor:
         return bool(self.check(health))
 
 
-def _gpu_findings(gpu: Mapping[str, Any], limits: HealthThresholds) -> list[Finding]:
-    label = f"GPU {gpu.get('id')}"
+_RECOVERY_ACTIONS = {
+    1: "GPU reset",
+    2: "node reboot",
+    3: "drain peer-to-peer traffic",
+    4: "drain and reset",
+    5: "recover the IMEX domain",
+    6: "bus reset",
+    7: "system reboot",
+}
+
+
+def gpu_label(gpu: Mapping[str, Any]) -> str:
+    """'GPU 0 (GPU-uuid, 00000000:3B:00.0)': NVML's index need not match CUDA's or Ray's."""
+    ids = [str(v) for v in (gpu.get("uuid"), gpu.get("pci_bus_id")) if v]
+    return f"GPU {gpu.get('id')}" + (f" ({', '.join(ids)})" if ids else "")
+
+
+def gpu_node_findings(health: Mapping[str, Any]) -> list[Finding]:
+    """Findings about the node's GPUs as a whole: NVML start-up, inventory, Xid events."""
+    fatal = Severity.FATAL
+    found = []
+    expected = health.get("gpu_expected") or 0
+    readings = [g for g in health.get("gpus") or () if g.get("id", -1) >= 0]
+    if health.get("nvml_error") and expected:
+        reason = (
+            f"NVML did not start on a node Ray counts {expected} GPUs on: {health['nvml_error']}"
+        )
+        found.append(Finding(fatal, reason))
+    elif (
+        expected
+        and len(readings) < expected
+        and not any(g.get("hung") for g in health.get("gpus") or ())
+    ):
+        found.append(Finding(fatal, f"{len(readings)} GPUs visible, Ray counts {expected}"))
+    for event in health.get("xid_critical") or ():
+        reason = f"critical Xid {event['xid']} on GPU {event.get('gpu_uuid') or '?'}"
+        found.append(Finding(fatal, reason))
+    return found
+
+
+def gpu_findings(gpu: Mapping[str, Any], limits: HealthThresholds) -> list[Finding]:
+    """The faults of one GPU reading, classified as DCGM does."""
+    label = gpu_label(gpu)
     fatal, degraded = Severity.FATAL, Severity.DEGRADED
+    if gpu.get("hung"):
+        return [Finding(fatal, f"{gpu.get('error') or 'NVML hung'}; the driver is wedged")]
     if gpu.get("lost"):
         return [Finding(fatal, f"{label} is lost (NVML: GPU is lost); the node needs a reset")]
+    if gpu.get("reset_required"):
+        return [Finding(fatal, f"{label} requires a reset (NVML: ResetRequired)")]
     found = []
     if gpu.get("error"):
         found.append(Finding(degraded, f"{label} could not be read: {gpu['error']}"))
+    for field, error in sorted((gpu.get("errors") or {}).items()):
+        found.append(Finding(degraded, f"{label}: reading {field} failed: {error}"))
+    if gpu.get("ecc_double_bit"):
+        reason = f"{label} has {gpu['ecc_double_bit']} volatile double-bit ECC errors"
+        found.append(Finding(fatal, reason))
+    if gpu.get("retired_pages_pending"):
+        found.append(Finding(fatal, f"{label} has memory pages pending retirement (reset needed)"))
+    if gpu.get("remap_failure"):
+        found.append(Finding(fatal, f"{label} failed to remap a memory row (replace the GPU)"))
+    elif gpu.get("remap_pending"):
+        found.append(Finding(fatal, f"{label} has a memory row remap pending (reset needed)"))
+    action = gpu.get("recovery_action")
+    if action:
+        what = _RECOVERY_ACTIONS.get(int(action), f"action {action}")
+        found.append(Finding(fatal, f"{label} asks for recovery: {what}"))
+    if gpu.get("slowdown_sustained"):
+        kind = "thermal" if gpu.get("thermal_slowdown") else "power-brake"
+        found.append(Finding(degraded, f"{label} is in sustained hardware {kind} slowdown"))
     temp = gpu.get("temperature")
-    nvml_limit = gpu.get("temperature_limit")
-    limit = float(nvml_limit) if nvml_limit else limits.gpu_temp
-    if temp is not None and temp > limit:
-        found.append(Finding(degraded, f"{label} at {temp:g} C exceeds {limit:g} C"))
+    own_limit = gpu.get("temperature_max") or gpu.get("temperature_limit")
+    if temp is not None and own_limit and temp >= float(own_limit):
+        found.append(Finding(degraded, f"{label} at {temp:g} C reaches its limit {own_limit:g} C"))
+    elif temp is not None and not own_limit and temp > limits.gpu_temp:
+        found.append(Finding(degraded, f"{label} at {temp:g} C exceeds {limits.gpu_temp:g} C"))
+    mem_temp, mem_max = gpu.get("memory_temperature"), gpu.get("memory_temperature_max")
+    if mem_temp is not None and mem_max and mem_temp >= float(mem_max):
+        found.append(Finding(degraded, f"{label} HBM at {mem_temp:g} C reaches {mem_max:g} C"))
     used, total = gpu.get("memory_used"), gpu.get("memory_total")
     if used is not None and total and limits.gpu_memory is not None:
         percent = 100.0 * used / total
         if percent > limits.gpu_memory:
             reason = f"{label} memory at {percent:.1f}% exceeds {limits.gpu_memory:g}%"
             found.append(Finding(degraded, reason))
-    if gpu.get("ecc_double_bit"):
-        reason = f"{label} has {gpu['ecc_double_bit']} volatile double-bit ECC errors"
-        found.append(Finding(fatal, reason))
-    if gpu.get("retired_pages_pending"):
-        found.append(Finding(fatal, f"{label} has memory pages pending retirement (reset needed)"))
-    if gpu.get("thermal_slowdown"):
-        found.append(Finding(degraded, f"{label} is in hardware thermal slowdown"))
     return found

@@ -36,7 +36,7 @@ def cluster():
 @pytest.fixture
 def nodes(cluster):
     """Three alive nodes before each test (the freeze tests lose one), a fresh manager after."""
-    while len([n for n in ray.nodes() if n["Alive"]]) < 3:
+    while len(cluster.list_all_nodes()) < 3:  # Ray's table lags a removed node by ~15 s
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     yield cluster
@@ -157,8 +157,9 @@ def _freeze_mid_batch(cluster, config, n_tasks, seconds, state_dir):
     victim = next(iter(cluster.worker_nodes))
 
     def every_probe_answered():
-        nodes = ray.get(manager.status.remote())["nodes"].values()
-        return sum(n["latency_ms"] is not None for n in nodes) >= 3
+        nodes = ray.get(manager.status.remote())["nodes"]
+        ids = [n.node_id for n in cluster.list_all_nodes()]
+        return all(nodes.get(i, {}).get("latency_ms") is not None for i in ids)
 
     wait_for(every_probe_answered, timeout=60)  # a steady cluster, as the figure assumes
     frozen: list[int] = []

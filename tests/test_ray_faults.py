@@ -142,7 +142,8 @@ def test_degrades_to_one_node_then_uses_a_new_one(nodes, tmp_path):
         deadline = time.monotonic() + 180
         while not all(f.done() for f in futures) and time.monotonic() < deadline:
             stats = ex.stats()  # one consistent snapshot: in flight vs the nodes it knows
-            samples.append((stats["in_flight"], len(stats["nodes"])))
+            usable = set(stats["nodes"]) - set(stats["excluded_nodes"])
+            samples.append((stats["in_flight"], len(usable)))
             time.sleep(0.2)
         results = [f.result(timeout=10) for f in futures]
         assert [r[0] for r in results] == list(range(30))

@@ -22,8 +22,14 @@ __all__ = ["HealthProbe", "start_probe"]
 class HealthProbe:
     """Samples its node on request; never blocks for long (psutil primed, GPU lazily)."""
 
-    def __init__(self, thresholds: dict[str, float | None] | None = None) -> None:
-        self.monitor = HealthMonitor(HealthThresholds(**(thresholds or {})))  # type: ignore[arg-type]
+    def __init__(
+        self, thresholds: dict[str, float | None] | None = None, expected_gpus: int = 0
+    ) -> None:
+        self.monitor = HealthMonitor(
+            HealthThresholds(**(thresholds or {})),  # type: ignore[arg-type]
+            expected_gpus=expected_gpus,
+            watch_xids=expected_gpus > 0,
+        )
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def ping(self) -> float:
@@ -52,12 +58,17 @@ class HealthProbe:
 _RemoteProbe: Any = ray.remote(HealthProbe)
 
 
-def start_probe(node_id: str, thresholds: dict[str, float | None] | None = None) -> Any:
-    """Start a HealthProbe pinned to ``node_id``; it does not restart (the manager replaces it)."""
+def start_probe(
+    node_id: str, thresholds: dict[str, float | None] | None = None, expected_gpus: int = 0
+) -> Any:
+    """Start a HealthProbe pinned to ``node_id``; it does not restart (the manager replaces it).
+
+    ``expected_gpus`` is Ray's GPU count for the node: fewer GPUs seen by NVML is fatal.
+    """
     return _RemoteProbe.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         num_cpus=0,
         max_restarts=0,
         max_concurrency=4,  # a slow health check never delays a ping
         name=None,
-    ).remote(thresholds)
+    ).remote(thresholds, expected_gpus)

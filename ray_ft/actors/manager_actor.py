@@ -262,7 +262,8 @@ class ManagerActor:
                     self.manager.register_worker(node_id, capacity)
                     changed = True
                 if node_id not in self._probes:
-                    self._probes[node_id] = start_probe(node_id, thresholds)
+                    gpus = int(node["Resources"].get("GPU", 0))
+                    self._probes[node_id] = start_probe(node_id, thresholds, gpus)
                     self._probe_started.setdefault(node_id, time.monotonic())
             for node_id in list(self._probes):
                 if node_id not in alive:
