@@ -60,7 +60,10 @@ def callable_blob(fn: Callable[..., Any]) -> bytes:
     return blob
 
 
-def _run_blob(blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_blob(blob: bytes, /, *args: Any, **kwargs: Any) -> Any:
+    """Run the pickled callable. The call's arguments are the task's own top-level
+    arguments, so Ray resolves ObjectRefs among them (keyword ones too) as it would for
+    ``f.remote(*args, **kwargs)``; refs nested in containers stay refs, as in Ray."""
     fn = _worker_fns.get(blob)
     if fn is None:
         fn = cloudpickle.loads(blob)

@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -60,7 +60,8 @@ _PASSTHROUGH = {
 _OWNED = {"max_retries", "retry_exceptions", "scheduling_strategy", "max_calls"}
 _NODE_REFRESH_S = 1.0
 _WAIT_S = 0.05
-_NO_OPTIONS: dict[str, Any] = {}  # one object: CallSpecs are cached by the options' identity
+_NO_OPTIONS: dict[str, Any] = {}  # plain submit(): the executor's own CallSpec
+_SPEC_CACHE_SIZE = 256
 
 
 class CapacityError(RuntimeError):
@@ -127,7 +128,8 @@ class FaultTolerantExecutor(cf.Executor):
         self._zero_capacity_since: dict[Shape, float] = {}
         self._reports: list[FailureEvent] = []
         self._remote_cache: dict[tuple[Any, ...], Any] = {}
-        self._specs: dict[int, tuple[dict[str, Any], CallSpec]] = {}
+        self._specs: OrderedDict[tuple[Any, ...], CallSpec] = OrderedDict()
+        self._default_spec = CallSpec.of(self._task_options, self.config.task_timeout)
         self._usable: list[str] | None = None
         self._deadlines: list[tuple[float, int, Any]] = []
         self._ids = itertools.count(1)
@@ -196,9 +198,9 @@ class FaultTolerantExecutor(cf.Executor):
         if not callable(fn):
             msg = f"{fn!r} is not callable; pass a function, e.g. submit(pow, 2, 3)"
             raise TypeError(msg)
-        spec = self._spec(options)
-        name = spec.name or _callable_name(fn)
         is_remote = isinstance(fn, ray.remote_function.RemoteFunction)
+        spec = self._spec(options, fn._default_options if is_remote else None)  # type: ignore[attr-defined]
+        name = spec.name or _callable_name(fn)
         blob = None if is_remote else callable_blob(fn)
         future: cf.Future[Any] = cf.Future()
         with self._lock:
@@ -215,13 +217,23 @@ class FaultTolerantExecutor(cf.Executor):
             self._wakeup.notify()
         return future
 
-    def _spec(self, options: dict[str, Any]) -> CallSpec:
-        """The CallSpec of an options dict (views keep theirs; cached by identity)."""
-        cached = self._specs.get(id(options))
-        if cached is not None and cached[0] is options:
-            return cached[1]
-        spec = CallSpec.of({**self._task_options, **options}, self.config.task_timeout)
-        self._specs[id(options)] = (options, spec)
+    def _spec(
+        self, options: dict[str, Any], remote_defaults: dict[str, Any] | None = None
+    ) -> CallSpec:
+        """The CallSpec of a call: the remote function's own options (``@ray.remote(...)``),
+        then the executor's, then the call's. Bounded LRU cache keyed by value."""
+        if options is _NO_OPTIONS and not remote_defaults:
+            return self._default_spec
+        own = {k: v for k, v in (remote_defaults or {}).items() if k in _PASSTHROUGH}
+        key = (_options_key(own), _options_key(options))
+        spec = self._specs.get(key)
+        if spec is not None:
+            self._specs.move_to_end(key)
+            return spec
+        spec = CallSpec.of({**own, **self._task_options, **options}, self.config.task_timeout)
+        self._specs[key] = spec
+        if len(self._specs) > _SPEC_CACHE_SIZE:
+            self._specs.popitem(last=False)
         return spec
 
     # -- placement -----------------------------------------------------------------------
@@ -312,7 +324,7 @@ class FaultTolerantExecutor(cf.Executor):
         remote = self._remote_for(work, node_id)
         if work.remote_fn is not None:
             return remote.remote(*work.args, **work.kwargs)
-        return remote.remote(work.blob, work.args, work.kwargs)
+        return remote.remote(work.blob, *work.args, **work.kwargs)
 
     def _remote_for(self, work: Work, node_id: str) -> Any:
         """The remote function with this work's options, pinned to ``node_id`` (cached)."""
@@ -453,6 +465,17 @@ class FaultTolerantExecutor(cf.Executor):
             _, _, work = heapq.heappop(self._timers)
             self._pending.setdefault(work.shape, deque()).appendleft(work)
 
+    def _compact_deadlines(self) -> None:
+        """Drop the deadlines of finished attempts once they outnumber the live ones
+        (a heap cannot remove an entry; 3,000 timed tasks would otherwise linger)."""
+        if len(self._deadlines) > 2 * len(self._inflight) + 64:
+            self._deadlines = [
+                (a.deadline, next(self._seq), ref)
+                for ref, a in self._inflight.items()
+                if a.deadline is not None
+            ]
+            heapq.heapify(self._deadlines)
+
     def _watchdog(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, ref = heapq.heappop(self._deadlines)
@@ -548,6 +571,7 @@ class FaultTolerantExecutor(cf.Executor):
                         if not attempt.work.future.done():
                             attempt.work.future.set_exception(internal)
             self._dispatch_pending(self._clock())
+            self._compact_deadlines()
         for future, value in succeeded:
             future.set_result(value)
 
@@ -694,6 +718,10 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
             )
             raise ValueError(msg)
     return dict(options)
+
+
+def _options_key(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, repr(v)) for k, v in options.items()))
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:

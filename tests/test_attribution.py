@@ -186,7 +186,10 @@ def test_busy_node_at_full_cpu_and_gpu_memory_is_ok():
         ({"memory_percent": 97.0}, Severity.DEGRADED),
         ({"disk_percent": 97.0}, Severity.DEGRADED),
         ({"disk_free_gb": 0.01}, Severity.FATAL),
-        ({"gpus": [{"id": 0, "thermal_slowdown": True}]}, Severity.DEGRADED),
+        (
+            {"gpus": [{"id": 0, "thermal_slowdown": True, "slowdown_sustained": True}]},
+            Severity.DEGRADED,
+        ),
         ({"gpus": [{"id": 0, "ecc_double_bit": 2}]}, Severity.FATAL),
         ({"gpus": [{"id": 0, "lost": True}]}, Severity.FATAL),
     ],
