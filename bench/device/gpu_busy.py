@@ -47,7 +47,7 @@ def main() -> None:
     print(json.dumps(phase(monitor, "idle", 5.0)))
     import torch
 
-    free, total = torch.cuda.mem_get_info()
+    free, _total = torch.cuda.mem_get_info()
     hog = torch.empty(int(free * 0.97), dtype=torch.uint8, device="cuda")
     stop = threading.Event()
 
