@@ -7,7 +7,6 @@ nodes. The fast path (no failures) costs one remote call per refresh, not per ta
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,34 +16,13 @@ import ray
 
 from ray_ft.failures import FailureEvent
 from ray_ft.manager import FaultToleranceManager
+from ray_ft.scheduler import Exclusions
 
 __all__ = ["ActorManagerClient", "Exclusions", "LocalManagerClient", "ManagerClient"]
 
 log = logging.getLogger(__name__)
 
 _CHECK_S = 0.05
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Exclusions:
-    """A snapshot of where work may not go (and which nodes take trial work only)."""
-
-    excluded: frozenset[str] = frozenset()
-    failed: frozenset[str] = frozenset()
-    dead: frozenset[str] = frozenset()
-    degraded: frozenset[str] = frozenset()
-    half_open: tuple[tuple[str, int], ...] = ()
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Exclusions:
-        """From ``FaultToleranceManager.exclusions_snapshot()`` (the actor's answer too)."""
-        return cls(
-            excluded=frozenset(data.get("excluded", ())),
-            failed=frozenset(data.get("failed", ())),
-            dead=frozenset(data.get("dead", ())),
-            degraded=frozenset(data.get("degraded", ())),
-            half_open=tuple(sorted(data.get("half_open", {}).items())),
-        )
 
 
 class ManagerClient(Protocol):
@@ -58,8 +36,12 @@ class ManagerClient(Protocol):
         """Send failure events (batched by the caller); never blocks for long."""
         ...
 
-    def acquire_trial(self, node_id: str) -> bool:
-        """Take a trial slot on a HALF_OPEN node."""
+    def request_trial(self, node_id: str) -> None:
+        """Ask for a trial lease on a HALF_OPEN node; the answer comes from trial_answers."""
+        ...
+
+    def trial_answers(self) -> list[tuple[str, bool]]:
+        """Answers to lease requests that have arrived (node, granted); never blocks."""
         ...
 
     def report_trial(self, node_id: str, success: bool, failure: FailureEvent | None) -> None:
@@ -73,6 +55,7 @@ class LocalManagerClient:
     def __init__(self, manager: FaultToleranceManager) -> None:
         self.manager = manager
         self._last: Exclusions | None = None
+        self._answers: list[tuple[str, bool]] = []
 
     def poll(self) -> Exclusions | None:
         """Recompute the snapshot; None when nothing changed."""
@@ -88,9 +71,14 @@ class LocalManagerClient:
         for event in events:
             self.manager.report_failure(event)
 
-    def acquire_trial(self, node_id: str) -> bool:
-        """Take a trial slot from the local breaker."""
-        return self.manager.acquire_trial(node_id)
+    def request_trial(self, node_id: str) -> None:
+        """Take a trial slot from the local breaker at once."""
+        self._answers.append((node_id, self.manager.acquire_trial(node_id)))
+
+    def trial_answers(self) -> list[tuple[str, bool]]:
+        """The answers given since the last call."""
+        answers, self._answers = self._answers, []
+        return answers
 
     def report_trial(self, node_id: str, success: bool, failure: FailureEvent | None) -> None:
         """Close or reopen the local breaker."""
@@ -115,6 +103,7 @@ class ActorManagerClient:
         self._checked_at = -float("inf")
         self._last: Exclusions | None = None
         self._unsent: list[FailureEvent] = []
+        self._trial_refs: dict[Any, str] = {}
 
     def poll(self) -> Exclusions | None:
         """Collect a finished snapshot request (None if unchanged); start the next when due.
@@ -156,13 +145,24 @@ class ActorManagerClient:
             self._unsent = batch[-10_000:]
         self._asked_at = self._checked_at = -float("inf")  # exclusions may change: refresh
 
-    def acquire_trial(self, node_id: str) -> bool:
-        """A short synchronous call; only made when a node is HALF_OPEN."""
-        try:
-            return bool(ray.get(self.handle.acquire_trial.remote(node_id), timeout=10))
-        except Exception as exc:
-            log.debug("acquire_trial(%s) failed: %s", node_id, exc)
-            return False
+    def request_trial(self, node_id: str) -> None:
+        """Send the request; a restarting manager delays the answer, never the caller."""
+        self._trial_refs[self.handle.acquire_trial.remote(node_id)] = node_id
+
+    def trial_answers(self) -> list[tuple[str, bool]]:
+        """Answers that have arrived; a failed request counts as refused."""
+        if not self._trial_refs:
+            return []
+        ready, _ = ray.wait(list(self._trial_refs), num_returns=len(self._trial_refs), timeout=0)
+        answers = []
+        for ref in ready:
+            node_id = self._trial_refs.pop(ref)
+            try:
+                answers.append((node_id, bool(ray.get(ref))))
+            except Exception as exc:
+                log.debug("acquire_trial(%s) failed: %s", node_id, exc)
+                answers.append((node_id, False))
+        return answers
 
     def report_trial(self, node_id: str, success: bool, failure: FailureEvent | None) -> None:
         """Fire and forget."""

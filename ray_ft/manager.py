@@ -9,7 +9,6 @@ heartbeat detector) and its health verdict (ok, degraded, fatal).
 
 from __future__ import annotations
 
-import bisect
 import collections
 import dataclasses
 import statistics
@@ -21,6 +20,7 @@ from ray_ft.attribution import SUSPECT_FAILURES, Blame
 from ray_ft.breaker import BreakerState, CircuitBreaker
 from ray_ft.config import FTConfig
 from ray_ft.failures import FailureEvent, FailureType
+from ray_ft.placement import water_fill as _water_fill
 from ray_ft.policy import RetryDecision, RetryPolicy
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class FaultToleranceManager:
         self.health_severity: dict[str, str] = {}
         self.liveness_failures: dict[str, str] = {}
         self.breaker_transitions: list[dict[str, Any]] = []
+        self._trial_leases: dict[str, list[float]] = {}
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
@@ -202,13 +203,32 @@ class FaultToleranceManager:
         if info is not None and info.status != WorkerStatus.ALIVE:
             return False
         breaker = self.breaker(worker_id)
-        return breaker.state is BreakerState.HALF_OPEN and breaker.allow_request()
+        granted = breaker.state is BreakerState.HALF_OPEN and breaker.allow_request()
+        if granted:
+            self._trial_leases.setdefault(worker_id, []).append(self._clock())
+        return granted
+
+    def expire_trial_leases(self, timeout: float | None = None) -> list[str]:
+        """Take back trial leases held longer than ``timeout`` (default ``breaker_timeout``):
+        a driver that died holding one must not keep the node out of use for good."""
+        limit = self.config.breaker_timeout if timeout is None else timeout
+        now = self._clock()
+        expired = []
+        for worker_id, leases in self._trial_leases.items():
+            while leases and now - leases[0] >= limit:
+                leases.pop(0)
+                self.breaker(worker_id).release_trial()
+                expired.append(worker_id)
+        return expired
 
     def record_trial(
         self, worker_id: str, success: bool, failure: FailureEvent | None = None
     ) -> None:
         """A trial's outcome: success closes the breaker, a node fault reopens it,
         anything else (the task's own failure, a cancel) just gives the slot back."""
+        leases = self._trial_leases.get(worker_id)
+        if leases:
+            leases.pop(0)
         if success:
             self.record_worker_success(worker_id)
         elif failure is not None and _charges_node(failure):
@@ -501,44 +521,3 @@ def _charges_node(event: FailureEvent) -> bool:
     if event.blame is not None:
         return event.blame == Blame.NODE.value
     return event.failure_type in NODE_FAULTS
-
-
-def _water_fill(free: Mapping[str, int], n_tasks: int) -> list[tuple[str, int]]:
-    """Split ``n_tasks`` so that the free capacity left is as even as possible.
-
-    Finds the level L such that giving each worker max(0, free - L) tasks uses at most
-    n_tasks, then hands the remainder one each to the fullest workers at the level.
-    O(W log W), independent of the number of tasks.
-    """
-    if n_tasks <= 0 or not free:
-        return []
-    total = sum(free.values())
-    if n_tasks >= total:
-        return sorted(free.items())
-    caps = sorted(free.values())
-    prefix = [0]
-    for c in caps:
-        prefix.append(prefix[-1] + c)
-
-    def assigned(level: int) -> int:
-        i = bisect.bisect_right(caps, level)
-        return (prefix[-1] - prefix[i]) - level * (len(caps) - i)
-
-    low, high = 0, caps[-1]
-    while low < high:  # smallest level with assigned(level) <= n_tasks
-        mid = (low + high) // 2
-        if assigned(mid) <= n_tasks:
-            high = mid
-        else:
-            low = mid + 1
-    level = low
-    counts = {w: max(0, f - level) for w, f in free.items()}
-    remainder = n_tasks - sum(counts.values())
-    if remainder:
-        at_level = sorted(
-            (w for w, f in free.items() if f >= level and level > 0),
-            key=lambda w: (-free[w], w),
-        )
-        for worker_id in at_level[:remainder]:
-            counts[worker_id] += 1
-    return sorted((w, c) for w, c in counts.items() if c > 0)

@@ -262,3 +262,15 @@ def test_floor_and_forgiveness(clock):
     assert d.silence() == 0.0 and d.is_alive()
     with pytest.raises(ValueError, match="timeout_floor"):
         PhiAccrualDetector(timeout_floor=-1)
+
+
+def test_trial_leases_are_taken_back_after_the_lease_timeout(clock):
+    m = manager(clock, worker_failure_threshold=0, breaker_timeout=10, half_open_max_calls=2)
+    m.handle_worker_failure("a")
+    clock.advance(10)
+    assert m.acquire_trial("a") and m.acquire_trial("a") and not m.acquire_trial("a")
+    m.record_trial("a", False)  # one given back (a cancel): one slot free again
+    assert m.half_open_workers() == {"a": 1}
+    clock.advance(10)  # the other holder died: its lease expires
+    assert m.expire_trial_leases() == ["a"]
+    assert m.half_open_workers() == {"a": 2}

@@ -142,7 +142,7 @@ def test_hanging_task_is_killed_retried_then_fails(cluster):
     recorder = Recorder.remote()
     config = {**FAST, "max_retries": 3}
     with FaultTolerantExecutor(config, manager=False) as ex:
-        future = ex.options(timeout=1).submit(hang_forever, recorder)
+        future = ex.options(timeout=3).submit(hang_forever, recorder)  # > a worker start
         with pytest.raises(TaskFailedError) as info:
             future.result(timeout=120)
         stats = ex.stats()

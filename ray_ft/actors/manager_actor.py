@@ -302,6 +302,9 @@ class ManagerActor:
             last_round = started
             try:
                 self._sync_nodes()
+                with self._lock:
+                    if self.manager.expire_trial_leases():
+                        self._save_state()
                 self._liveness_round(started + interval)
             except Exception:  # the loop must outlive any one bad round
                 log.exception("liveness round failed")

@@ -1,0 +1,634 @@
+"""The executor's brain: a pure, single-threaded scheduler (no Ray, injected clock).
+
+Events go in (submitted, attempt finished, launch failed, nodes changed, exclusions changed,
+trial granted, tick); commands come out (launch, cancel, resolve, report, acquire and
+release trial leases). It owns the queues, the retry timer heap, the deadlines, capacity
+and placement, fault attribution and trial leases. The Ray loop in ``executor.py`` holds
+its lock only to exchange events and commands, and carries the commands out.
+
+Placement adapts to how fast each node finishes work: a node gets at most as many queued
+attempts per slot as it finishes in about ``_QUEUE_TARGET_S`` (one for slow work, up to
+``queue_depth`` for trivial work), and a node whose next attempt would finish after the
+other nodes have cleared the whole queue takes none (so a slow node never sets the end).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import heapq
+import itertools
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ray_ft._work import Attempt, Shape, Work
+from ray_ft.attribution import Blame, CrashLedger
+from ray_ft.config import FTConfig
+from ray_ft.failures import (
+    FailureEvent,
+    FailureType,
+    NodeFailedError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from ray_ft.manager import FaultToleranceManager
+from ray_ft.placement import water_fill
+
+__all__ = [
+    "AcquireTrial",
+    "Cancel",
+    "CapacityError",
+    "Command",
+    "Exclusions",
+    "Launch",
+    "ReleaseTrial",
+    "Report",
+    "Resolve",
+    "Scheduler",
+]
+
+_QUEUE_TARGET_S = 0.25  # queued work per slot beyond the running attempt, in seconds
+_EWMA = 0.3
+_SLOW_FACTOR = 2.0  # a node this many times slower than the fastest may stand back
+
+
+class CapacityError(RuntimeError):
+    """No usable node could run the task for ``capacity_wait_timeout`` seconds."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Exclusions:
+    """A snapshot of where work may not go (and which nodes take trial work only)."""
+
+    excluded: frozenset[str] = frozenset()
+    failed: frozenset[str] = frozenset()
+    dead: frozenset[str] = frozenset()
+    degraded: frozenset[str] = frozenset()
+    half_open: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Exclusions:
+        """From ``FaultToleranceManager.exclusions_snapshot()`` (the actor's answer too)."""
+        return cls(
+            excluded=frozenset(data.get("excluded", ())),
+            failed=frozenset(data.get("failed", ())),
+            dead=frozenset(data.get("dead", ())),
+            degraded=frozenset(data.get("degraded", ())),
+            half_open=tuple(sorted(dict(data.get("half_open", {})).items())),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Launch:
+    """Hand this attempt to Ray, pinned to ``attempt.node_id``."""
+
+    attempt: Attempt
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancel an attempt in Ray (force); its late result, if any, is dropped."""
+
+    attempt: Attempt
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resolve:
+    """Set a future's result or exception (done outside any lock: callbacks run here)."""
+
+    future: cf.Future[Any]
+    value: Any = None
+    error: BaseException | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Report:
+    """Send failure events to the manager (blamed; only node-blamed ones charge a node)."""
+
+    events: tuple[FailureEvent, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AcquireTrial:
+    """Ask the manager for one trial lease on a HALF_OPEN node."""
+
+    node_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleaseTrial:
+    """Give a trial lease back: success closes the breaker, a node fault reopens it."""
+
+    node_id: str
+    success: bool
+    event: FailureEvent | None = None
+
+
+Command = Launch | Cancel | Resolve | Report | AcquireTrial | ReleaseTrial
+
+
+class _NullMetrics:
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+class Scheduler:
+    """Queues, timers, deadlines, capacity, placement, attribution and trial leases."""
+
+    def __init__(
+        self,
+        config: FTConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        queue_depth: int = 4,
+        max_in_flight: int | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.config = config
+        self.queue_depth = queue_depth
+        self.max_in_flight = max_in_flight
+        self._clock = clock
+        self._metrics = metrics if metrics is not None else _NullMetrics()
+        self._policy = FaultToleranceManager(config, clock=clock)
+        self._ledger = CrashLedger()
+        self._queues: dict[Shape, deque[Work]] = {}
+        self._timers: list[tuple[float, int, Work]] = []
+        self._deadlines: list[tuple[float, int, int]] = []
+        self.inflight: dict[int, Attempt] = {}
+        self._load: Counter[tuple[str, Shape]] = Counter()
+        self.nodes: dict[str, dict[str, float]] = {}
+        self.exclusions = Exclusions()
+        self._leases: Counter[str] = Counter()  # trial leases held, not yet used
+        self._asked: set[str] = set()  # trial leases requested, no answer yet
+        self._trials_running: Counter[str] = Counter()
+        self._zero_since: dict[Shape, float] = {}
+        self._runtime: dict[tuple[str, str], float] = {}
+        self._last_done: dict[str, float] = {}
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self.stats: Counter[str] = Counter()
+        self.failures_by_type: Counter[str] = Counter()
+        self.max_in_flight_seen = 0
+
+    # -- events --------------------------------------------------------------------------
+
+    def submit(self, work: Work) -> list[Command]:
+        """A new call: queue it, and launch it at once where a node has room."""
+        self.stats["submitted"] += 1
+        self._queues.setdefault(work.shape, deque()).append(work)
+        return self._dispatch(self._clock())
+
+    def attempt_done(
+        self,
+        attempt_id: int,
+        *,
+        value: Any = None,
+        error: BaseException | None = None,
+        failure_type: FailureType | None = None,
+        placement: bool = False,
+    ) -> list[Command]:
+        """An attempt's outcome. ``error`` is the user's own exception where there is one;
+        ``placement`` marks Ray's 'cannot schedule there' (re-placed, charging nobody)."""
+        attempt = self.inflight.get(attempt_id)
+        if attempt is None:
+            return []  # abandoned, timed out or cancelled: a late result is dropped
+        now = self._clock()
+        self._drop(attempt)
+        out: list[Command] = []
+        work = attempt.work
+        if error is None:
+            self.stats["succeeded"] += 1
+            self._learn_runtime(attempt, now)
+            if attempt.trial:
+                out.append(ReleaseTrial(attempt.node_id, True))
+            if work.task is not None:
+                self._policy.forget_task(work.task_id)
+                out.extend(
+                    self._reports(work, self._ledger.succeeded(work.task_id, attempt.node_id))
+                )
+            if work.first_failure_at is not None:
+                self._metrics.recovered(now - work.first_failure_at)
+            out.append(Resolve(work.future, value=value))
+        elif placement:
+            out.extend(self._placement_failed(attempt, error))
+        else:
+            out.extend(self._failed(attempt, error, failure_type or FailureType.APPLICATION_ERROR))
+        out.extend(self._dispatch(now))
+        return out
+
+    def launch_failed(self, attempt_id: int, error: BaseException) -> list[Command]:
+        """Ray refused the launch (the arguments do not pickle): the call fails at once."""
+        attempt = self.inflight.get(attempt_id)
+        if attempt is None:
+            return []
+        self._drop(attempt)
+        self.stats["failed"] += 1
+        out: list[Command] = []
+        if attempt.trial:
+            out.append(ReleaseTrial(attempt.node_id, False))
+        msg = (
+            f"could not serialize the call to {attempt.work.name}: {error}; pass picklable "
+            "arguments (Ray pickles them to ship them to a worker)"
+        )
+        failure = TypeError(msg)
+        failure.__cause__ = error
+        out.append(Resolve(attempt.work.future, error=failure))
+        return out
+
+    def nodes_changed(self, nodes: Mapping[str, Mapping[str, float]]) -> list[Command]:
+        """Ray's alive nodes and their resources; work on vanished nodes is rerun."""
+        gone = set(self.nodes) - set(nodes)
+        self.nodes = {n: dict(r) for n, r in nodes.items()}
+        out: list[Command] = []
+        for node_id in gone:
+            out.extend(self._abandon_node(node_id, "is dead (Ray)"))
+        out.extend(self._dispatch(self._clock()))
+        return out
+
+    def exclusions_changed(self, snapshot: Exclusions) -> list[Command]:
+        """A new manager snapshot: failed or dead nodes lose their attempts; HALF_OPEN
+        nodes get a trial lease request when queued work could use one."""
+        before = self.exclusions.failed | self.exclusions.dead
+        self.exclusions = snapshot
+        out: list[Command] = []
+        for node_id in (snapshot.failed | snapshot.dead) - before:
+            out.extend(self._abandon_node(node_id, "was declared failed by the manager"))
+        half_open = dict(snapshot.half_open)
+        for node_id in list(self._leases):
+            if node_id not in half_open:  # the breaker moved on: the lease is void
+                del self._leases[node_id]
+        out.extend(self._dispatch(self._clock()))
+        return out
+
+    def trial_granted(self, node_id: str, granted: bool) -> list[Command]:
+        """The manager's answer to an AcquireTrial."""
+        self._asked.discard(node_id)
+        if not granted:
+            return []
+        if node_id not in dict(self.exclusions.half_open) or not self._queued():
+            return [ReleaseTrial(node_id, False)]  # nothing to try any more: give it back
+        self._leases[node_id] += 1
+        return self._dispatch(self._clock())
+
+    def tick(self) -> list[Command]:
+        """Fire due retry timers and deadlines, dispatch, fail work with no capacity."""
+        now = self._clock()
+        out: list[Command] = []
+        while self._timers and self._timers[0][0] <= now:
+            _, _, work = heapq.heappop(self._timers)
+            self._queues.setdefault(work.shape, deque()).appendleft(work)
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, attempt_id = heapq.heappop(self._deadlines)
+            attempt = self.inflight.get(attempt_id)
+            if attempt is not None:
+                self.stats["timeouts"] += 1
+                self._drop(attempt)
+                out.append(Cancel(attempt))
+                timeout = attempt.work.timeout or 0.0
+                error = TaskTimeoutError(timeout, attempt.work.name)
+                out.extend(self._failed(attempt, error, FailureType.TASK_TIMEOUT))
+        out.extend(self._dispatch(now))
+        return out
+
+    def cancel_queued(self) -> list[Command]:
+        """Cancel every queued future (shutdown with cancel_futures=True)."""
+        for queue in self._queues.values():
+            for work in queue:
+                work.future.cancel()
+                self._finish(work)
+            queue.clear()
+        for _, _, work in self._timers:
+            work.future.cancel()
+        self._timers.clear()
+        return self.release_leases()
+
+    def release_leases(self) -> list[Command]:
+        """Give back every trial lease held but not used (shutdown, or an idle executor)."""
+        out: list[Command] = [
+            ReleaseTrial(node_id, False) for node_id, n in self._leases.items() for _ in range(n)
+        ]
+        self._leases.clear()
+        return out
+
+    # -- questions -----------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, waiting on a timer, or in flight."""
+        return not self.inflight and not self._timers and not self._queued()
+
+    def next_wakeup(self) -> float | None:
+        """Clock time of the next timer or deadline, None when there is none."""
+        times = [heap[0][0] for heap in (self._timers, self._deadlines) if heap]
+        return min(times) if times else None
+
+    def pending(self) -> int:
+        """Calls queued or waiting out a retry delay."""
+        return self._queued() + len(self._timers)
+
+    def summary(self) -> dict[str, Any]:
+        """The counters behind ``FaultTolerantExecutor.stats()``."""
+        keys = ("submitted", "succeeded", "failed", "cancelled", "retries", "abandoned")
+        return {
+            **{k: self.stats[k] for k in keys},
+            "replaced": self.stats["replaced"],
+            "timeouts": self.stats["timeouts"],
+            "failures_by_type": dict(self.failures_by_type),
+            "excluded_nodes": sorted(self.exclusions.excluded),
+            "in_flight": len(self.inflight),
+            "max_in_flight_seen": self.max_in_flight_seen,
+            "pending": self.pending(),
+            "nodes": sorted(self.nodes),
+        }
+
+    # -- placement -----------------------------------------------------------------------
+
+    def _queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def _depth(self, node_id: str, work: Work) -> int:
+        """Attempts per slot handed to Ray at once on this node, from its pace."""
+        if work.timeout is not None:
+            return 1  # a timed attempt's clock must start when it runs
+        runtime = self._runtime.get((node_id, work.name))
+        if runtime is None:
+            return 1  # learn the pace first
+        return max(1, min(self.queue_depth, math.ceil(_QUEUE_TARGET_S / max(runtime, 1e-6))))
+
+    def _room(self, node_id: str, work: Work) -> int:
+        slots = work.shape.slots_on(self.nodes.get(node_id, {}))
+        return slots * self._depth(node_id, work) - self._load[(node_id, work.shape)]
+
+    def _usable(self, node_id: str) -> bool:
+        excl = self.exclusions
+        return node_id not in excl.excluded and node_id not in dict(excl.half_open)
+
+    def _pick(self, work: Work, queued: int) -> tuple[str, bool] | None:
+        """Where this attempt goes, and whether it is a trial; None when nowhere has room."""
+        for node_id, held in self._leases.items():
+            usable = held > 0 and node_id in self.nodes and node_id not in work.avoid
+            if usable and self._room(node_id, work) > 0:
+                return node_id, True
+        free: dict[str, int] = {}
+        fallback: dict[str, int] = {}
+        for node_id in self.nodes:
+            if not self._usable(node_id):
+                continue
+            room = self._room(node_id, work)
+            if room <= 0:
+                continue
+            (fallback if node_id in work.avoid else free)[node_id] = room
+        # nodes this work failed on come last; a node too slow to help is left idle (a
+        # faster one will free up first and finish sooner)
+        for candidates in (free, fallback):
+            useful = {n: r for n, r in candidates.items() if not self._too_slow(n, work, queued)}
+            chosen = water_fill(useful, 1)
+            if chosen:
+                return chosen[0][0], False
+        return None
+
+    def _too_slow(self, node_id: str, work: Work, queued: int) -> bool:
+        """True when the other usable nodes would clear the whole queue before this node
+        finished one more attempt: giving it work would only make the batch end later."""
+        mine = self._runtime.get((node_id, work.name))
+        if mine is None:
+            return False
+        rate, best = 0.0, math.inf
+        for other in self.nodes:
+            if other == node_id or not self._usable(other):
+                continue
+            runtime = self._runtime.get((other, work.name))
+            slots = work.shape.slots_on(self.nodes[other])
+            if runtime is None or slots <= 0:
+                continue
+            rate += slots / max(runtime, 1e-6)
+            best = min(best, runtime)
+        # only a clearly slower node stands back (so the fastest one always takes work)
+        # only a clearly slower node stands back (so the fastest one always takes work)
+        return rate > 0 and mine > _SLOW_FACTOR * best and mine > queued / rate
+
+    def _dispatch(self, now: float) -> list[Command]:
+        out: list[Command] = []
+        for shape, queue in self._queues.items():
+            while queue:
+                if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
+                    break
+                work = queue[0]
+                picked = self._pick(work, len(queue))
+                if picked is None:
+                    break
+                queue.popleft()
+                if not work.started:
+                    if not work.future.set_running_or_notify_cancel():
+                        self.stats["cancelled"] += 1
+                        continue  # cancelled while queued: consumed, nothing to run
+                    work.started = True
+                out.append(Launch(self._start(work, picked[0], picked[1], now)))
+            out.extend(self._check_capacity(shape, queue, now))
+        out.extend(self._ask_for_trials())
+        return out
+
+    def _start(self, work: Work, node_id: str, trial: bool, now: float) -> Attempt:
+        attempt_id = next(self._ids)
+        deadline = None if work.timeout is None else now + work.timeout
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), attempt_id))
+        slots = work.shape.slots_on(self.nodes.get(node_id, {}))
+        queued_behind = self._load[(node_id, work.shape)] >= slots
+        attempt = Attempt(work, node_id, deadline, trial, attempt_id, now, queued_behind)
+        if trial:
+            self._leases[node_id] -= 1
+            if self._leases[node_id] <= 0:
+                del self._leases[node_id]
+            self._trials_running[node_id] += 1
+        self.inflight[attempt_id] = attempt
+        self._load[(node_id, work.shape)] += 1
+        self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
+        return attempt
+
+    def _check_capacity(self, shape: Shape, queue: deque[Work], now: float) -> list[Command]:
+        if (
+            not queue
+            or any(shape.slots_on(self.nodes[n]) > 0 and self._usable(n) for n in self.nodes)
+            or any(shape.slots_on(self.nodes.get(n, {})) > 0 for n in self._leases)
+        ):
+            self._zero_since.pop(shape, None)
+            return []
+        since = self._zero_since.setdefault(shape, now)
+        if now - since < self.config.capacity_wait_timeout:
+            return []
+        msg = (
+            f"no usable node could run tasks needing {shape.describe()} for "
+            f"{self.config.capacity_wait_timeout:g}s ({len(self.nodes)} alive, "
+            f"{len(self.exclusions.excluded)} excluded); add nodes, lower the request, or "
+            "raise capacity_wait_timeout"
+        )
+        out: list[Command] = []
+        while queue:
+            work = queue.popleft()
+            if not work.started and not work.future.set_running_or_notify_cancel():
+                continue
+            work.started = True
+            self.stats["failed"] += 1
+            out.extend(self._finish(work))
+            out.append(Resolve(work.future, error=CapacityError(msg)))
+        self._zero_since.pop(shape, None)
+        return out
+
+    def _ask_for_trials(self) -> list[Command]:
+        """Lease requests for HALF_OPEN nodes, only while work is queued that could use them."""
+        if not self.exclusions.half_open or not self._queued():
+            return []
+        out: list[Command] = []
+        for node_id, available in self.exclusions.half_open:
+            busy = self._leases[node_id] + self._trials_running[node_id]
+            if (
+                available > 0
+                and node_id in self.nodes
+                and node_id not in self._asked
+                and busy < self.config.half_open_max_calls
+            ):
+                self._asked.add(node_id)
+                out.append(AcquireTrial(node_id))
+        return out
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _drop(self, attempt: Attempt) -> None:
+        self.inflight.pop(attempt.attempt_id, None)
+        self._load[(attempt.node_id, attempt.work.shape)] -= 1
+        if attempt.trial:
+            self._trials_running[attempt.node_id] -= 1
+        if len(self._deadlines) > 2 * len(self.inflight) + 64:  # a heap cannot remove
+            self._deadlines = [
+                (a.deadline, next(self._seq), i)
+                for i, a in self.inflight.items()
+                if a.deadline is not None
+            ]
+            heapq.heapify(self._deadlines)
+
+    def _learn_runtime(self, attempt: Attempt, now: float) -> None:
+        node_id = attempt.node_id
+        start = attempt.launched_at
+        if attempt.queued_behind:  # it waited in Ray for a slot on its node
+            start = max(start, self._last_done.get(node_id, start))
+        self._last_done[node_id] = now
+        runtime = max(0.0, now - start)
+        key = (node_id, attempt.work.name)
+        old = self._runtime.get(key)
+        self._runtime[key] = runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime
+
+    def _abandon_node(self, node_id: str, reason: str) -> list[Command]:
+        """Rerun a failed node's attempts elsewhere at once: ray_ft's own verdict, so it
+        charges nobody (neither the node's breaker nor the task's retries)."""
+        out: list[Command] = []
+        for attempt in [a for a in self.inflight.values() if a.node_id == node_id]:
+            self._drop(attempt)
+            out.append(Cancel(attempt))
+            out.extend(self._requeue(attempt, NodeFailedError(node_id, reason), "abandoned"))
+        return out
+
+    def _requeue(self, attempt: Attempt, error: BaseException, counter: str) -> list[Command]:
+        work = attempt.work
+        self.stats[counter] += 1
+        event = FailureEvent(
+            timestamp=time.time(),
+            failure_type=FailureType.NODE_DIED
+            if counter == "abandoned"
+            else FailureType.APPLICATION_ERROR,
+            details=f"{type(error).__name__}: {error}"[:500],
+            task_id=work.task_id,
+            worker_id=attempt.node_id,
+            blame=(Blame.NONE if counter == "abandoned" else Blame.PLACEMENT).value,
+        )
+        out: list[Command] = [Report((event,))]  # on record, charging nobody
+        if attempt.trial:
+            out.append(ReleaseTrial(attempt.node_id, False))
+        work.avoid = work.avoid | {attempt.node_id}
+        self._queues.setdefault(work.shape, deque()).appendleft(work)
+        return out
+
+    def _placement_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
+        """Ray could not schedule a pinned attempt there: re-place it, charging nobody.
+
+        On a node Ray has dropped this is a node death seen early; on a live node the
+        request does not fit there. Either way it is no retry; a request that fits nowhere
+        fails with CapacityError after a few placements.
+        """
+        work = attempt.work
+        work.placement_failures += 1
+        if work.placement_failures > max(3, len(self.nodes)):
+            self.stats["failed"] += 1
+            msg = (
+                f"Ray could not schedule {work.name} (needs {work.shape.describe()}) on any "
+                f"of {work.placement_failures} nodes it was placed on: {error}; lower the "
+                "request or add nodes that can meet it"
+            )
+            return [*self._finish(work), Resolve(work.future, error=CapacityError(msg))]
+        return self._requeue(attempt, error, "replaced")
+
+    def _failed(
+        self, attempt: Attempt, error: BaseException, failure_type: FailureType
+    ) -> list[Command]:
+        work = attempt.work
+        now = self._clock()
+        task = work.failure_task()
+        task.worker_id = attempt.node_id
+        decision = self._policy.handle_task_failure(task, failure_type, error)
+        blame, decided = self._ledger.failed(self._policy.history[-1])
+        event = dataclasses.replace(self._policy.history[-1], blame=blame.value)
+        work.events = [*(work.events or ()), event]
+        self.failures_by_type[failure_type.value] += 1
+        self._metrics.failure(failure_type.value)
+        out = self._reports(work, decided)
+        if attempt.trial:
+            out.append(ReleaseTrial(attempt.node_id, False, event if blame is Blame.NODE else None))
+        if work.first_failure_at is None:
+            work.first_failure_at = now
+        if decision:
+            self.stats["retries"] += 1
+            self._metrics.retry()
+            if failure_type is not FailureType.APPLICATION_ERROR:
+                # the node may be at fault: retry elsewhere (an application error is the
+                # task's own, and the same node keeps its warm worker)
+                work.avoid = work.avoid | {attempt.node_id}
+            heapq.heappush(self._timers, (now + decision.delay, next(self._seq), work))
+            return out
+        self.stats["failed"] += 1
+        out.extend(self._finish(work))
+        if failure_type is FailureType.APPLICATION_ERROR:
+            out.append(Resolve(work.future, error=error))
+            return out
+        self._metrics.gave_up(failure_type.value)
+        failed = TaskFailedError(
+            f"{work.name} failed {task.attempts} times; last: {failure_type.value}: "
+            f"{error}. {decision.reason}",
+            failure_type=failure_type,
+            attempts=task.attempts,
+            events=work.events or (),
+        )
+        failed.__cause__ = error
+        out.append(Resolve(work.future, error=failed))
+        return out
+
+    def _finish(self, work: Work) -> list[Command]:
+        """A task ended without success: its undecided failures charge nobody."""
+        if work.task is None:
+            return []
+        self._policy.forget_task(work.task_id)
+        return self._reports(work, self._ledger.finished(work.task_id))
+
+    def _reports(self, work: Work, decided: list[FailureEvent]) -> list[Command]:
+        """Report failures whose blame is now known; note it on the work's own events."""
+        if not decided:
+            return []
+        blames = {e.attempt: e.blame for e in decided if e.task_id == work.task_id}
+        if blames and work.events:
+            work.events = [
+                dataclasses.replace(e, blame=blames[e.attempt]) if e.attempt in blames else e
+                for e in work.events
+            ]
+        return [Report(tuple(decided))]

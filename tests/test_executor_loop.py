@@ -1,0 +1,117 @@
+"""The thin Ray loop on a real 3-node cluster: no lock across callbacks or Ray calls, an
+idle executor is collected, a slow node does not set the end of a batch."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+
+import pytest
+import ray
+
+from ray_ft import FaultTolerantExecutor, get_manager
+from tests.raytools import cluster_session, kill_manager, wait_for
+
+FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with cluster_session(3) as c:
+        yield c
+
+
+def pace(i: int, slow_node: str, seconds: float = 0.4, factor: float = 8.0) -> int:
+    """A task that takes ``factor`` times longer on ``slow_node`` (alive, answering probes)."""
+    here = ray.get_runtime_context().get_node_id()
+    time.sleep(seconds * (factor if here == slow_node else 1.0))
+    return i
+
+
+def test_slow_node_does_not_set_the_end(cluster):
+    slow = next(iter(cluster.worker_nodes)).node_id
+    plain = ray.remote(pace)
+    ray.get([plain.remote(i, slow, 0.01) for i in range(6)])  # warm workers everywhere
+    start = time.monotonic()
+    assert ray.get([plain.remote(i, slow) for i in range(24)]) == list(range(24))
+    plain_s = time.monotonic() - start
+    with FaultTolerantExecutor(FAST, manager=False) as ex:
+        list(ex.map(pace, range(6), [slow] * 6, [0.01] * 6))
+        start = time.monotonic()
+        assert list(ex.map(pace, range(24), [slow] * 24)) == list(range(24))
+        ours_s = time.monotonic() - start
+        stats = ex.stats()
+    assert stats["retries"] == 0 and stats["failed"] == 0
+    assert ours_s <= 1.2 * plain_s, (ours_s, plain_s)
+
+
+def test_done_callback_runs_without_the_lock_and_may_submit(cluster):
+    seen: list = []
+    with FaultTolerantExecutor(FAST, manager=False) as ex:
+
+        def callback(future):
+            seen.append(("locked", ex._lock.locked()))
+            seen.append(("more", ex.submit(abs, -future.result())))
+
+        def bad_callback(future):
+            raise RuntimeError("a user's callback bug")
+
+        first = ex.submit(abs, -2)
+        first.add_done_callback(bad_callback)
+        first.add_done_callback(callback)
+        assert first.result(timeout=60) == 2
+        wait_for(lambda: len(seen) == 2, timeout=60)
+        assert seen[0] == ("locked", False)
+        assert seen[1][1].result(timeout=60) == 2
+        assert ex.submit(pow, 2, 5).result(timeout=60) == 32  # nothing broke
+
+
+def test_submit_is_fast_while_the_manager_restarts(cluster, tmp_path):
+    manager = get_manager(FAST, state_dir=str(tmp_path))
+    with FaultTolerantExecutor(FAST, manager=manager) as ex:
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        ray.kill(manager, no_restart=False)
+        slowest = 0.0
+        futures = []
+        for i in range(20):
+            start = time.perf_counter()
+            futures.append(ex.submit(abs, -i))
+            slowest = max(slowest, time.perf_counter() - start)
+        assert [f.result(timeout=120) for f in futures] == list(range(20))
+    assert slowest < 0.05, slowest
+    kill_manager()
+
+
+def test_idle_executor_is_collected_and_its_thread_ends(cluster):
+    ex = FaultTolerantExecutor(FAST, manager=False)
+    assert ex.submit(abs, -3).result(timeout=60) == 3
+    thread = ex._thread
+    ref = weakref.ref(ex)
+    del ex
+    wait_for(lambda: (gc.collect() or True) and ref() is None, timeout=30)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_dropped_executor_with_work_in_flight_finishes_it(cluster):
+    future = FaultTolerantExecutor(FAST, manager=False).submit(pace, 7, "none", 0.5)
+    gc.collect()
+    assert future.result(timeout=60) == 7
+
+
+def test_idle_executor_does_not_poll(cluster):
+    with FaultTolerantExecutor(FAST, manager=False) as ex:
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        time.sleep(0.3)
+        calls = []
+        original = ex._step
+
+        def counting():
+            calls.append(time.monotonic())
+            return original()
+
+        ex._step = counting  # type: ignore[method-assign]
+        time.sleep(1.5)
+        assert calls == []  # asleep until a submit, a timer or a deadline
+        assert ex.submit(abs, -2).result(timeout=60) == 2

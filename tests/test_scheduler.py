@@ -1,0 +1,343 @@
+"""The pure scheduler, without Ray: a fake clock, hand-made events, property-based tests.
+
+Invariants (DESIGN.md): every future resolves exactly once; in-flight attempts per node
+never exceed its capacity for their shape; no attempt goes to an excluded node (trials go
+only where a lease is held); a task never exceeds its attempts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from ray_ft._work import CallSpec, Work
+from ray_ft.config import FTConfig
+from ray_ft.failures import FailureType, TaskFailedError
+from ray_ft.scheduler import (
+    AcquireTrial,
+    Cancel,
+    CapacityError,
+    Exclusions,
+    Launch,
+    ReleaseTrial,
+    Report,
+    Resolve,
+    Scheduler,
+)
+from tests.conftest import FakeClock
+
+NODES = {"a": {"CPU": 2.0}, "b": {"CPU": 1.0}, "c": {"CPU": 1.0, "GPU": 1.0}}
+CONFIG = FTConfig(
+    max_retries=3, retry_delay=0.5, max_retry_delay=2.0, capacity_wait_timeout=30, jitter="none"
+)
+
+
+def work(i: int, *, gpu: bool = False, timeout: float | None = None, name: str = "f") -> Work:
+    options = {"num_gpus": 1} if gpu else {}
+    spec = CallSpec.of({**options, **({"timeout": timeout} if timeout else {})}, None)
+    return Work(f"{name}-{i}", name, None, b"", (i,), {}, spec, cf.Future())
+
+
+class Harness:
+    """Carries out commands as the Ray loop would, and checks each one."""
+
+    def __init__(self, sched: Scheduler, clock: FakeClock) -> None:
+        self.sched, self.clock = sched, clock
+        self.running: dict[int, object] = {}
+        self.resolved: Counter[cf.Future] = Counter()
+        self.reports: list = []
+        self.trial_requests: list[str] = []
+
+    def run(self, commands) -> None:
+        for command in commands:
+            if isinstance(command, Launch):
+                attempt = command.attempt
+                excluded = self.sched.exclusions.excluded | {
+                    n for n, _ in self.sched.exclusions.half_open
+                }
+                assert attempt.node_id in self.sched.nodes
+                assert attempt.trial or attempt.node_id not in excluded
+                self.running[attempt.attempt_id] = attempt
+            elif isinstance(command, Cancel):
+                self.running.pop(command.attempt.attempt_id, None)
+            elif isinstance(command, Resolve):
+                self.resolved[command.future] += 1
+                assert self.resolved[command.future] == 1, "resolved twice"
+                if command.error is not None:
+                    command.future.set_exception(command.error)
+                else:
+                    command.future.set_result(command.value)
+            elif isinstance(command, Report):
+                self.reports.extend(command.events)
+            elif isinstance(command, AcquireTrial):
+                self.trial_requests.append(command.node_id)
+            else:
+                assert isinstance(command, ReleaseTrial)
+
+    def finish(self, attempt_id: int, **outcome) -> None:
+        self.running.pop(attempt_id, None)
+        self.run(self.sched.attempt_done(attempt_id, **outcome))
+
+
+@pytest.fixture
+def harness(clock):
+    sched = Scheduler(CONFIG, clock=clock, queue_depth=4)
+    h = Harness(sched, clock)
+    h.run(sched.nodes_changed(NODES))
+    return h
+
+
+def test_first_attempts_fill_free_slots_then_wait(harness):
+    futures = []
+    for i in range(6):
+        w = work(i)
+        futures.append(w.future)
+        harness.run(harness.sched.submit(w))
+    assert len(harness.running) == 4  # a: 2 slots, b: 1, c: 1; unknown pace: depth 1
+    assert harness.sched.pending() == 2
+    first = harness.running[next(iter(harness.running))]
+    harness.clock.advance(0.1)
+    harness.finish(first.attempt_id, value=1)
+    # its node finishes work in 0.1 s: it now takes a deeper queue (both waiting calls)
+    assert harness.sched.pending() == 0
+    assert sum(a.node_id == first.node_id for a in harness.running.values()) == 3
+
+
+def test_gpu_work_goes_only_where_a_gpu_is(harness):
+    for i in range(3):
+        harness.run(harness.sched.submit(work(i, gpu=True)))
+    assert {a.node_id for a in harness.running.values()} == {"c"}
+    assert len(harness.running) == 1
+
+
+def test_request_that_fits_nowhere_fails_with_capacity_error(harness):
+    w = work(0)
+    w = Work("g-0", "g", None, b"", (), {}, CallSpec.of({"resources": {"tpu": 1}}, None), w.future)
+    harness.run(harness.sched.submit(w))
+    harness.clock.advance(31)
+    harness.run(harness.sched.tick())
+    with pytest.raises(CapacityError, match="tpu=1"):
+        w.future.result(0)
+    assert harness.reports == []
+
+
+def test_retry_waits_its_delay_and_goes_elsewhere(harness):
+    w = work(0)
+    harness.run(harness.sched.submit(w))
+    (attempt,) = harness.running.values()
+    harness.finish(
+        attempt.attempt_id, error=RuntimeError("x"), failure_type=FailureType.WORKER_CRASH
+    )
+    assert harness.running == {}
+    harness.clock.advance(CONFIG.max_retry_delay)
+    harness.run(harness.sched.tick())
+    (retry,) = harness.running.values()
+    assert retry.node_id != attempt.node_id
+
+
+def test_exhausted_retries_raise_task_failed_with_events(harness):
+    w = work(0)
+    harness.run(harness.sched.submit(w))
+    for _ in range(3):
+        (attempt,) = harness.running.values()
+        harness.finish(
+            attempt.attempt_id, error=RuntimeError("x"), failure_type=FailureType.NODE_DIED
+        )
+        harness.clock.advance(CONFIG.max_retry_delay)
+        harness.run(harness.sched.tick())
+    with pytest.raises(TaskFailedError) as info:
+        w.future.result(0)
+    assert info.value.attempts == 3 and len(info.value.events) == 3
+
+
+def test_timeout_cancels_and_counts(harness):
+    w = work(0, timeout=5.0)
+    harness.run(harness.sched.submit(w))
+    harness.clock.advance(5.0)
+    commands = harness.sched.tick()
+    assert any(isinstance(c, Cancel) for c in commands)
+    harness.run(commands)
+    assert harness.sched.stats["timeouts"] == 1
+
+
+def test_abandoned_attempts_rerun_elsewhere_charging_nobody(harness):
+    for i in range(4):
+        harness.run(harness.sched.submit(work(i)))
+    on_a = [a for a in harness.running.values() if a.node_id == "a"]
+    harness.run(
+        harness.sched.exclusions_changed(
+            Exclusions(excluded=frozenset({"a"}), failed=frozenset({"a"}))
+        )
+    )
+    assert all(a.attempt_id not in harness.running for a in on_a)
+    assert {e.blame for e in harness.reports} == {"none"}
+    assert harness.sched.stats["retries"] == 0 and harness.sched.stats["abandoned"] == len(on_a)
+
+
+def test_placement_failure_is_no_retry(harness):
+    w = work(0)
+    harness.run(harness.sched.submit(w))
+    (attempt,) = harness.running.values()
+    harness.finish(attempt.attempt_id, error=RuntimeError("unschedulable"), placement=True)
+    (again,) = harness.running.values()
+    assert again.node_id != attempt.node_id and harness.sched.stats["retries"] == 0
+    assert w.attempts == 0 and {e.blame for e in harness.reports} == {"placement"}
+
+
+def test_trial_lease_only_for_queued_work_and_returned_when_idle(harness):
+    snapshot = Exclusions(half_open=(("b", 1),))
+    harness.run(harness.sched.exclusions_changed(snapshot))
+    assert harness.trial_requests == []  # nothing queued: no lease taken
+    for i in range(8):
+        harness.run(harness.sched.submit(work(i)))
+    assert harness.trial_requests == ["b"]
+    harness.run(harness.sched.trial_granted("b", True))
+    trials = [a for a in harness.running.values() if a.trial]
+    assert [a.node_id for a in trials] == ["b"]
+    harness.run(harness.sched.trial_granted("b", True))  # a second grant with work queued
+    assert harness.sched.release_leases() in ([], [ReleaseTrial("b", False)])
+
+
+def test_slow_node_is_left_idle_when_others_clear_the_queue_first(harness):
+    sched = Scheduler(CONFIG, clock=harness.clock, queue_depth=4)
+    h = Harness(sched, harness.clock)
+    h.run(sched.nodes_changed({"fast1": {"CPU": 1.0}, "fast2": {"CPU": 1.0}, "slow": {"CPU": 1.0}}))
+    for i in range(24):
+        h.run(sched.submit(work(i, name="eval")))
+    # learn the pace: fast nodes 0.4 s, the slow one 3.2 s
+    for _ in range(8):
+        h.clock.advance(0.4)
+        for attempt in [a for a in list(h.running.values()) if a.node_id != "slow"]:
+            if h.clock.now - attempt.launched_at >= 0.4 - 1e-9:
+                h.finish(attempt.attempt_id, value=0)
+    h.clock.advance(0.0)
+    slow = [a for a in h.running.values() if a.node_id == "slow"]
+    assert len(slow) == 1
+    h.finish(slow[0].attempt_id, value=0)  # took 3.2 s
+    assert not [a for a in h.running.values() if a.node_id == "slow"], "the slow node got more"
+
+
+def test_nodes_of_equal_pace_never_all_stand_back(harness):
+    """Regression: with every pace known and one call queued, some node must take it."""
+    sched, h = harness.sched, harness
+    for rnd in range(3):
+        for i in range(4):
+            h.run(sched.submit(work(rnd * 10 + i)))
+        h.clock.advance(1.0)
+        for attempt_id in sorted(h.running):
+            h.finish(attempt_id, value=0)
+    assert sched.idle and not h.running
+    h.run(sched.submit(work(99)))
+    assert len(h.running) == 1
+
+
+# -- the state machine -----------------------------------------------------------------------
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.sched = Scheduler(CONFIG, clock=self.clock, queue_depth=3, max_in_flight=6)
+        self.h = Harness(self.sched, self.clock)
+        self.h.run(self.sched.nodes_changed(NODES))
+        self.works: list[Work] = []
+        self.failures: Counter[str] = Counter()
+
+    @rule(gpu=st.booleans(), timed=st.booleans(), name=st.sampled_from(["f", "g"]))
+    def submit(self, gpu, timed, name):
+        w = work(len(self.works), gpu=gpu, timeout=3.0 if timed else None, name=name)
+        self.works.append(w)
+        self.h.run(self.sched.submit(w))
+
+    @precondition(lambda self: self.h.running)
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from(["ok", "crash", "node_died", "app", "placement", "timeout"]),
+        dt=st.floats(0.0, 2.0),
+    )
+    def finish(self, data, outcome, dt):
+        self.clock.advance(dt)
+        attempt_id = data.draw(st.sampled_from(sorted(self.h.running)))
+        if outcome == "ok":
+            self.h.finish(attempt_id, value=attempt_id)
+            return
+        kinds = {
+            "crash": FailureType.WORKER_CRASH,
+            "node_died": FailureType.NODE_DIED,
+            "app": FailureType.APPLICATION_ERROR,
+            "timeout": FailureType.TASK_TIMEOUT,
+            "placement": None,
+        }
+        self.h.finish(
+            attempt_id,
+            error=RuntimeError(outcome),
+            failure_type=kinds[outcome],
+            placement=outcome == "placement",
+        )
+
+    @rule(dt=st.floats(0.0, 5.0))
+    def tick(self, dt):
+        self.clock.advance(dt)
+        self.h.run(self.sched.tick())
+
+    @rule(
+        node=st.sampled_from(sorted(NODES)), how=st.sampled_from(["fail", "open", "half", "clear"])
+    )
+    def verdict(self, node, how):
+        snapshot = {
+            "fail": Exclusions(excluded=frozenset({node}), failed=frozenset({node})),
+            "open": Exclusions(excluded=frozenset({node})),
+            "half": Exclusions(half_open=((node, 1),)),
+            "clear": Exclusions(),
+        }[how]
+        self.h.run(self.sched.exclusions_changed(snapshot))
+
+    @precondition(lambda self: self.h.trial_requests)
+    @rule(granted=st.booleans())
+    def answer_trial(self, granted):
+        node = self.h.trial_requests.pop(0)
+        self.h.run(self.sched.trial_granted(node, granted))
+
+    @rule(drop=st.sampled_from(["b", "c", None]))
+    def membership(self, drop):
+        nodes = {n: r for n, r in NODES.items() if n != drop}
+        self.h.run(self.sched.nodes_changed(nodes))
+
+    @invariant()
+    def capacity_and_attempts(self):
+        load = Counter((a.node_id, a.work.shape) for a in self.sched.inflight.values())
+        for (node, shape), count in load.items():
+            assert count <= shape.slots_on(self.sched.nodes.get(node, {})) * 3
+        assert len(self.sched.inflight) <= 6
+        for w in self.works:
+            assert w.attempts <= CONFIG.max_retries
+
+    def teardown(self):
+        # drain: everything heals, every attempt succeeds, time passes
+        self.h.run(self.sched.nodes_changed(NODES))
+        self.h.run(self.sched.exclusions_changed(Exclusions()))
+        for _ in range(300):
+            self.clock.advance(1.0)  # every node has the same pace: none may stand back
+            for attempt_id in sorted(self.h.running):
+                self.h.finish(attempt_id, value=0)
+            self.h.run(self.sched.tick())
+            if self.sched.idle and not self.h.running:
+                break
+        for w in self.works:
+            assert w.future.done(), w.task_id
+            assert self.h.resolved[w.future] == 1
+
+
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestSchedulerMachine = SchedulerMachine.TestCase
