@@ -63,9 +63,13 @@ def run(repeats: int = REPEATS) -> dict:
     return results
 
 
+GOALS = {"3000 trivial tasks": 0.95, "500 tasks of 10 ms": 1.0}
+
+
 def report(results: dict) -> str:
     rows = []
     for name, r in results.items():
+        goal = GOALS.get(name, 0.95)
         rows.append(
             [
                 name,
@@ -74,10 +78,10 @@ def report(results: dict) -> str:
                 r["ratio"]["median"],
                 r["ratio"]["min"],
                 r["ratio"]["max"],
-                "≥ 0.95",
+                f"≥ {goal:g}",
                 "met"
-                if r["ratio"]["median"] >= 0.95
-                else f"missed by {0.95 - r['ratio']['median']:.2f}",
+                if r["ratio"]["median"] >= goal
+                else f"missed by {goal - r['ratio']['median']:.2f}",
             ]
         )
     return table(

@@ -16,6 +16,7 @@ import core  # noqa: E402
 import faults  # noqa: E402
 import liveness  # noqa: E402
 import overhead  # noqa: E402
+import slow  # noqa: E402
 from common import machine  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -118,6 +119,12 @@ def main() -> None:
         "11. CPU-bound evaluations: busy is not broken",
         "30 one-second busy loops (every core at 100 %), probes every 0.5 s.",
         lambda: liveness.cpu_bound(REPEATS),
+    )
+
+    section(
+        "12. A slow node (8x, alive)",
+        f"24 tasks of 0.4 s on 3 nodes, one 8x slower; {REPEATS} repetitions interleaved.",
+        lambda: slow.report(slow.run(REPEATS)),
     )
 
     sections.append(("Where a goal is missed, and why", "", MISSED))

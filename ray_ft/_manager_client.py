@@ -32,6 +32,10 @@ class ManagerClient(Protocol):
         """A newer snapshot when one has arrived, else None; never blocks."""
         ...
 
+    def fetch(self, timeout: float) -> Exclusions | None:
+        """The snapshot now, waiting up to ``timeout``; None when there is no answer."""
+        ...
+
     def report(self, events: Sequence[FailureEvent]) -> None:
         """Send failure events (batched by the caller); never blocks for long."""
         ...
@@ -64,6 +68,11 @@ class LocalManagerClient:
             return None
         self._last = snap
         return snap
+
+    def fetch(self, timeout: float) -> Exclusions | None:
+        """The snapshot now."""
+        self._last = Exclusions.from_dict(self.manager.exclusions_snapshot())
+        return self._last
 
     def report(self, events: Sequence[FailureEvent]) -> None:
         """Charge node-blamed failures to the local breakers (this manager is not the
@@ -131,6 +140,20 @@ class ActorManagerClient:
             self._inflight = self.handle.excluded_nodes.remote()
             self._asked_at = now
         return result
+
+    def fetch(self, timeout: float) -> Exclusions | None:
+        """The snapshot now, waiting up to ``timeout`` (an executor's first look); None
+        when the manager does not answer in time (the async poll takes over)."""
+        try:
+            snapshot = Exclusions.from_dict(
+                ray.get(self.handle.excluded_nodes.remote(), timeout=timeout)
+            )
+        except Exception as exc:
+            log.debug("manager snapshot failed: %s", exc)
+            return None
+        self._last = snapshot
+        self._asked_at = self._checked_at = self._clock()
+        return snapshot
 
     def report(self, events: Sequence[FailureEvent]) -> None:
         """Fire and forget; the actor retries the call across its own restarts."""

@@ -66,6 +66,10 @@ _BUSY_WAIT_S = 0.1  # longest a busy loop waits before it picks up refs launched
 _NO_OPTIONS: dict[str, Any] = {}  # plain submit(): the executor's own CallSpec
 _SPEC_CACHE_SIZE = 256
 _REMOTE_CACHE_SIZE = 4096
+_FIRST_SNAPSHOT_S = 10.0
+# Executors with work in flight: held here so that a dropped executor finishes its work
+# (its thread holds only a weak reference); released when it goes idle.
+_BUSY: set[FaultTolerantExecutor] = set()  # changed under the executor's own lock
 
 
 class FaultTolerantExecutor(cf.Executor):
@@ -132,7 +136,8 @@ class FaultTolerantExecutor(cf.Executor):
         self._kick = threading.Event()
         self._idle_now = threading.Event()
         self._refresh_nodes()
-        self._apply(self._poll_manager())
+        first = self._client.fetch(timeout=_FIRST_SNAPSHOT_S)  # never place blind
+        self._apply([*self._poll_manager(), *([("exclusions", first)] if first else [])])
         weakref.finalize(self, self._kick.set)  # a dropped idle executor ends its thread
         self._thread = threading.Thread(
             target=_loop, args=(weakref.ref(self), self._kick), name="ray_ft-executor", daemon=True
@@ -161,6 +166,8 @@ class FaultTolerantExecutor(cf.Executor):
 
     def stats(self) -> dict[str, Any]:
         """Counts of this executor's work: submitted, succeeded, failed, retries, and more."""
+        if self._sched.idle:  # an idle loop does not poll: look at the manager here
+            self._apply(self._poll_manager())
         with self._lock:
             return self._sched.summary()
 
@@ -182,9 +189,10 @@ class FaultTolerantExecutor(cf.Executor):
         blob = None if is_remote else callable_blob(fn)
         future: cf.Future[Any] = cf.Future()
         polled: list[Any] = []
-        if self._clock() - self._nodes_at >= _NODE_REFRESH_S and self._sched.idle:
-            self._refresh_nodes()  # an idle executor does not follow the node table
-            polled, self._pending_nodes = self._pending_nodes, []
+        if self._sched.idle:  # an idle executor follows neither the node table nor the manager
+            if self._clock() - self._nodes_at >= _NODE_REFRESH_S:
+                self._refresh_nodes()
+            polled = self._poll_manager()
         with self._lock:
             if self._shutdown:
                 msg = "cannot submit after shutdown(); create a new FaultTolerantExecutor"
@@ -200,6 +208,7 @@ class FaultTolerantExecutor(cf.Executor):
                 spec,
                 future,
             )
+            _BUSY.add(self)  # kept alive until its work is done, even if the caller drops it
             commands = self._feed(polled)
             commands.extend(self._sched.submit(work))
         self._execute(commands, raise_for=work)
@@ -325,6 +334,9 @@ class FaultTolerantExecutor(cf.Executor):
                 commands.extend(self._sched.release_leases())
         self._execute(commands)
         if idle:
+            with self._lock:  # a submit may have raced in: then it stays
+                if self._sched.idle:
+                    _BUSY.discard(self)
             return "done" if self._shutdown else "idle"
         timeout = _BUSY_WAIT_S if wakeup is None else max(0.0, min(_BUSY_WAIT_S, wakeup - now))
         if not refs:

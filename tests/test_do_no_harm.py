@@ -58,10 +58,10 @@ def poison_or_busy(i: int) -> int:
     return busy(i, 0.05)
 
 
-def crash_on(bad_node: str, i: int) -> int:
+def crash_on(bad_node: str, i: int, seconds: float = 0.05) -> int:
     if ray.get_runtime_context().get_node_id() == bad_node:
         os._exit(1)
-    return busy(i, 0.05)
+    return busy(i, seconds)
 
 
 def test_cpu_bound_evaluations_finish_with_no_verdicts(nodes, tmp_path):
@@ -103,8 +103,8 @@ def test_a_node_where_different_tasks_crash_is_still_caught(nodes, tmp_path):
     manager = get_manager(config, state_dir=str(tmp_path))
     bad = next(iter(nodes.worker_nodes)).node_id
     with FaultTolerantExecutor(config, manager=manager) as ex:
-        results = list(ex.map(crash_on, [bad] * 15, range(15), timeout=240))
-    assert results == list(range(15))
+        results = list(ex.map(crash_on, [bad] * 40, range(40), [0.3] * 40, timeout=240))
+    assert results == list(range(40))
     wait_for(lambda: bad in ray.get(manager.excluded_nodes.remote())["excluded"], timeout=30)
     assert ray.get(manager.excluded_nodes.remote())["excluded"] == [bad]
 

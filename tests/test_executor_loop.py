@@ -37,7 +37,7 @@ def test_slow_node_does_not_set_the_end(cluster):
     assert ray.get([plain.remote(i, slow) for i in range(24)]) == list(range(24))
     plain_s = time.monotonic() - start
     with FaultTolerantExecutor(FAST, manager=False) as ex:
-        list(ex.map(pace, range(6), [slow] * 6, [0.01] * 6))
+        list(ex.map(abs, range(6)))  # warm workers; the batch's pace is learned in the batch
         start = time.monotonic()
         assert list(ex.map(pace, range(24), [slow] * 24)) == list(range(24))
         ours_s = time.monotonic() - start
