@@ -37,6 +37,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CapacityError": "ray_ft.executor",
+    "FaultTolerantActorPool": "ray_ft.pool",
     "FaultTolerantExecutor": "ray_ft.executor",
     "get_manager": "ray_ft.actors.manager_actor",
     "shutdown_manager": "ray_ft.actors.manager_actor",
@@ -56,6 +57,7 @@ __all__ = [
     "FailureEvent",
     "FailureType",
     "FaultToleranceManager",
+    "FaultTolerantActorPool",
     "FaultTolerantExecutor",
     "GenerationReport",
     "GeneticAlgorithm",

@@ -94,6 +94,7 @@ class Work:
     first_failure_at: float | None = None
     started: bool = False  # its future was set running (on its first launch)
     placement_failures: int = 0
+    unplaceable: frozenset[str] = frozenset()  # nodes Ray said cannot run it: never again
 
     @property
     def shape(self) -> Shape:

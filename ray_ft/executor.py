@@ -130,6 +130,7 @@ class FaultTolerantExecutor(cf.Executor):
         self._specs: OrderedDict[tuple[Any, ...], CallSpec] = OrderedDict()
         self._default_spec = CallSpec.of(self._task_options, self.config.task_timeout)
         self._nodes_at = -float("inf")
+        self._refresh_s = getattr(self, "_refresh_s", _NODE_REFRESH_S)
         self._pending_nodes: list[Any] = []
         self._ids = 0
         self._shutdown = False
@@ -186,11 +187,11 @@ class FaultTolerantExecutor(cf.Executor):
         is_remote = isinstance(fn, ray.remote_function.RemoteFunction)
         spec = self._spec(options, fn._default_options if is_remote else None)  # type: ignore[attr-defined]
         name = spec.name or _callable_name(fn)
-        blob = None if is_remote else callable_blob(fn)
+        remote_fn, blob = self._target(fn, is_remote)
         future: cf.Future[Any] = cf.Future()
         polled: list[Any] = []
         if self._sched.idle:  # an idle executor follows neither the node table nor the manager
-            if self._clock() - self._nodes_at >= _NODE_REFRESH_S:
+            if self._clock() - self._nodes_at >= self._refresh_s:
                 self._refresh_nodes()
             polled = self._poll_manager()
         with self._lock:
@@ -201,7 +202,7 @@ class FaultTolerantExecutor(cf.Executor):
             work = Work(
                 f"{name}-{self._ids}",
                 name,
-                fn if is_remote else None,
+                remote_fn,
                 blob,
                 args,
                 kwargs,
@@ -214,6 +215,10 @@ class FaultTolerantExecutor(cf.Executor):
         self._execute(commands, raise_for=work)
         self._kick.set()
         return future
+
+    def _target(self, fn: Callable[..., Any], is_remote: bool) -> tuple[Any, bytes | None]:
+        """What a Work runs: a remote function as it is, any other callable pickled once."""
+        return (fn, None) if is_remote else (None, callable_blob(fn))
 
     def _spec(
         self, options: dict[str, Any], remote_defaults: dict[str, Any] | None = None
@@ -265,11 +270,7 @@ class FaultTolerantExecutor(cf.Executor):
     def _launch(self, attempt: Attempt, raise_for: Work | None) -> list[Command]:
         work = attempt.work
         try:
-            remote = self._remote_for(work, attempt.node_id)
-            if work.remote_fn is not None:
-                ref = remote.remote(*work.args, **work.kwargs)
-            else:
-                ref = remote.remote(work.blob, *work.args, **work.kwargs)
+            ref = self._start_call(work, attempt.node_id)
         except Exception as exc:
             with self._lock:
                 commands = self._sched.launch_failed(attempt.attempt_id, exc)
@@ -286,6 +287,17 @@ class FaultTolerantExecutor(cf.Executor):
             self._cancel(attempt)
         return []
 
+    def _start_call(self, work: Work, node_id: str) -> Any:
+        """Hand one attempt to Ray, pinned to ``node_id``; returns its ObjectRef."""
+        remote = self._remote_for(work, node_id)
+        if work.remote_fn is not None:
+            return remote.remote(*work.args, **work.kwargs)
+        return remote.remote(work.blob, *work.args, **work.kwargs)
+
+    def _stop_call(self, ref: Any, attempt: Attempt) -> None:
+        """Stop a running attempt (timeout, abandonment, cancel)."""
+        ray.cancel(ref, force=True)
+
     def _cancel(self, attempt: Attempt) -> None:
         with self._lock:
             ref = self._refs.pop(attempt.attempt_id, None)
@@ -294,7 +306,7 @@ class FaultTolerantExecutor(cf.Executor):
                 return
             self._ids_of.pop(ref, None)
         try:
-            ray.cancel(ref, force=True)
+            self._stop_call(ref, attempt)
         except Exception as exc:
             log.debug("cancel of %s failed: %s", attempt.work.task_id, exc)
 
@@ -321,7 +333,7 @@ class FaultTolerantExecutor(cf.Executor):
     def _step(self) -> str:
         """One round; returns "busy", "idle" (nothing to do) or "done" (shut down, drained)."""
         now = self._clock()
-        if now - self._nodes_at >= _NODE_REFRESH_S:
+        if now - self._nodes_at >= self._refresh_s:
             self._refresh_nodes()
         commands = self._poll_manager()
         with self._lock:
@@ -373,6 +385,7 @@ class FaultTolerantExecutor(cf.Executor):
                 if error is None:
                     commands.extend(self._sched.attempt_done(attempt_id, value=value))
                     continue
+                attempt = self._sched.inflight.get(attempt_id)
                 commands.extend(
                     self._sched.attempt_done(
                         attempt_id,
@@ -381,7 +394,14 @@ class FaultTolerantExecutor(cf.Executor):
                         placement=isinstance(error, ray_exc.TaskUnschedulableError),
                     )
                 )
+                if attempt is not None:
+                    commands.extend(self._worker_failed(attempt, error))
         self._execute(commands)
+
+    def _worker_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
+        """After the scheduler took an attempt's failure (under the lock): a hook for
+        workers that can die with it (the actor pool drops the actor)."""
+        return []
 
     def _feed(self, polled: list[Any]) -> list[Command]:
         """Hand polled nodes, exclusions and trial answers to the scheduler (under lock)."""

@@ -305,6 +305,22 @@ class Scheduler:
         self._timers.clear()
         return self.release_leases()
 
+    def fail_queued(self, error: BaseException) -> list[Command]:
+        """Fail every queued or waiting call with ``error`` (the workers cannot start)."""
+        out: list[Command] = []
+        works = [w for q in self._queues.values() for w in q] + [w for _, _, w in self._timers]
+        for queue in self._queues.values():
+            queue.clear()
+        self._timers.clear()
+        for work in works:
+            if not work.started and not work.future.set_running_or_notify_cancel():
+                continue
+            work.started = True
+            self.stats["failed"] += 1
+            out.extend(self._finish(work))
+            out.append(Resolve(work.future, error=error))
+        return out
+
     def release_leases(self) -> list[Command]:
         """Give back every trial lease held but not used (shutdown, or an idle executor)."""
         out: list[Command] = [
@@ -375,7 +391,7 @@ class Scheduler:
         free: dict[str, int] = {}
         fallback: dict[str, int] = {}
         for node_id in self.nodes:
-            if not self._usable(node_id):
+            if not self._usable(node_id) or node_id in work.unplaceable:
                 continue
             room = self._room(node_id, work)
             if room <= 0:
@@ -560,11 +576,15 @@ class Scheduler:
         """
         work = attempt.work
         work.placement_failures += 1
-        if work.placement_failures > max(3, len(self.nodes)):
+        work.unplaceable = work.unplaceable | {attempt.node_id}
+        fitting = {
+            n for n in self.nodes if self._usable(n) and work.shape.slots_on(self.nodes[n]) > 0
+        }
+        if fitting <= work.unplaceable:
             self.stats["failed"] += 1
             msg = (
                 f"Ray could not schedule {work.name} (needs {work.shape.describe()}) on any "
-                f"of {work.placement_failures} nodes it was placed on: {error}; lower the "
+                f"of the {len(work.unplaceable)} nodes that seemed to fit: {error}; lower the "
                 "request or add nodes that can meet it"
             )
             return [*self._finish(work), Resolve(work.future, error=CapacityError(msg))]

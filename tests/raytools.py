@@ -138,3 +138,16 @@ class Recorder:
 
     def peak(self) -> int:
         return self.max_running
+
+
+def wait_for_probes(manager, cluster, timeout: float = 60) -> None:
+    """Wait until the manager has heard a heartbeat from every node of the cluster (a
+    steady cluster: a node lost before its probe ever answered gets a start-up grace)."""
+
+    def every_probe_answered():
+        nodes = ray.get(manager.status.remote())["nodes"]
+        return all(
+            nodes.get(n.node_id, {}).get("latency_ms") is not None for n in cluster.list_all_nodes()
+        )
+
+    wait_for(every_probe_answered, timeout=timeout)

@@ -21,6 +21,7 @@ from tests.raytools import (
     signal_all,
     thaw,
     wait_for,
+    wait_for_probes,
     worker_pids,
 )
 
@@ -105,6 +106,7 @@ def test_open_breaker_gets_no_task(nodes, tmp_path):
 
 def test_removed_node_work_finishes_elsewhere(nodes, tmp_path):
     manager = get_manager(CONFIG, state_dir=str(tmp_path))
+    wait_for_probes(manager, nodes)
     victim = a_worker_node(nodes)
     with FaultTolerantExecutor(CONFIG, manager=manager) as ex:
         futures = [ex.submit(where, i, 0.5) for i in range(24)]
@@ -131,6 +133,7 @@ def test_removed_node_work_finishes_elsewhere(nodes, tmp_path):
 
 def test_degrades_to_one_node_then_uses_a_new_one(nodes, tmp_path):
     manager = get_manager(CONFIG, state_dir=str(tmp_path))
+    wait_for_probes(manager, nodes)
     recorder = Recorder.remote()
     samples = []
     with FaultTolerantExecutor(CONFIG, manager=manager, queue_depth=1) as ex:

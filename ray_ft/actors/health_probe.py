@@ -31,9 +31,17 @@ class HealthProbe:
             watch_xids=expected_gpus > 0,
         )
         self.node_id = ray.get_runtime_context().get_node_id()
+        self._raylet = os.getppid()  # workers are the raylet's children
 
     def ping(self) -> float:
-        """The liveness heartbeat: answers at once (its round trip is the node's latency)."""
+        """The liveness heartbeat: answers at once (its round trip is the node's latency).
+
+        Raises once this node's raylet is gone: a worker can outlive its raylet for a while
+        (until Ray's own health check, ~15 s), and must not vouch for a dead node.
+        """
+        if os.getppid() != self._raylet:
+            msg = f"the raylet of node {self.node_id} is gone (this probe was re-parented)"
+            raise RuntimeError(msg)
         return time.time()
 
     def check(self) -> dict[str, Any]:

@@ -1,0 +1,285 @@
+"""FaultTolerantActorPool: stateful workers (a model on a GPU, a simulator) that survive death.
+
+The same scheduling brain as the executor, with actors for workers: each live actor is a
+one-slot worker to the :class:`~ray_ft.scheduler.Scheduler`, so placement, retries with
+backoff, timeouts, fault attribution and the manager's exclusions work as for tasks. An
+actor that dies (its process killed, its node removed, frozen or excluded) has its calls
+rerun on other actors and is replaced on a usable node; a call past its timeout gets its
+actor killed and replaced. Replacement re-runs the constructor: state an actor built up
+after its constructor is not restored.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import inspect
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+import ray.exceptions as ray_exc
+from ray import cloudpickle
+
+from ray_ft._work import Attempt, Work
+from ray_ft.config import FTConfig
+from ray_ft.executor import FaultTolerantExecutor
+from ray_ft.scheduler import Command, Exclusions
+
+__all__ = ["FaultTolerantActorPool"]
+
+log = logging.getLogger(__name__)
+
+_ONE_SLOT = {"CPU": 1.0}  # each actor runs one call at a time
+_CALL_OPTIONS = {"num_cpus": 1}
+
+
+@dataclasses.dataclass(slots=True)
+class _Actor:
+    key: str
+    handle: Any
+    ready: Any  # ObjectRef of (node id, pid) until the constructor has run
+    node_id: str | None = None
+    pid: int | None = None
+    dead: bool = False
+
+
+def _whereabouts(_self: Any) -> tuple[str, int]:
+    return ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+class FaultTolerantActorPool(FaultTolerantExecutor):
+    """A ``concurrent.futures.Executor`` over ``size`` actors of the plain class ``cls``.
+
+    ``submit(method, *args, **kwargs)`` calls ``method`` (an unbound method of ``cls``, e.g.
+    ``Simulator.evaluate``, or its name) on a free live actor, so
+    ``optimize(Simulator.evaluate, ga, executor=pool)`` works. ``actor_options`` are Ray
+    actor options (``num_gpus=1``, ``num_cpus``, ``memory``, ``resources``...).
+    """
+
+    def __init__(
+        self,
+        cls: type,
+        *,
+        size: int,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        config: FTConfig | dict[str, Any] | None = None,
+        manager: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        **actor_options: Any,
+    ) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            msg = f"size={size!r} is not valid; pass the number of actors, an int >= 1"
+            raise ValueError(msg)
+        target = getattr(cls, "__ray_metadata__", None)
+        plain = target.modified_class if target is not None else cls
+        if not inspect.isclass(plain):
+            msg = f"{cls!r} is not a class; pass the plain class, e.g. Simulator"
+            raise TypeError(msg)
+        try:
+            cloudpickle.dumps((args, kwargs or {}))
+        except Exception as exc:
+            msg = (
+                f"the constructor arguments of {plain.__name__} cannot be pickled ({exc}); "
+                "pass picklable arguments (Ray ships them to every actor it starts)"
+            )
+            raise TypeError(msg) from exc
+        self.cls = plain
+        self.size = size
+        self._ctor = (tuple(args), dict(kwargs or {}))
+        self._actor_options = {
+            k: v for k, v in actor_options.items() if k not in ("max_restarts", "label_selector")
+        }
+        self._actor_class: Any = ray.remote(plain) if target is None else cls
+        self._actors: dict[str, _Actor] = {}
+        self._keys = itertools.count(1)
+        self._replaced = 0
+        self._init_failures = 0
+        self._broken: BaseException | None = None
+        self._node_exclusions = Exclusions()
+        self._refresh_s = 0.1
+        if not ray.is_initialized():
+            ray.init()
+        self._top_up()
+        super().__init__(config, manager=manager, queue_depth=1, clock=clock)
+
+    # -- the Executor API ----------------------------------------------------------------
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Call ``fn`` (a method of the pool's class, or its name) on a free live actor."""
+        name = fn if isinstance(fn, str) else getattr(fn, "__name__", None)
+        if not isinstance(name, str) or not callable(getattr(self.cls, name, None)):
+            public = sorted(n for n in dir(self.cls) if not n.startswith("_"))
+            msg = (
+                f"{fn!r} is not a method of {self.cls.__name__}; pass one of "
+                f"{', '.join(public)} (the unbound method, e.g. "
+                f"{self.cls.__name__}.{public[0] if public else 'method'}, or its name)"
+            )
+            raise ValueError(msg)
+        if self._broken is not None:
+            raise self._broken
+        return self._submit_method(name, args, kwargs)
+
+    def _submit_method(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> cf.Future[Any]:
+        view = _MethodCall(name)
+        return self._submit(view, args, kwargs, _CALL_OPTIONS)
+
+    def stats(self) -> dict[str, Any]:
+        """The executor's counts plus the pool's: size, live, replaced."""
+        if self._sched.idle:  # an idle loop does not follow the actors: look here
+            self._refresh_nodes()
+            self._apply(self._pending_nodes)
+            self._pending_nodes = []
+        stats = super().stats()
+        with self._lock:
+            live = sum(1 for a in self._actors.values() if a.node_id and not a.dead)
+        stats.update(size=self.size, live=live, replaced=self._replaced)
+        return stats
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Finish (or cancel) the work, then kill the actors."""
+        super().shutdown(wait, cancel_futures=cancel_futures)
+        if wait:
+            for actor in list(self._actors.values()):
+                self._kill(actor)
+
+    # -- the worker hooks ----------------------------------------------------------------
+
+    def _target(self, fn: Any, is_remote: bool) -> tuple[Any, bytes | None]:
+        return fn, None  # a _MethodCall: the method's name travels, not code
+
+    def _start_call(self, work: Work, node_id: str) -> Any:
+        actor = self._actors[node_id]
+        return getattr(actor.handle, work.remote_fn.name).remote(*work.args, **work.kwargs)
+
+    def _stop_call(self, ref: Any, attempt: Attempt) -> None:
+        # an actor call cannot be force-cancelled: the actor goes, a new one takes its place
+        actor = self._actors.get(attempt.node_id)
+        if actor is not None:
+            self._kill(actor)
+
+    def _worker_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
+        died = isinstance(error, ray_exc.RayActorError) and not isinstance(
+            error, ray_exc.ActorUnavailableError
+        )
+        if not died or attempt.node_id not in self._actors:
+            return []
+        self._actors[attempt.node_id].dead = True
+        # out of the scheduler at once: a retry must never be handed to a dead actor
+        others = {k: v for k, v in self._sched.nodes.items() if k != attempt.node_id}
+        return self._sched.nodes_changed(others)
+
+    def _refresh_nodes(self) -> None:
+        """Follow the actors: collect constructors, drop the dead, start replacements."""
+        self._nodes_at = self._clock()
+        pending = {a.ready: a for a in self._actors.values() if a.node_id is None and not a.dead}
+        if pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            for ref in ready:
+                self._constructed(pending[ref], ref)
+        failed_nodes = self._node_exclusions.failed | self._node_exclusions.dead
+        for actor in list(self._actors.values()):
+            if not actor.dead and actor.node_id in failed_nodes:
+                self._kill(actor)  # its node was declared failed: start over elsewhere
+        alive_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        for actor in list(self._actors.values()):
+            if actor.node_id is not None and actor.node_id not in alive_nodes:
+                actor.dead = True
+        for key in [k for k, a in self._actors.items() if a.dead]:
+            del self._actors[key]
+        if self._broken is None:
+            self._top_up()
+        workers = {k: dict(_ONE_SLOT) for k, a in self._actors.items() if a.node_id}
+        if workers != self._sched.nodes:
+            self._pending_nodes.append(("nodes", workers))
+
+    def _poll_manager(self) -> list[Any]:
+        polled = super()._poll_manager()
+        out = []
+        for kind, payload in polled:
+            if kind == "exclusions":
+                self._node_exclusions = payload
+                payload = self._actor_exclusions(payload)
+            out.append((kind, payload))
+        return out
+
+    # -- actors --------------------------------------------------------------------------
+
+    def _actor_exclusions(self, nodes: Exclusions) -> Exclusions:
+        """The manager's node verdicts, applied to the actors on those nodes."""
+
+        def on(node_ids: frozenset[str]) -> frozenset[str]:
+            return frozenset(k for k, a in self._actors.items() if a.node_id in node_ids)
+
+        return Exclusions(
+            excluded=on(nodes.excluded | frozenset(n for n, _ in nodes.half_open)),
+            failed=on(nodes.failed),
+            dead=on(nodes.dead),
+            degraded=on(nodes.degraded),
+        )
+
+    def _top_up(self) -> None:
+        """Start actors until ``size`` are alive or starting, never on an excluded node."""
+        excluded = sorted(self._node_exclusions.excluded)
+        options = dict(self._actor_options, max_restarts=0)
+        if excluded:
+            options["label_selector"] = {"ray.io/node-id": f"!in({','.join(excluded)})"}
+        while len(self._actors) < self.size:
+            key = f"actor-{next(self._keys)}"
+            args, kwargs = self._ctor
+            handle: Any = self._actor_class.options(**options).remote(*args, **kwargs)
+            ready = handle.__ray_call__.remote(_whereabouts)
+            self._actors[key] = _Actor(key, handle, ready)
+
+    def _constructed(self, actor: _Actor, ref: Any) -> None:
+        try:
+            actor.node_id, actor.pid = ray.get(ref)
+            self._init_failures = 0
+            if int(actor.key.split("-")[1]) > self.size:
+                self._replaced += 1
+        except Exception as exc:
+            actor.dead = True
+            self._init_failures += 1
+            log.warning("%s of %s did not start: %s", actor.key, self.cls.__name__, exc)
+            if self._init_failures >= self.config.max_retries and not any(
+                a.node_id for a in self._actors.values() if not a.dead
+            ):
+                msg = (
+                    f"{self.cls.__name__}'s constructor failed {self._init_failures} times "
+                    f"in a row; last: {str(exc).splitlines()[0]}"
+                )
+                error = RuntimeError(msg)
+                error.__cause__ = exc
+                self._broken = error
+                with self._lock:
+                    commands = self._sched.fail_queued(error)
+                self._execute(commands)
+
+    def _kill(self, actor: _Actor) -> None:
+        actor.dead = True
+        try:
+            ray.kill(actor.handle, no_restart=True)
+        except Exception as exc:
+            log.debug("could not kill %s: %s", actor.key, exc)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _MethodCall:
+    """Stands for 'call this method' where the executor expects a callable."""
+
+    name: str
+
+    @property
+    def __name__(self) -> str:  # the task and future names follow the method's
+        return self.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never run
+        msg = "a pool call runs on an actor"
+        raise RuntimeError(msg)
