@@ -16,6 +16,7 @@ import core  # noqa: E402
 import faults  # noqa: E402
 import liveness  # noqa: E402
 import overhead  # noqa: E402
+import pool  # noqa: E402
 import slow  # noqa: E402
 from common import machine  # noqa: E402
 
@@ -125,6 +126,12 @@ def main() -> None:
         "12. A slow node (8x, alive)",
         f"24 tasks of 0.4 s on 3 nodes, one 8x slower; {REPEATS} repetitions interleaved.",
         lambda: slow.report(slow.run(REPEATS)),
+    )
+
+    section(
+        "13. Stateful workers: FaultTolerantActorPool vs ray.util.ActorPool",
+        "3 actors (0.5 CPU each) on 3 nodes.",
+        lambda: pool.run(REPEATS),
     )
 
     sections.append(("Where a goal is missed, and why", "", MISSED))

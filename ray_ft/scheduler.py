@@ -414,7 +414,7 @@ class Scheduler:
             return False
         rate, best = 0.0, math.inf
         for other in self.nodes:
-            if other == node_id or not self._usable(other):
+            if other == node_id or not self._usable(other) or other in work.unplaceable:
                 continue
             runtime = self._runtime.get((other, work.name))
             slots = work.shape.slots_on(self.nodes[other])
