@@ -14,7 +14,6 @@ other nodes have cleared the whole queue takes none (so a slow node never sets t
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import heapq
 import itertools
@@ -24,6 +23,17 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ray_ft._commands import (
+    AcquireTrial,
+    Cancel,
+    CapacityError,
+    Command,
+    Exclusions,
+    Launch,
+    ReleaseTrial,
+    Report,
+    Resolve,
+)
 from ray_ft._work import Attempt, Shape, Work
 from ray_ft.attribution import Blame, CrashLedger
 from ray_ft.config import FTConfig
@@ -53,81 +63,6 @@ __all__ = [
 _QUEUE_TARGET_S = 0.25  # queued work per slot beyond the running attempt, in seconds
 _EWMA = 0.3
 _SLOW_FACTOR = 2.0  # a node this many times slower than the fastest may stand back
-
-
-class CapacityError(RuntimeError):
-    """No usable node could run the task for ``capacity_wait_timeout`` seconds."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Exclusions:
-    """A snapshot of where work may not go (and which nodes take trial work only)."""
-
-    excluded: frozenset[str] = frozenset()
-    failed: frozenset[str] = frozenset()
-    dead: frozenset[str] = frozenset()
-    degraded: frozenset[str] = frozenset()
-    half_open: tuple[tuple[str, int], ...] = ()
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Exclusions:
-        """From ``FaultToleranceManager.exclusions_snapshot()`` (the actor's answer too)."""
-        return cls(
-            excluded=frozenset(data.get("excluded", ())),
-            failed=frozenset(data.get("failed", ())),
-            dead=frozenset(data.get("dead", ())),
-            degraded=frozenset(data.get("degraded", ())),
-            half_open=tuple(sorted(dict(data.get("half_open", {})).items())),
-        )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Launch:
-    """Hand this attempt to Ray, pinned to ``attempt.node_id``."""
-
-    attempt: Attempt
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Cancel:
-    """Cancel an attempt in Ray (force); its late result, if any, is dropped."""
-
-    attempt: Attempt
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Resolve:
-    """Set a future's result or exception (done outside any lock: callbacks run here)."""
-
-    future: cf.Future[Any]
-    value: Any = None
-    error: BaseException | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Report:
-    """Send failure events to the manager (blamed; only node-blamed ones charge a node)."""
-
-    events: tuple[FailureEvent, ...]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AcquireTrial:
-    """Ask the manager for one trial lease on a HALF_OPEN node."""
-
-    node_id: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReleaseTrial:
-    """Give a trial lease back: success closes the breaker, a node fault reopens it."""
-
-    node_id: str
-    success: bool
-    event: FailureEvent | None = None
-
-
-Command = Launch | Cancel | Resolve | Report | AcquireTrial | ReleaseTrial
 
 
 class _NullMetrics:

@@ -151,3 +151,14 @@ def wait_for_probes(manager, cluster, timeout: float = 60) -> None:
         )
 
     wait_for(every_probe_answered, timeout=timeout)
+
+
+def restore_nodes(cluster: Cluster, n_nodes: int = 3) -> Cluster:
+    """Add 1-CPU nodes until the cluster has ``n_nodes`` again (tests remove some).
+
+    Counts the Cluster's own list: Ray's node table lags a removed node by ~15 s.
+    """
+    while len(cluster.list_all_nodes()) < n_nodes:
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    return cluster

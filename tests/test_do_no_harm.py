@@ -16,7 +16,15 @@ import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor, TaskFailedError, get_manager
-from tests.raytools import cluster_session, freeze, kill_manager, thaw, wait_for
+from tests.raytools import (
+    cluster_session,
+    freeze,
+    kill_manager,
+    restore_nodes,
+    thaw,
+    wait_for,
+    wait_for_probes,
+)
 
 PROBES = {
     "health_check_interval": 0.5,
@@ -36,9 +44,7 @@ def cluster():
 @pytest.fixture
 def nodes(cluster):
     """Three alive nodes before each test (the freeze tests lose one), a fresh manager after."""
-    while len(cluster.list_all_nodes()) < 3:  # Ray's table lags a removed node by ~15 s
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    restore_nodes(cluster)
     yield cluster
     kill_manager()
 
@@ -156,12 +162,7 @@ def _freeze_mid_batch(cluster, config, n_tasks, seconds, state_dir):
     manager = get_manager(config or None, state_dir=str(state_dir))
     victim = next(iter(cluster.worker_nodes))
 
-    def every_probe_answered():
-        nodes = ray.get(manager.status.remote())["nodes"]
-        ids = [n.node_id for n in cluster.list_all_nodes()]
-        return all(nodes.get(i, {}).get("latency_ms") is not None for i in ids)
-
-    wait_for(every_probe_answered, timeout=60)  # a steady cluster, as the figure assumes
+    wait_for_probes(manager, cluster)  # a steady cluster, as the figure assumes
     frozen: list[int] = []
     try:
         with FaultTolerantExecutor(config or None, manager=manager) as ex:

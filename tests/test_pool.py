@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ray_ft import FaultTolerantActorPool, GeneticAlgorithm, optimize
-from tests.raytools import cluster_session, wait_for
+from tests.raytools import cluster_session, restore_nodes, wait_for
 
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none", "max_retries": 5}
 
@@ -24,9 +24,7 @@ def cluster():
 
 @pytest.fixture
 def nodes(cluster):
-    while len(cluster.list_all_nodes()) < 3:
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    restore_nodes(cluster)
     return cluster
 
 
@@ -144,3 +142,30 @@ def test_bad_input_gets_a_clear_error(nodes):
         with pytest.raises(RuntimeError, match="constructor failed") as info:
             future.result(timeout=120)
         assert "no licence" in str(info.value.__cause__)
+
+
+def test_frozen_nodes_actor_is_replaced_once_the_node_is_excluded(nodes, tmp_path):
+    from ray_ft import get_manager
+    from tests.raytools import freeze, kill_manager, thaw, wait_for_probes
+
+    config = {**FAST, "health_check_interval": 0.5, "probe_timeout": 2.0}
+    manager = get_manager(config, state_dir=str(tmp_path))
+    wait_for_probes(manager, nodes)
+    victim = next(iter(nodes.worker_nodes))
+    frozen: list[int] = []
+    try:
+        with FaultTolerantActorPool(
+            Simulator, size=3, config=config, manager=manager, num_cpus=1
+        ) as pool:
+            list(pool.map(Simulator.whoami, range(6), [0.0] * 6))
+            futures = [pool.submit(Simulator.whoami, i) for i in range(18)]
+            frozen = freeze(victim)
+            results = [f.result(timeout=180) for f in futures]
+            assert [i for i, _ in results] == list(range(18))
+            stats = pool.stats()
+            assert stats["abandoned"] >= 1 and stats["failed"] == 0
+            assert victim.node_id not in {a.node_id for a in pool._actors.values()}
+    finally:
+        thaw(frozen)
+        nodes.remove_node(victim, allow_graceful=False)
+        kill_manager()

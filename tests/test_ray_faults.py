@@ -18,6 +18,7 @@ from tests.raytools import (
     cluster_session,
     freeze,
     kill_manager,
+    restore_nodes,
     signal_all,
     thaw,
     wait_for,
@@ -46,9 +47,7 @@ def cluster():
 @pytest.fixture
 def nodes(cluster):
     """Ensure three alive nodes before the test (earlier tests remove some)."""
-    while len(cluster.list_all_nodes()) < 3:  # Ray's table lags a removed node by ~15 s
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    restore_nodes(cluster)
     yield cluster
     kill_manager()
 
