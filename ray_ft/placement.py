@@ -21,6 +21,9 @@ def water_fill(free: Mapping[str, int], n_tasks: int) -> list[tuple[str, int]]:
     """
     if n_tasks <= 0 or not free:
         return []
+    if n_tasks == 1:  # the scheduler's case, per attempt: the roomiest worker (first by id)
+        best = min(free, key=lambda worker: (-free[worker], worker))
+        return [(best, 1)] if free[best] > 0 else []
     total = sum(free.values())
     if n_tasks >= total:
         return sorted(free.items())

@@ -96,11 +96,13 @@ class Scheduler:
         self._load: Counter[tuple[str, Shape]] = Counter()
         self.nodes: dict[str, dict[str, float]] = {}
         self.exclusions = Exclusions()
+        self._unusable: frozenset[str] | set[str] = frozenset()  # excluded or HALF_OPEN
         self._leases: Counter[str] = Counter()  # trial leases held, not yet used
         self._asked: set[str] = set()  # trial leases requested, no answer yet
         self._trials_running: Counter[str] = Counter()
         self._zero_since: dict[Shape, float] = {}
         self._runtime: dict[tuple[str, str], float] = {}
+        self._fastest: dict[str, float] = {}  # lowest known runtime per callable, any node
         self._last_done: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count()
@@ -188,6 +190,7 @@ class Scheduler:
         nodes get a trial lease request when queued work could use one."""
         before = self.exclusions.failed | self.exclusions.dead
         self.exclusions = snapshot
+        self._unusable = snapshot.excluded | {n for n, _ in snapshot.half_open}
         out: list[Command] = []
         for node_id in (snapshot.failed | snapshot.dead) - before:
             out.extend(self._abandon_node(node_id, "was declared failed by the manager"))
@@ -314,8 +317,7 @@ class Scheduler:
         return slots * self._depth(node_id, work) - self._load[(node_id, work.shape)]
 
     def _usable(self, node_id: str) -> bool:
-        excl = self.exclusions
-        return node_id not in excl.excluded and node_id not in dict(excl.half_open)
+        return node_id not in self._unusable
 
     def _pick(self, work: Work, queued: int) -> tuple[str, bool] | None:
         """Where this attempt goes, and whether it is a trial; None when nowhere has room."""
@@ -345,8 +347,8 @@ class Scheduler:
         """True when the other usable nodes would clear the whole queue before this node
         finished one more attempt: giving it work would only make the batch end later."""
         mine = self._runtime.get((node_id, work.name))
-        if mine is None:
-            return False
+        if mine is None or mine <= _SLOW_FACTOR * self._fastest.get(work.name, math.inf):
+            return False  # the fast path: not clearly slower than the fastest node seen
         rate, best = 0.0, math.inf
         for other in self.nodes:
             if other == node_id or not self._usable(other) or other in work.unplaceable:
@@ -357,7 +359,6 @@ class Scheduler:
                 continue
             rate += slots / max(runtime, 1e-6)
             best = min(best, runtime)
-        # only a clearly slower node stands back (so the fastest one always takes work)
         # only a clearly slower node stands back (so the fastest one always takes work)
         return rate > 0 and mine > _SLOW_FACTOR * best and mine > queued / rate
 
@@ -470,7 +471,11 @@ class Scheduler:
         runtime = max(0.0, now - start)
         key = (node_id, attempt.work.name)
         old = self._runtime.get(key)
-        self._runtime[key] = runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime
+        new = runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime
+        self._runtime[key] = new
+        name = attempt.work.name
+        if new < self._fastest.get(name, math.inf) or old == self._fastest.get(name):
+            self._fastest[name] = min(r for (_, n), r in self._runtime.items() if n == name)
 
     def _abandon_node(self, node_id: str, reason: str) -> list[Command]:
         """Rerun a failed node's attempts elsewhere at once: ray_ft's own verdict, so it
