@@ -103,6 +103,8 @@ class Scheduler:
         self._zero_since: dict[Shape, float] = {}
         self._runtime: dict[tuple[str, str], float] = {}
         self._fastest: dict[str, float] = {}  # lowest known runtime per callable, any node
+        # launch times of the attempts in flight per (node, callable): bounded by capacity
+        self._running: dict[tuple[str, str], dict[int, float]] = {}
         self._last_done: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count()
@@ -307,9 +309,13 @@ class Scheduler:
         """Attempts per slot handed to Ray at once on this node, from its pace."""
         if work.timeout is not None:
             return 1  # a timed attempt's clock must start when it runs
-        runtime = self._runtime.get((node_id, work.name))
+        key = (node_id, work.name)
+        runtime = self._runtime.get(key)
         if runtime is None:
             return 1  # learn the pace first
+        running = self._running.get(key)
+        if running:  # an attempt running longer than the estimate: the pace went stale
+            runtime = max(runtime, self._clock() - min(running.values()))
         return max(1, min(self.queue_depth, math.ceil(_QUEUE_TARGET_S / max(runtime, 1e-6))))
 
     def _room(self, node_id: str, work: Work) -> int:
@@ -398,6 +404,7 @@ class Scheduler:
             self._trials_running[node_id] += 1
         self.inflight[attempt_id] = attempt
         self._load[(node_id, work.shape)] += 1
+        self._running.setdefault((node_id, work.name), {})[attempt_id] = now
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
         return attempt
 
@@ -451,6 +458,9 @@ class Scheduler:
 
     def _drop(self, attempt: Attempt) -> None:
         self.inflight.pop(attempt.attempt_id, None)
+        running = self._running.get((attempt.node_id, attempt.work.name))
+        if running is not None:
+            running.pop(attempt.attempt_id, None)
         self._load[(attempt.node_id, attempt.work.shape)] -= 1
         if attempt.trial:
             self._trials_running[attempt.node_id] -= 1

@@ -236,6 +236,26 @@ def test_nodes_of_equal_pace_never_all_stand_back(harness):
     assert len(h.running) == 1
 
 
+def test_a_stale_pace_stops_deepening_the_queue(harness):
+    """Quick first calls taught a deep queue; one call stuck far longer than that pace
+    lowers the node's depth even while its other slot keeps finishing quick calls."""
+    sched, h = harness.sched, harness
+    h.run(sched.nodes_changed({"duo": {"CPU": 2.0}}))
+    h.run(sched.submit(work(0)))
+    h.clock.advance(0.01)
+    h.finish(next(iter(h.running)), value=0)  # pace: 10 ms -> depth 4, 8 in flight
+    for i in range(1, 40):
+        h.run(sched.submit(work(i)))
+    stuck = min(h.running.values(), key=lambda a: a.attempt_id)
+    assert len(h.running) == 8
+    for _ in range(20):  # the other slot keeps finishing calls every 10 ms
+        h.clock.advance(0.01)
+        quick = min((a for a in h.running.values() if a is not stuck), key=lambda a: a.attempt_id)
+        h.finish(quick.attempt_id, value=0)
+    # the stuck call is 0.2 s old, 20x the pace: at most one more call per slot queued
+    assert len(h.running) <= 2 * 2
+
+
 # -- the state machine -----------------------------------------------------------------------
 
 
