@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import ray
 
+from ray_ft._commands import Exclusions
 from ray_ft.failures import FailureEvent
 from ray_ft.manager import FaultToleranceManager
-from ray_ft.scheduler import Exclusions
 
 __all__ = ["ActorManagerClient", "Exclusions", "LocalManagerClient", "ManagerClient"]
 

@@ -28,14 +28,7 @@ import ray
 import ray.exceptions as ray_exc
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_ft._dispatch import callable_blob, trampoline
-from ray_ft._manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
-from ray_ft._work import Attempt, CallSpec, Work
-from ray_ft.config import FTConfig
-from ray_ft.failures import FailureEvent, classify_failure
-from ray_ft.manager import FaultToleranceManager
-from ray_ft.metrics import get_metrics
-from ray_ft.scheduler import (
+from ray_ft._commands import (
     AcquireTrial,
     Cancel,
     CapacityError,
@@ -44,8 +37,15 @@ from ray_ft.scheduler import (
     ReleaseTrial,
     Report,
     Resolve,
-    Scheduler,
 )
+from ray_ft._dispatch import callable_blob, trampoline
+from ray_ft._manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
+from ray_ft._work import Attempt, CallSpec, Work
+from ray_ft.config import FTConfig
+from ray_ft.failures import FailureEvent, classify_failure
+from ray_ft.manager import FaultToleranceManager
+from ray_ft.metrics import get_metrics
+from ray_ft.scheduler import Scheduler
 
 __all__ = ["CapacityError", "FaultTolerantExecutor"]
 

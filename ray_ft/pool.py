@@ -25,10 +25,10 @@ import ray
 import ray.exceptions as ray_exc
 from ray import cloudpickle
 
+from ray_ft._commands import Command, Exclusions
 from ray_ft._work import Attempt, Work
 from ray_ft.config import FTConfig
 from ray_ft.executor import FaultTolerantExecutor
-from ray_ft.scheduler import Command, Exclusions
 
 __all__ = ["FaultTolerantActorPool"]
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _ONE_SLOT = {"CPU": 1.0}  # each actor runs one call at a time
 _CALL_OPTIONS = {"num_cpus": 1}
+_NODE_TABLE_S = 1.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -103,6 +104,7 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         self._broken: BaseException | None = None
         self._node_exclusions = Exclusions()
         self._refresh_s = 0.1
+        self._table_at = -float("inf")
         if not ray.is_initialized():
             ray.init()
         self._top_up()
@@ -188,10 +190,12 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         for actor in list(self._actors.values()):
             if not actor.dead and actor.node_id in failed_nodes:
                 self._kill(actor)  # its node was declared failed: start over elsewhere
-        alive_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        for actor in list(self._actors.values()):
-            if actor.node_id is not None and actor.node_id not in alive_nodes:
-                actor.dead = True
+        if self._nodes_at - self._table_at >= _NODE_TABLE_S:  # a GCS call: once a second
+            self._table_at = self._nodes_at
+            alive_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            for actor in list(self._actors.values()):
+                if actor.node_id is not None and actor.node_id not in alive_nodes:
+                    actor.dead = True
         for key in [k for k, a in self._actors.items() if a.dead]:
             del self._actors[key]
         if self._broken is None:

@@ -47,18 +47,7 @@ from ray_ft.failures import (
 from ray_ft.manager import FaultToleranceManager
 from ray_ft.placement import water_fill
 
-__all__ = [
-    "AcquireTrial",
-    "Cancel",
-    "CapacityError",
-    "Command",
-    "Exclusions",
-    "Launch",
-    "ReleaseTrial",
-    "Report",
-    "Resolve",
-    "Scheduler",
-]
+__all__ = ["Scheduler"]
 
 _QUEUE_TARGET_S = 0.25  # queued work per slot beyond the running attempt, in seconds
 _EWMA = 0.3

@@ -31,3 +31,22 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real 3-node cluster (1 CPU each) shared by the tests of one module."""
+    from tests.raytools import cluster_session
+
+    with cluster_session(3) as c:
+        yield c
+
+
+@pytest.fixture
+def nodes(cluster):
+    """Three nodes again before each test (tests remove some), a fresh manager after."""
+    from tests.raytools import kill_manager, restore_nodes
+
+    restore_nodes(cluster)
+    yield cluster
+    kill_manager()

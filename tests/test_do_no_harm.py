@@ -12,15 +12,11 @@ import subprocess
 import sys
 import time
 
-import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor, TaskFailedError, get_manager
 from tests.raytools import (
-    cluster_session,
     freeze,
-    kill_manager,
-    restore_nodes,
     thaw,
     wait_for,
     wait_for_probes,
@@ -33,20 +29,6 @@ PROBES = {
     "retry_delay": 0.1,
     "max_retry_delay": 0.5,
 }
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(3) as c:
-        yield c
-
-
-@pytest.fixture
-def nodes(cluster):
-    """Three alive nodes before each test (the freeze tests lose one), a fresh manager after."""
-    restore_nodes(cluster)
-    yield cluster
-    kill_manager()
 
 
 def busy(i: int, seconds: float = 1.0) -> int:

@@ -11,21 +11,9 @@ import numpy as np
 import pytest
 
 from ray_ft import FaultTolerantActorPool, GeneticAlgorithm, optimize
-from tests.raytools import cluster_session, restore_nodes, wait_for
+from tests.raytools import wait_for
 
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none", "max_retries": 5}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(3) as c:
-        yield c
-
-
-@pytest.fixture
-def nodes(cluster):
-    restore_nodes(cluster)
-    return cluster
 
 
 class Simulator:
@@ -151,13 +139,16 @@ def test_frozen_nodes_actor_is_replaced_once_the_node_is_excluded(nodes, tmp_pat
     config = {**FAST, "health_check_interval": 0.5, "probe_timeout": 2.0}
     manager = get_manager(config, state_dir=str(tmp_path))
     wait_for_probes(manager, nodes)
-    victim = next(iter(nodes.worker_nodes))
+    victim = None
     frozen: list[int] = []
     try:
         with FaultTolerantActorPool(
             Simulator, size=3, config=config, manager=manager, num_cpus=1
         ) as pool:
-            list(pool.map(Simulator.whoami, range(6), [0.0] * 6))
+            # one actor per node once the earlier tests' actors have released their CPUs
+            wait_for(lambda: pool.stats()["live"] == 3, timeout=120)
+            hosts = {a.node_id for a in pool._actors.values()}
+            victim = next(n for n in nodes.worker_nodes if n.node_id in hosts)
             futures = [pool.submit(Simulator.whoami, i) for i in range(18)]
             frozen = freeze(victim)
             results = [f.result(timeout=180) for f in futures]
@@ -167,5 +158,6 @@ def test_frozen_nodes_actor_is_replaced_once_the_node_is_excluded(nodes, tmp_pat
             assert victim.node_id not in {a.node_id for a in pool._actors.values()}
     finally:
         thaw(frozen)
-        nodes.remove_node(victim, allow_graceful=False)
+        if victim is not None:
+            nodes.remove_node(victim, allow_graceful=False)
         kill_manager()

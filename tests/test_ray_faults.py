@@ -9,16 +9,12 @@ import signal
 import threading
 import time
 
-import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor, get_manager
 from tests.raytools import (
     Recorder,
-    cluster_session,
     freeze,
-    kill_manager,
-    restore_nodes,
     signal_all,
     thaw,
     wait_for,
@@ -36,20 +32,6 @@ CONFIG = {
     "breaker_timeout": 3.0,
     "worker_failure_threshold": 100,
 }
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(3) as c:
-        yield c
-
-
-@pytest.fixture
-def nodes(cluster):
-    """Ensure three alive nodes before the test (earlier tests remove some)."""
-    restore_nodes(cluster)
-    yield cluster
-    kill_manager()
 
 
 def where(i, seconds=0.0, recorder=None):

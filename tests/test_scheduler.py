@@ -15,10 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ray_ft._work import CallSpec, Work
-from ray_ft.config import FTConfig
-from ray_ft.failures import FailureType, TaskFailedError
-from ray_ft.scheduler import (
+from ray_ft._commands import (
     AcquireTrial,
     Cancel,
     CapacityError,
@@ -27,8 +24,11 @@ from ray_ft.scheduler import (
     ReleaseTrial,
     Report,
     Resolve,
-    Scheduler,
 )
+from ray_ft._work import CallSpec, Work
+from ray_ft.config import FTConfig
+from ray_ft.failures import FailureType, TaskFailedError
+from ray_ft.scheduler import Scheduler
 from tests.conftest import FakeClock
 
 NODES = {"a": {"CPU": 2.0}, "b": {"CPU": 1.0}, "c": {"CPU": 1.0, "GPU": 1.0}}
