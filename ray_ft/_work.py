@@ -17,6 +17,7 @@ from ray_ft.manager import Task
 
 __all__ = ["Attempt", "CallSpec", "Shape", "Work"]
 
+_OWN_OPTIONS = ("timeout", "name", "speculation")  # ray_ft's; never handed to Ray
 _UNBOUNDED_SLOTS = 1000  # a task that asks for no resource at all
 
 
@@ -61,11 +62,12 @@ class CallSpec:
     name: str | None
     shape: Shape
     key: tuple[Any, ...]
+    speculation: bool | None = None
 
     @classmethod
     def of(cls, options: Mapping[str, Any], default_timeout: float | None) -> CallSpec:
-        """Split ray_ft's own options (timeout, name) from Ray's."""
-        ray_options = {k: v for k, v in options.items() if k not in ("timeout", "name")}
+        """Split ray_ft's own options (timeout, name, speculation) from Ray's."""
+        ray_options = {k: v for k, v in options.items() if k not in _OWN_OPTIONS}
         timeout = options.get("timeout", default_timeout)
         return cls(
             ray_options,
@@ -73,7 +75,13 @@ class CallSpec:
             options.get("name"),
             Shape.of(ray_options, timed=timeout is not None),
             tuple(sorted((k, repr(v)) for k, v in ray_options.items())),
+            options.get("speculation"),
         )
+
+    def with_memory(self, memory: float) -> CallSpec:
+        """The same call asking for ``memory`` bytes (an out-of-memory retry)."""
+        own = {k: getattr(self, k) for k in ("timeout", "name", "speculation")}
+        return CallSpec.of({**self.options, "memory": memory, **own}, self.timeout)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -95,6 +103,9 @@ class Work:
     started: bool = False  # its future was set running (on its first launch)
     placement_failures: int = 0
     unplaceable: frozenset[str] = frozenset()  # nodes Ray said cannot run it: never again
+    speculate: bool = False  # may get a backup attempt when it straggles
+    batch: Any = None  # its batch of the same callable (ray_ft.speculation)
+    speculated: bool = False  # a backup attempt was started (never a second one)
 
     @property
     def shape(self) -> Shape:
@@ -129,3 +140,4 @@ class Attempt:
     attempt_id: int = 0
     launched_at: float = 0.0
     queued_behind: bool = False  # launched while the node's slots were all taken
+    backup: bool = False  # a speculative copy of a straggling attempt

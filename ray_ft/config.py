@@ -48,6 +48,12 @@ class FTConfig:
     liveness_interval: float = 1.0
     liveness_phi_threshold: float = 8.0
     liveness_timeout_floor: float = 2.0
+    speculation: bool | None = None
+    speculation_quantile: float = 0.75
+    speculation_multiplier: float = 1.5
+    speculation_min_runtime: float = 1.0
+    speculation_max_fraction: float = 0.25
+    oom_memory_multiplier: float = 2.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -56,6 +62,16 @@ class FTConfig:
             if name in _OPTIONAL and value is None:
                 continue
             set_(self, name, _check_number(name, value, kind, low, low_inclusive))
+        if self.speculation is not None and not isinstance(self.speculation, bool):
+            msg = (
+                f"speculation={self.speculation!r} is not valid; pass True, False, or None "
+                "(off for the executor, on in optimize())"
+            )
+            raise ValueError(msg)
+        for name in ("speculation_quantile", "speculation_max_fraction"):
+            if getattr(self, name) > 1.0:
+                msg = f"{name}={getattr(self, name)!r} is a fraction; pass a value in (0, 1]"
+                raise ValueError(msg)
         if self.jitter not in JITTER_MODES:
             msg = f"jitter={self.jitter!r} is not valid; pass one of {', '.join(JITTER_MODES)}"
             raise ValueError(msg)
@@ -173,6 +189,11 @@ _NUMERIC: dict[str, tuple[type, float, bool]] = {
     "liveness_interval": (float, 0.0, False),
     "liveness_phi_threshold": (float, 0.0, False),
     "liveness_timeout_floor": (float, 0.0, False),
+    "speculation_quantile": (float, 0.0, False),
+    "speculation_multiplier": (float, 1.0, True),
+    "speculation_min_runtime": (float, 0.0, True),
+    "speculation_max_fraction": (float, 0.0, False),
+    "oom_memory_multiplier": (float, 1.0, True),
 }
 
 

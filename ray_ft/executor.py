@@ -518,10 +518,15 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
                 msg = f"timeout={value!r} is not valid; pass seconds > 0 or None"
                 raise ValueError(msg)
             continue
+        if key == "speculation":
+            if value is not None and not isinstance(value, bool):
+                msg = f"speculation={value!r} is not valid; pass True, False or None"
+                raise ValueError(msg)
+            continue
         if key not in _PASSTHROUGH:
             msg = (
                 f"unknown task option {key!r}; pass one of "
-                f"{', '.join(sorted(_PASSTHROUGH | {'timeout'}))}"
+                f"{', '.join(sorted(_PASSTHROUGH | {'timeout', 'speculation'}))}"
             )
             raise ValueError(msg)
     return dict(options)

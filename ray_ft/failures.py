@@ -69,6 +69,7 @@ class FailureEvent:
     worker_id: str | None = None
     attempt: int | None = None
     blame: str | None = None  # "node", "task", "placement" or "none" (see ray_ft.attribution)
+    memory_request: float | None = None  # bytes an out-of-memory attempt had asked for
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable form (the failure type as its value)."""

@@ -6,10 +6,9 @@ release trial leases). It owns the queues, the retry timer heap, the deadlines, 
 and placement, fault attribution and trial leases. The Ray loop in ``executor.py`` holds
 its lock only to exchange events and commands, and carries the commands out.
 
-Placement adapts to how fast each node finishes work: a node gets at most as many queued
-attempts per slot as it finishes in about ``_QUEUE_TARGET_S`` (one for slow work, up to
-``queue_depth`` for trivial work), and a node whose next attempt would finish after the
-other nodes have cleared the whole queue takes none (so a slow node never sets the end).
+Placement (``ray_ft._placer``) adapts to how fast each node finishes work. A straggling
+attempt gets one backup on another node in a free slot (``ray_ft.speculation``): the first
+result wins. An out-of-memory retry asks for more memory.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -34,6 +32,7 @@ from ray_ft._commands import (
     Report,
     Resolve,
 )
+from ray_ft._placer import Placer
 from ray_ft._work import Attempt, Shape, Work
 from ray_ft.attribution import Blame, CrashLedger
 from ray_ft.config import FTConfig
@@ -45,13 +44,11 @@ from ray_ft.failures import (
     TaskTimeoutError,
 )
 from ray_ft.manager import FaultToleranceManager
-from ray_ft.placement import water_fill
+from ray_ft.speculation import Stragglers
 
 __all__ = ["Scheduler"]
 
-_QUEUE_TARGET_S = 0.25  # queued work per slot beyond the running attempt, in seconds
-_EWMA = 0.3
-_SLOW_FACTOR = 2.0  # a node this many times slower than the fastest may stand back
+_STRAGGLER_CHECK_S = 0.1  # how often running attempts are checked for stragglers
 
 
 class _NullMetrics:
@@ -59,7 +56,7 @@ class _NullMetrics:
         return lambda *args, **kwargs: None
 
 
-class Scheduler:
+class Scheduler(Placer):
     """Queues, timers, deadlines, capacity, placement, attribution and trial leases."""
 
     def __init__(
@@ -71,10 +68,8 @@ class Scheduler:
         max_in_flight: int | None = None,
         metrics: Any = None,
     ) -> None:
-        self.config = config
-        self.queue_depth = queue_depth
+        super().__init__(config, clock, queue_depth)
         self.max_in_flight = max_in_flight
-        self._clock = clock
         self._metrics = metrics if metrics is not None else _NullMetrics()
         self._policy = FaultToleranceManager(config, clock=clock)
         self._ledger = CrashLedger()
@@ -82,19 +77,14 @@ class Scheduler:
         self._timers: list[tuple[float, int, Work]] = []
         self._deadlines: list[tuple[float, int, int]] = []
         self.inflight: dict[int, Attempt] = {}
-        self._load: Counter[tuple[str, Shape]] = Counter()
-        self.nodes: dict[str, dict[str, float]] = {}
         self.exclusions = Exclusions()
-        self._unusable: frozenset[str] | set[str] = frozenset()  # excluded or HALF_OPEN
-        self._leases: Counter[str] = Counter()  # trial leases held, not yet used
         self._asked: set[str] = set()  # trial leases requested, no answer yet
         self._trials_running: Counter[str] = Counter()
         self._zero_since: dict[Shape, float] = {}
-        self._runtime: dict[tuple[str, str], float] = {}
-        self._fastest: dict[str, float] = {}  # lowest known runtime per callable, any node
-        # launch times of the attempts in flight per (node, callable): bounded by capacity
-        self._running: dict[tuple[str, str], dict[int, float]] = {}
-        self._last_done: dict[str, float] = {}
+        self._stragglers = Stragglers(config)
+        self._speculative = 0  # attempts in flight whose work may get a backup
+        self._backups = 0  # backup attempts in flight
+        self._straggler_check_at = 0.0
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self.stats: Counter[str] = Counter()
@@ -106,6 +96,10 @@ class Scheduler:
     def submit(self, work: Work) -> list[Command]:
         """A new call: queue it, and launch it at once where a node has room."""
         self.stats["submitted"] += 1
+        speculation = work.spec.speculation
+        if speculation if speculation is not None else self.config.speculation:
+            work.speculate = True
+            work.batch = self._stragglers.submitted(work.name)
         self._queues.setdefault(work.shape, deque()).append(work)
         return self._dispatch(self._clock())
 
@@ -129,7 +123,13 @@ class Scheduler:
         work = attempt.work
         if error is None:
             self.stats["succeeded"] += 1
-            self._learn_runtime(attempt, now)
+            runtime = self._learn_runtime(attempt, now)
+            if work.speculated:  # the first result wins; its twin is cancelled and dropped
+                out.extend(self._drop_twins(work))
+                self.stats["speculation_wins"] += attempt.backup
+            if work.batch is not None:
+                self._stragglers.finished(work.name, work.batch, runtime)
+                work.batch = None
             if attempt.trial:
                 out.append(ReleaseTrial(attempt.node_id, True))
             if work.task is not None:
@@ -153,8 +153,10 @@ class Scheduler:
         if attempt is None:
             return []
         self._drop(attempt)
+        if attempt.work.speculated and self._twin_running(attempt.work):
+            return []  # the first launch of these same arguments went through
         self.stats["failed"] += 1
-        out: list[Command] = []
+        out: list[Command] = [*self._finish(attempt.work)]
         if attempt.trial:
             out.append(ReleaseTrial(attempt.node_id, False))
         msg = (
@@ -220,6 +222,9 @@ class Scheduler:
                 error = TaskTimeoutError(timeout, attempt.work.name)
                 out.extend(self._failed(attempt, error, FailureType.TASK_TIMEOUT))
         out.extend(self._dispatch(now))
+        if self._speculative and now >= self._straggler_check_at:
+            self._straggler_check_at = now + _STRAGGLER_CHECK_S
+            out.extend(self._speculate(now))
         return out
 
     def cancel_queued(self) -> list[Command]:
@@ -279,6 +284,8 @@ class Scheduler:
         keys = ("submitted", "succeeded", "failed", "cancelled", "retries", "abandoned")
         return {
             **{k: self.stats[k] for k in keys},
+            "speculated": self.stats["speculated"],
+            "speculation_wins": self.stats["speculation_wins"],
             "replaced": self.stats["replaced"],
             "timeouts": self.stats["timeouts"],
             "failures_by_type": dict(self.failures_by_type),
@@ -294,69 +301,6 @@ class Scheduler:
     def _queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    def _depth(self, node_id: str, work: Work) -> int:
-        """Attempts per slot handed to Ray at once on this node, from its pace."""
-        if work.timeout is not None:
-            return 1  # a timed attempt's clock must start when it runs
-        key = (node_id, work.name)
-        runtime = self._runtime.get(key)
-        if runtime is None:
-            return 1  # learn the pace first
-        running = self._running.get(key)
-        if running:  # an attempt running longer than the estimate: the pace went stale
-            runtime = max(runtime, self._clock() - min(running.values()))
-        return max(1, min(self.queue_depth, math.ceil(_QUEUE_TARGET_S / max(runtime, 1e-6))))
-
-    def _room(self, node_id: str, work: Work) -> int:
-        slots = work.shape.slots_on(self.nodes.get(node_id, {}))
-        return slots * self._depth(node_id, work) - self._load[(node_id, work.shape)]
-
-    def _usable(self, node_id: str) -> bool:
-        return node_id not in self._unusable
-
-    def _pick(self, work: Work, queued: int) -> tuple[str, bool] | None:
-        """Where this attempt goes, and whether it is a trial; None when nowhere has room."""
-        for node_id, held in self._leases.items():
-            usable = held > 0 and node_id in self.nodes and node_id not in work.avoid
-            if usable and self._room(node_id, work) > 0:
-                return node_id, True
-        free: dict[str, int] = {}
-        fallback: dict[str, int] = {}
-        for node_id in self.nodes:
-            if not self._usable(node_id) or node_id in work.unplaceable:
-                continue
-            room = self._room(node_id, work)
-            if room <= 0:
-                continue
-            (fallback if node_id in work.avoid else free)[node_id] = room
-        # nodes this work failed on come last; a node too slow to help is left idle (a
-        # faster one will free up first and finish sooner)
-        for candidates in (free, fallback):
-            useful = {n: r for n, r in candidates.items() if not self._too_slow(n, work, queued)}
-            chosen = water_fill(useful, 1)
-            if chosen:
-                return chosen[0][0], False
-        return None
-
-    def _too_slow(self, node_id: str, work: Work, queued: int) -> bool:
-        """True when the other usable nodes would clear the whole queue before this node
-        finished one more attempt: giving it work would only make the batch end later."""
-        mine = self._runtime.get((node_id, work.name))
-        if mine is None or mine <= _SLOW_FACTOR * self._fastest.get(work.name, math.inf):
-            return False  # the fast path: not clearly slower than the fastest node seen
-        rate, best = 0.0, math.inf
-        for other in self.nodes:
-            if other == node_id or not self._usable(other) or other in work.unplaceable:
-                continue
-            runtime = self._runtime.get((other, work.name))
-            slots = work.shape.slots_on(self.nodes[other])
-            if runtime is None or slots <= 0:
-                continue
-            rate += slots / max(runtime, 1e-6)
-            best = min(best, runtime)
-        # only a clearly slower node stands back (so the fastest one always takes work)
-        return rate > 0 and mine > _SLOW_FACTOR * best and mine > queued / rate
-
     def _dispatch(self, now: float) -> list[Command]:
         out: list[Command] = []
         for shape, queue in self._queues.items():
@@ -371,6 +315,7 @@ class Scheduler:
                 if not work.started:
                     if not work.future.set_running_or_notify_cancel():
                         self.stats["cancelled"] += 1
+                        self._finish(work)
                         continue  # cancelled while queued: consumed, nothing to run
                     work.started = True
                 out.append(Launch(self._start(work, picked[0], picked[1], now)))
@@ -394,6 +339,7 @@ class Scheduler:
         self.inflight[attempt_id] = attempt
         self._load[(node_id, work.shape)] += 1
         self._running.setdefault((node_id, work.name), {})[attempt_id] = now
+        self._speculative += work.speculate
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
         return attempt
 
@@ -453,6 +399,8 @@ class Scheduler:
         self._load[(attempt.node_id, attempt.work.shape)] -= 1
         if attempt.trial:
             self._trials_running[attempt.node_id] -= 1
+        self._speculative -= attempt.work.speculate
+        self._backups -= attempt.backup
         if len(self._deadlines) > 2 * len(self.inflight) + 64:  # a heap cannot remove
             self._deadlines = [
                 (a.deadline, next(self._seq), i)
@@ -460,21 +408,6 @@ class Scheduler:
                 if a.deadline is not None
             ]
             heapq.heapify(self._deadlines)
-
-    def _learn_runtime(self, attempt: Attempt, now: float) -> None:
-        node_id = attempt.node_id
-        start = attempt.launched_at
-        if attempt.queued_behind:  # it waited in Ray for a slot on its node
-            start = max(start, self._last_done.get(node_id, start))
-        self._last_done[node_id] = now
-        runtime = max(0.0, now - start)
-        key = (node_id, attempt.work.name)
-        old = self._runtime.get(key)
-        new = runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime
-        self._runtime[key] = new
-        name = attempt.work.name
-        if new < self._fastest.get(name, math.inf) or old == self._fastest.get(name):
-            self._fastest[name] = min(r for (_, n), r in self._runtime.items() if n == name)
 
     def _abandon_node(self, node_id: str, reason: str) -> list[Command]:
         """Rerun a failed node's attempts elsewhere at once: ray_ft's own verdict, so it
@@ -489,21 +422,29 @@ class Scheduler:
     def _requeue(self, attempt: Attempt, error: BaseException, counter: str) -> list[Command]:
         work = attempt.work
         self.stats[counter] += 1
+        kind = FailureType.NODE_DIED if counter == "abandoned" else FailureType.APPLICATION_ERROR
+        blame = Blame.NONE if counter == "abandoned" else Blame.PLACEMENT
+        out = self._on_record(attempt, error, kind, blame)
+        work.avoid = work.avoid | {attempt.node_id}
+        if not (work.speculated and self._twin_running(work)):
+            self._queues.setdefault(work.shape, deque()).appendleft(work)
+        return out
+
+    def _on_record(
+        self, attempt: Attempt, error: BaseException, kind: FailureType, blame: Blame
+    ) -> list[Command]:
+        """A failure put on record that charges neither the node nor the task's retries."""
         event = FailureEvent(
             timestamp=time.time(),
-            failure_type=FailureType.NODE_DIED
-            if counter == "abandoned"
-            else FailureType.APPLICATION_ERROR,
+            failure_type=kind,
             details=f"{type(error).__name__}: {error}"[:500],
-            task_id=work.task_id,
+            task_id=attempt.work.task_id,
             worker_id=attempt.node_id,
-            blame=(Blame.NONE if counter == "abandoned" else Blame.PLACEMENT).value,
+            blame=blame.value,
         )
-        out: list[Command] = [Report((event,))]  # on record, charging nobody
+        out: list[Command] = [Report((event,))]
         if attempt.trial:
             out.append(ReleaseTrial(attempt.node_id, False))
-        work.avoid = work.avoid | {attempt.node_id}
-        self._queues.setdefault(work.shape, deque()).appendleft(work)
         return out
 
     def _placement_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
@@ -533,10 +474,19 @@ class Scheduler:
         self, attempt: Attempt, error: BaseException, failure_type: FailureType
     ) -> list[Command]:
         work = attempt.work
+        if work.speculated and self._twin_running(work):
+            # one copy failed while the other still runs (Spark's rule): no retry counted
+            self.stats["speculation_failures"] += 1
+            return self._on_record(attempt, error, failure_type, Blame.NONE)
         now = self._clock()
         task = work.failure_task()
         task.worker_id = attempt.node_id
         decision = self._policy.handle_task_failure(task, failure_type, error)
+        if failure_type is FailureType.OUT_OF_MEMORY:  # the event records the request used
+            memory = float(work.spec.options.get("memory") or 0) or None
+            self._policy.history[-1] = dataclasses.replace(
+                self._policy.history[-1], memory_request=memory
+            )
         blame, decided = self._ledger.failed(self._policy.history[-1])
         event = dataclasses.replace(self._policy.history[-1], blame=blame.value)
         work.events = [*(work.events or ()), event]
@@ -554,6 +504,8 @@ class Scheduler:
                 # the node may be at fault: retry elsewhere (an application error is the
                 # task's own, and the same node keeps its warm worker)
                 work.avoid = work.avoid | {attempt.node_id}
+            if failure_type is FailureType.OUT_OF_MEMORY:
+                work.spec = self._more_memory(work, attempt.node_id)
             heapq.heappush(self._timers, (now + decision.delay, next(self._seq), work))
             return out
         self.stats["failed"] += 1
@@ -575,6 +527,9 @@ class Scheduler:
 
     def _finish(self, work: Work) -> list[Command]:
         """A task ended without success: its undecided failures charge nobody."""
+        if work.batch is not None:
+            self._stragglers.finished(work.name, work.batch, None)
+            work.batch = None
         if work.task is None:
             return []
         self._policy.forget_task(work.task_id)
@@ -591,3 +546,45 @@ class Scheduler:
                 for e in work.events
             ]
         return [Report(tuple(decided))]
+
+    # -- stragglers and hungry tasks -------------------------------------------------------
+
+    def _twin_running(self, work: Work) -> bool:
+        return any(a.work is work for a in self.inflight.values())
+
+    def _drop_twins(self, work: Work) -> list[Command]:
+        """The work is done: cancel its other copy; its late result is dropped."""
+        out: list[Command] = []
+        for twin in [a for a in self.inflight.values() if a.work is work]:
+            self._drop(twin)
+            out.append(Cancel(twin))
+            if twin.trial:
+                out.append(ReleaseTrial(twin.node_id, False))
+        return out
+
+    def _speculate(self, now: float) -> list[Command]:
+        """One backup on another node, in a free slot, for each straggling attempt."""
+        out: list[Command] = []
+        for attempt in list(self.inflight.values()):
+            work = attempt.work
+            if not work.speculate or work.speculated or attempt.trial or work.batch is None:
+                continue
+            threshold = work.batch.threshold(self.config)
+            if threshold is None or now - attempt.launched_at <= threshold:
+                continue
+            if self._queues.get(work.shape):
+                continue  # first attempts come first
+            if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
+                break
+            if self._stragglers.budget(self._free_slots(work.shape), self._backups) <= 0:
+                break
+            node_id = self._backup_node(work, attempt.node_id, threshold)
+            if node_id is None:
+                continue
+            work.speculated = True
+            backup = self._start(work, node_id, False, now)
+            backup.backup = True
+            self._backups += 1
+            self.stats["speculated"] += 1
+            out.append(Launch(backup))
+        return out

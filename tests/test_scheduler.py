@@ -31,7 +31,11 @@ from ray_ft.failures import FailureType, TaskFailedError
 from ray_ft.scheduler import Scheduler
 from tests.conftest import FakeClock
 
-NODES = {"a": {"CPU": 2.0}, "b": {"CPU": 1.0}, "c": {"CPU": 1.0, "GPU": 1.0}}
+NODES = {
+    "a": {"CPU": 2.0, "memory": 8e9},
+    "b": {"CPU": 1.0, "memory": 4e9},
+    "c": {"CPU": 1.0, "GPU": 1.0, "memory": 4e9},
+}
 CONFIG = FTConfig(
     max_retries=3, retry_delay=0.5, max_retry_delay=2.0, capacity_wait_timeout=30, jitter="none"
 )
@@ -263,7 +267,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
-        self.sched = Scheduler(CONFIG, clock=self.clock, queue_depth=3, max_in_flight=6)
+        config = CONFIG.replace(speculation=True, speculation_min_runtime=0.5)
+        self.sched = Scheduler(config, clock=self.clock, queue_depth=3, max_in_flight=6)
         self.h = Harness(self.sched, self.clock)
         self.h.run(self.sched.nodes_changed(NODES))
         self.works: list[Work] = []
@@ -278,7 +283,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.h.running)
     @rule(
         data=st.data(),
-        outcome=st.sampled_from(["ok", "crash", "node_died", "app", "placement", "timeout"]),
+        outcome=st.sampled_from(["ok", "crash", "node_died", "app", "placement", "timeout", "oom"]),
         dt=st.floats(0.0, 2.0),
     )
     def finish(self, data, outcome, dt):
@@ -292,6 +297,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             "node_died": FailureType.NODE_DIED,
             "app": FailureType.APPLICATION_ERROR,
             "timeout": FailureType.TASK_TIMEOUT,
+            "oom": FailureType.OUT_OF_MEMORY,
             "placement": None,
         }
         self.h.finish(
@@ -300,6 +306,20 @@ class SchedulerMachine(RuleBasedStateMachine):
             failure_type=kinds[outcome],
             placement=outcome == "placement",
         )
+
+    @rule(keep=st.integers(0, 3))
+    def straggle(self, keep):
+        """A batch of "s" where one attempt lags: backups start, twins race."""
+        batch = [work(len(self.works) + i, name="s") for i in range(4)]
+        self.works.extend(batch)
+        for w in batch:
+            self.h.run(self.sched.submit(w))
+        self.clock.advance(0.3)
+        mine = sorted(i for i, a in self.h.running.items() if a.work in batch)
+        for attempt_id in mine[:keep] + mine[keep + 1 :]:
+            self.h.finish(attempt_id, value=attempt_id)
+        self.clock.advance(1.0)
+        self.h.run(self.sched.tick())
 
     @rule(dt=st.floats(0.0, 5.0))
     def tick(self, dt):
@@ -335,6 +355,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         for (node, shape), count in load.items():
             assert count <= shape.slots_on(self.sched.nodes.get(node, {})) * 3
         assert len(self.sched.inflight) <= 6
+        copies = Counter(id(a.work) for a in self.sched.inflight.values())
+        assert max(copies.values(), default=0) <= 2  # an attempt and at most one backup
+        for a in self.sched.inflight.values():
+            if a.backup:
+                twins = [b for b in self.sched.inflight.values() if b.work is a.work]
+                assert len({b.node_id for b in twins}) == len(twins)  # on another node
         for w in self.works:
             assert w.attempts <= CONFIG.max_retries
 
