@@ -1,4 +1,4 @@
-"""Fault injection: kill workers, kill or freeze nodes, and a bounded ChaosMonkey.
+"""Fault injection: kill workers, kill, freeze or slow nodes, and a bounded ChaosMonkey.
 
 Each action runs through a small agent actor pinned to the target node, which signals
 that node's own processes, so drills work on a real multi-machine cluster, not only on
@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ __all__ = [
     "freeze_node",
     "kill_node",
     "kill_random_worker",
+    "slow_node",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,29 @@ class _ChaosAgent:
         """The raylet and all its descendants (this agent included)."""
         raylet = self._raylet()
         return [raylet.pid] + [c.pid for c in raylet.children(recursive=True)]
+
+    def slow_down(self, factor: float, seconds: float) -> int:
+        """Start the detached duty-cycle helper on this node's task workers; its pid."""
+        helper = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ray_ft._duty_cycle",
+                str(self._raylet().pid),
+                repr(float(factor)),
+                repr(float(seconds)),
+            ],
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert helper.stdout is not None
+        if not helper.stdout.readline():  # it says so once the workers are being slowed
+            _, err = helper.communicate(timeout=30)
+            msg = f"the slow-node helper on {self.node_id} exited: {err.strip()[-500:]}"
+            raise RuntimeError(msg)
+        return helper.pid
 
     def signal_node(self, script: str, pids: list[int]) -> list[int]:
         """Run ``script`` with $PIDS set in a detached helper (it may kill this agent too)."""
@@ -214,6 +239,33 @@ def freeze_node(node_id: str, seconds: float, *, allow_head: bool = False) -> Ch
             node_id,
             f"SIGSTOP {len(pids)} processes for {seconds:g}s",
             tuple(pids),
+        )
+    )
+
+
+def slow_node(node_id: str, factor: float, duration: float) -> ChaosEvent:
+    """Make a node's task workers ``factor`` times slower for ``duration`` seconds.
+
+    A helper on that node stops and continues its worker processes (SIGSTOP/SIGCONT) so
+    they run ``1/factor`` of the time: a throttled or contended node that stays alive and
+    keeps answering its probes (ray_ft's own actors are spared). Bounded: the helper ends
+    after ``duration`` and continues every process it stopped. The head node is allowed.
+    """
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 < factor <= 100:
+        msg = f"factor={factor!r} is not valid; pass how many times slower, in (1, 100]"
+        raise ValueError(msg)
+    number = not isinstance(duration, bool) and isinstance(duration, (int, float))
+    if not number or not 0 < duration <= 3600:
+        msg = f"duration={duration!r} is not valid; pass seconds in (0, 3600]"
+        raise ValueError(msg)
+    helper = ray.get(_agent(node_id).slow_down.remote(factor, duration), timeout=30)
+    return _record(
+        ChaosEvent(
+            time.time(),
+            "slow_node",
+            node_id,
+            f"workers run 1/{factor:g} of the time for {duration:g}s (helper pid {helper})",
+            (helper,),
         )
     )
 

@@ -155,6 +155,13 @@ class FaultTolerantExecutor(cf.Executor):
         """A view whose submissions carry these Ray options and ``timeout`` (seconds)."""
         return _OptionsView(self, _check_options(options))
 
+    def for_generations(self) -> cf.Executor:
+        """The executor as ``optimize()`` uses it: a generation waits for its slowest
+        evaluation, so stragglers get backups unless the config says ``speculation``."""
+        if self.config.speculation is None:
+            return self.options(speculation=True)
+        return self
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; optionally cancel queued futures and wait for the rest."""
         with self._lock:

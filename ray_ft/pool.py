@@ -133,6 +133,11 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         view = _MethodCall(name)
         return self._submit(view, args, kwargs, _CALL_OPTIONS)
 
+    def for_generations(self) -> cf.Executor:
+        """No backups by default: the losing copy's actor would have to be killed (an
+        actor call cannot be cancelled); ``speculation=True`` in the config allows them."""
+        return self
+
     def stats(self) -> dict[str, Any]:
         """The executor's counts plus the pool's: size, live, replaced."""
         if self._sched.idle:  # an idle loop does not follow the actors: look here

@@ -7,6 +7,7 @@ import time
 import psutil
 import pytest
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_ft import chaos
 from tests.raytools import cluster_session, wait_for
@@ -48,6 +49,34 @@ def test_freeze_node_stops_then_resumes_its_processes(cluster):
     wait_for(lambda: raylet.status() == psutil.STATUS_STOPPED, timeout=10, interval=0.05)
     wait_for(lambda: raylet.status() != psutil.STATUS_STOPPED, timeout=30, interval=0.1)
     assert len(event.pids) >= 2  # the raylet and at least the agent under it
+
+
+@ray.remote(num_cpus=0)
+def crunch(n: int) -> float:
+    """Wall seconds of a fixed amount of CPU work."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i * i
+    return time.perf_counter() - start
+
+
+def test_slow_node_slows_its_workers_and_ends_by_itself(cluster):
+    node = next(iter(cluster.worker_nodes)).node_id
+    pinned = crunch.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+    ray.get(pinned.remote(10))  # a warm worker
+    normal = min(ray.get(pinned.remote(2_000_000)) for _ in range(2))
+    event = chaos.slow_node(node, factor=5, duration=4.0)
+    assert event.action == "slow_node" and event.node_id == node
+    slowed = ray.get(pinned.remote(2_000_000), timeout=60)
+    assert slowed >= 2.5 * normal, (slowed, normal)
+    helper = psutil.Process(event.pids[0])
+    wait_for(lambda: not helper.is_running() or helper.status() == "zombie", timeout=30)
+    again = ray.get(pinned.remote(2_000_000), timeout=60)
+    assert again < slowed, (again, slowed)
+    for bad in ({"factor": 1}, {"factor": "5"}, {"duration": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            chaos.slow_node(node, **{"factor": 5, "duration": 1.0, **bad})
 
 
 def test_head_node_is_refused(cluster):

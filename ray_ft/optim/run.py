@@ -66,7 +66,9 @@ def optimize(
 ) -> OptimizationResult:
     """Minimize ``objective(genome)`` for ``generations`` generations.
 
-    ``executor``: where evaluations run (a FaultTolerantExecutor; locally when None).
+    ``executor``: where evaluations run (a FaultTolerantExecutor; locally when None). A
+    FaultTolerantExecutor backs up straggling evaluations unless its config sets
+    ``speculation`` (each generation waits for its slowest evaluation).
     ``checkpoint_interval``: generations between checkpoints (default: the executor's
     FTConfig.checkpoint_interval, else 10); the last generation is always checkpointed.
     ``on_exhausted``: "penalize" gives an evaluation that exhausted its retries +inf
@@ -168,7 +170,9 @@ def _evaluate(
     """Fitness of each candidate in ask order; exhausted retries come back as the error."""
     if executor is None:
         return [float(objective(c.genome)) for c in candidates]
-    futures = [executor.submit(objective, c.genome) for c in candidates]
+    batch = getattr(executor, "for_generations", None)  # a FaultTolerantExecutor's
+    runner = batch() if batch is not None else executor
+    futures = [runner.submit(objective, c.genome) for c in candidates]
     outcomes: list[float | TaskFailedError] = []
     for future in futures:
         try:
