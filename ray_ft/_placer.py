@@ -40,6 +40,7 @@ class Placer:
         # launch times of the attempts in flight per (node, callable): bounded by capacity
         self._running: dict[tuple[str, str], dict[int, float]] = {}
         self._last_done: dict[str, float] = {}
+        self._hungry: dict[str, int] = {}  # memory an out-of-memory callable is given now
 
     def _depth(self, node_id: str, work: Work) -> int:
         """Attempts per slot handed to Ray at once on this node, from its pace."""
@@ -139,7 +140,19 @@ class Placer:
             default=0.0,
         )
         wanted = int(min(had * self.config.oom_memory_multiplier, largest))
-        return work.spec.with_memory(wanted) if wanted > asked else work.spec
+        if wanted <= asked:
+            return work.spec
+        self._hungry[work.name] = max(self._hungry.get(work.name, 0), wanted)
+        return work.spec.with_memory(wanted)
+
+    def _fed(self, work: Work) -> bool:
+        """Give a call of a callable that ran out of memory the memory its retries got
+        (evaluations of one objective need about the same); True when it changed."""
+        wanted = self._hungry.get(work.name)
+        if wanted is None or float(work.spec.options.get("memory") or 0) >= wanted:
+            return False
+        work.spec = work.spec.with_memory(wanted)
+        return True
 
     def _backup_node(self, work: Work, running_on: str, threshold: float) -> str | None:
         """A node for a straggler's backup: a free slot (no queueing) on another usable

@@ -1,9 +1,9 @@
 """The demo behind ``ray-ft demo`` (and ``make demo``): an optimization that survives chaos.
 
 A local 3-node cluster on 127.0.0.1; the GeneticAlgorithm on 10-D Rastrigin through a
-FaultTolerantExecutor while a ChaosMonkey kills workers and a drill freezes one node and
-later kills it; a checkpoint every generation; a summary that counts lost evaluations
-(0) and, with --verify, compares the result with a fault-free reference run.
+FaultTolerantExecutor while a ChaosMonkey kills workers and a drill slows one node 5x,
+freezes another and later kills it; a checkpoint every generation; a summary that counts
+lost evaluations (0) and, with --verify, compares the result with a fault-free reference run.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ DEMO_CONFIG = FTConfig(
 
 
 _BURN_ROUNDS = 400  # about 30 ms of numpy work on one core here
+_SLOW_AT_S, _SLOW_FOR_S = 2.0, 8.0  # the slow-node drill: when, and for how long
 
 
 def rastrigin(x: Any) -> float:
@@ -125,7 +126,8 @@ class _Bar:
 def _node_drill(
     stop: threading.Event, events: list[Any], freeze_at: float, kill_at: float, freeze_s: float
 ) -> None:
-    """Freeze one worker node, let it thaw, later kill it; bounded, stops by itself."""
+    """Slow one worker node 5x for a while (alive, answering probes: it must not be
+    excluded), freeze another, let it thaw, later kill it; bounded, stops by itself."""
     import ray
 
     from ray_ft import chaos
@@ -135,7 +137,10 @@ def _node_drill(
     if not others:
         return
     target = sorted(others)[0]
-    if stop.wait(freeze_at):
+    if len(others) > 1 and not stop.wait(_SLOW_AT_S):
+        with contextlib.suppress(Exception):
+            events.append(chaos.slow_node(sorted(others)[-1], 5.0, _SLOW_FOR_S))
+    if stop.wait(max(0.0, freeze_at - _SLOW_AT_S)):
         return
     with contextlib.suppress(Exception):
         events.append(chaos.freeze_node(target, freeze_s))
@@ -284,6 +289,10 @@ def _summary(
         ("retries", f"{stats.get('retries', 0)}"),
         ("failures by type", ", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "none"),
         ("attempts abandoned", f"{stats.get('abandoned', 0)}"),
+        (
+            "backups of stragglers",
+            f"{stats.get('speculated', 0)} ({stats.get('speculation_wins', 0)} won)",
+        ),
         ("nodes excluded", ", ".join(n[:8] for n in excluded_ever) or "none"),
         ("excluded without a fault", ", ".join(wrongly) or "none"),
         ("breaker transitions", f"{len(transitions)}"),

@@ -100,6 +100,8 @@ class Scheduler(Placer):
         if speculation if speculation is not None else self.config.speculation:
             work.speculate = True
             work.batch = self._stragglers.submitted(work.name)
+        if self._hungry:
+            self._fed(work)
         self._queues.setdefault(work.shape, deque()).append(work)
         return self._dispatch(self._clock())
 
@@ -287,6 +289,7 @@ class Scheduler(Placer):
             "speculated": self.stats["speculated"],
             "speculation_wins": self.stats["speculation_wins"],
             "replaced": self.stats["replaced"],
+            "memory_raised": dict(self._hungry),
             "timeouts": self.stats["timeouts"],
             "failures_by_type": dict(self.failures_by_type),
             "excluded_nodes": sorted(self.exclusions.excluded),
@@ -506,6 +509,7 @@ class Scheduler(Placer):
                 work.avoid = work.avoid | {attempt.node_id}
             if failure_type is FailureType.OUT_OF_MEMORY:
                 work.spec = self._more_memory(work, attempt.node_id)
+                self._feed_queued(work.name)
             heapq.heappush(self._timers, (now + decision.delay, next(self._seq), work))
             return out
         self.stats["failed"] += 1
@@ -588,3 +592,12 @@ class Scheduler(Placer):
             self.stats["speculated"] += 1
             out.append(Launch(backup))
         return out
+
+    def _feed_queued(self, name: str) -> None:
+        """Queued calls of a callable that ran out of memory ask for what its retry got."""
+        for shape, queue in list(self._queues.items()):
+            moved = [w for w in queue if w.name == name and self._fed(w)]
+            if moved:
+                self._queues[shape] = deque(w for w in queue if w.shape == shape)
+                for work in moved:
+                    self._queues.setdefault(work.shape, deque()).append(work)

@@ -208,3 +208,22 @@ def test_bad_speculation_settings_are_refused():
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             FTConfig.from_dict(bad)
+
+
+def test_an_out_of_memory_callable_gives_its_queued_and_later_calls_the_same_memory(clock):
+    h = harness(clock, SPECULATING.replace(speculation=False))
+    works = [work(i) for i in range(6)]  # 4 slots: 2 queue
+    for w in works:
+        h.run(h.sched.submit(w))
+    first = next(a for a in h.running.values() if a.node_id == "b")
+    h.finish(first.attempt_id, error=MemoryError(), failure_type=FailureType.OUT_OF_MEMORY)
+    given = 2 * NODES["b"]["memory"]
+    queued = [w for w in works if w.started is False]
+    assert queued and all(w.spec.options["memory"] == given for w in queued)
+    later = work(9)
+    h.run(h.sched.submit(later))
+    assert later.spec.options["memory"] == given
+    assert h.sched.summary()["memory_raised"] == {"f": given}
+    other = Work("g-1", "g", None, b"", (), {}, CallSpec.of({}, None), cf.Future())
+    h.run(h.sched.submit(other))
+    assert "memory" not in other.spec.options  # another callable is not touched
