@@ -10,6 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # 127.0.0.1, before Ray loads
 
 import checkpoint  # noqa: E402
 import core  # noqa: E402
@@ -18,6 +19,7 @@ import liveness  # noqa: E402
 import overhead  # noqa: E402
 import pool  # noqa: E402
 import slow  # noqa: E402
+import stragglers  # noqa: E402
 from common import machine  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -136,6 +138,25 @@ def main() -> None:
         "13. Stateful workers: FaultTolerantActorPool vs ray.util.ActorPool",
         "3 actors (0.5 CPU each) on 3 nodes.",
         lambda: pool.run(REPEATS),
+    )
+
+    section(
+        "14. A node slowed 5x for real: generation time",
+        f"GeneticAlgorithm, population {stragglers.POPULATION}, {stragglers.GENERATIONS} "
+        "generations of CPU-bound evaluations (about 0.15-0.25 s) on 3 one-CPU nodes; "
+        "`chaos.slow_node` duty-cycles one node's workers to a fifth of the time (alive, "
+        f"answering probes). {REPEATS} repetitions interleaved. Every run must reach the "
+        "same best fitness.",
+        lambda: stragglers.generations(REPEATS),
+    )
+    section(
+        "15. Tasks that run out of memory",
+        "12 tasks that each hold 2 GiB for 1.5 s on 3 nodes of 2 CPUs (4 GiB of logical "
+        "memory each); Ray's memory monitor kills above about 3.5 tasks' worth "
+        "(`RAY_memory_usage_threshold` set from the free memory). Plain Ray retries OOM "
+        "kills without limit and with the same request; ray_ft's retries ask for twice the "
+        "memory share, and the callable's other calls follow.",
+        lambda: stragglers.out_of_memory(2),
     )
 
     sections.append(("Where a goal is missed, and why", "", MISSED))

@@ -4,7 +4,7 @@ SIGSTOP/SIGCONT so they run ``1/factor`` of the time (``python -m ray_ft._duty_c
 Started detached by ``ray_ft.chaos.slow_node`` on the target node; it finds the workers
 under that node's raylet every half second (new workers are slowed too), spares ray_ft's
 own actors (the node keeps answering its probes: slow, not dead), and always ends by
-continuing every process it stopped.
+continuing every process it stopped (SIGTERM ends it early, the same way).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def _signal(pids: set[int], sig: signal.Signals) -> None:
 def duty_cycle(raylet_pid: int, factor: float, seconds: float) -> None:
     """Let the raylet's task workers run ``1/factor`` of every 0.1 s for ``seconds``."""
     raylet = psutil.Process(raylet_pid)
+    signal.signal(signal.SIGTERM, _end_early)  # a drill stopped early still continues all
     running = _PERIOD_S / factor
     end = time.monotonic() + seconds
     stopped: set[int] = set()
@@ -62,6 +63,10 @@ def duty_cycle(raylet_pid: int, factor: float, seconds: float) -> None:
             time.sleep(_PERIOD_S - running)
     finally:
         _signal(stopped, signal.SIGCONT)
+
+
+def _end_early(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ __all__ = ["Placer"]
 _QUEUE_TARGET_S = 0.25  # queued work per slot beyond the running attempt, in seconds
 _EWMA = 0.3
 _SLOW_FACTOR = 2.0  # a node this many times slower than the fastest may stand back
+_RELEARN_S = 10.0  # a node that stood back this long gets an attempt again (it may be well)
 
 
 class Placer:
@@ -36,6 +37,7 @@ class Placer:
         self._leases: Counter[str] = Counter()  # trial leases held, not yet used
         self._load: Counter[tuple[str, Shape]] = Counter()
         self._runtime: dict[tuple[str, str], float] = {}
+        self._learned_at: dict[tuple[str, str], float] = {}  # when a pace was last seen
         self._fastest: dict[str, float] = {}  # lowest known runtime per callable, any node
         # launch times of the attempts in flight per (node, callable): bounded by capacity
         self._running: dict[tuple[str, str], dict[int, float]] = {}
@@ -89,9 +91,12 @@ class Placer:
     def _too_slow(self, node_id: str, work: Work, queued: int) -> bool:
         """True when the other usable nodes would clear the whole queue before this node
         finished one more attempt: giving it work would only make the batch end later."""
-        mine = self._runtime.get((node_id, work.name))
+        key = (node_id, work.name)
+        mine = self._runtime.get(key)
         if mine is None or mine <= _SLOW_FACTOR * self._fastest.get(work.name, math.inf):
             return False  # the fast path: not clearly slower than the fastest node seen
+        if self._clock() - self._learned_at.get(key, -math.inf) > _RELEARN_S:
+            return False  # its pace is old news: one attempt finds out whether it recovered
         rate, best = 0.0, math.inf
         for other in self.nodes:
             if other == node_id or not self._usable(other) or other in work.unplaceable:
@@ -114,12 +119,24 @@ class Placer:
         runtime = max(0.0, now - start)
         key = (node_id, attempt.work.name)
         old = self._runtime.get(key)
-        new = runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime
-        self._runtime[key] = new
-        name = attempt.work.name
-        if new < self._fastest.get(name, math.inf) or old == self._fastest.get(name):
-            self._fastest[name] = min(r for (_, n), r in self._runtime.items() if n == name)
+        self._set_pace(key, runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime, now)
         return runtime
+
+    def _learn_lower_bound(self, attempt: Attempt, now: float) -> None:
+        """A cancelled attempt (its twin won) ran at least this long on its node: a slow
+        node's pace is learned even though its attempts never finish."""
+        key = (attempt.node_id, attempt.work.name)
+        elapsed = now - attempt.launched_at
+        if elapsed > self._runtime.get(key, 0.0):
+            self._set_pace(key, elapsed, now)
+
+    def _set_pace(self, key: tuple[str, str], runtime: float, now: float) -> None:
+        name = key[1]
+        old = self._runtime.get(key)
+        self._runtime[key] = runtime
+        self._learned_at[key] = now
+        if runtime < self._fastest.get(name, math.inf) or old == self._fastest.get(name):
+            self._fastest[name] = min(r for (_, n), r in self._runtime.items() if n == name)
 
     def _more_memory(self, work: Work, node_id: str) -> CallSpec:
         """An out-of-memory retry asks for ``oom_memory_multiplier`` x the memory it had

@@ -560,6 +560,7 @@ class Scheduler(Placer):
         """The work is done: cancel its other copy; its late result is dropped."""
         out: list[Command] = []
         for twin in [a for a in self.inflight.values() if a.work is work]:
+            self._learn_lower_bound(twin, self._clock())
             self._drop(twin)
             out.append(Cancel(twin))
             if twin.trial:

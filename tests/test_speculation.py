@@ -227,3 +227,25 @@ def test_an_out_of_memory_callable_gives_its_queued_and_later_calls_the_same_mem
     other = Work("g-1", "g", None, b"", (), {}, CallSpec.of({}, None), cf.Future())
     h.run(h.sched.submit(other))
     assert "memory" not in other.spec.options  # another callable is not touched
+
+
+def test_a_node_whose_copy_lost_learns_its_pace_and_stands_back_until_it_is_old_news(clock):
+    h = harness(clock)
+    _, slow_id = straggler(h, clock)
+    clock.advance(1.0)
+    h.run(h.sched.tick())
+    backup = next(a for a in h.running.values() if a.backup)
+    clock.advance(0.5)
+    h.finish(backup.attempt_id, value=1)  # the loser on b ran 2 s: b's pace is >= 2 s
+    assert h.sched._runtime[("b", "f")] >= 2.0
+    for i in range(10, 18):  # the next batch: a and c clear it before b would finish one
+        h.run(h.sched.submit(work(i)))
+    assert "b" not in {a.node_id for a in h.running.values()}
+    while h.running:
+        clock.advance(0.5)
+        for attempt_id in list(h.running):
+            h.finish(attempt_id, value=0)
+    clock.advance(11.0)  # b's pace is old news: it may have recovered
+    for i in range(20, 28):
+        h.run(h.sched.submit(work(i)))
+    assert "b" in {a.node_id for a in h.running.values()}
