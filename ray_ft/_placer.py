@@ -122,6 +122,13 @@ class Placer:
         self._set_pace(key, runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime, now)
         return runtime
 
+    def _placed(self, node_id: str, name: str, now: float) -> None:
+        """An attempt went to this node: a stale pace counts as fresh again, so a slow
+        node that is tried again gets one attempt per ``_RELEARN_S``, not one per slot."""
+        key = (node_id, name)
+        if key in self._runtime and now - self._learned_at.get(key, now) > _RELEARN_S:
+            self._learned_at[key] = now
+
     def _learn_lower_bound(self, attempt: Attempt, now: float) -> None:
         """A cancelled attempt (its twin won) ran at least this long on its node: a slow
         node's pace is learned even though its attempts never finish."""

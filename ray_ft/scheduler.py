@@ -342,6 +342,7 @@ class Scheduler(Placer):
         self.inflight[attempt_id] = attempt
         self._load[(node_id, work.shape)] += 1
         self._running.setdefault((node_id, work.name), {})[attempt_id] = now
+        self._placed(node_id, work.name, now)
         self._speculative += work.speculate
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
         return attempt
