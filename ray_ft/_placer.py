@@ -155,7 +155,15 @@ class Placer:
             node = self.nodes.get(node_id, {})
             sharing = max(1, min(work.shape.slots_on(node), int(node.get("CPU", 1) or 1)))
             had = node.get("memory", 0.0) / sharing
-        largest = max(  # of the nodes that can run it at all
+        wanted = int(min(had * self.config.oom_memory_multiplier, self._memory_cap(work)))
+        if wanted <= asked:
+            return work.spec
+        self._hungry[work.name] = max(self._hungry.get(work.name, 0), wanted)
+        return work.spec.with_memory(wanted)
+
+    def _memory_cap(self, work: Work) -> float:
+        """The most memory of a node that could run this work at all."""
+        return max(
             (
                 r.get("memory", 0.0)
                 for n, r in self.nodes.items()
@@ -163,17 +171,12 @@ class Placer:
             ),
             default=0.0,
         )
-        wanted = int(min(had * self.config.oom_memory_multiplier, largest))
-        if wanted <= asked:
-            return work.spec
-        self._hungry[work.name] = max(self._hungry.get(work.name, 0), wanted)
-        return work.spec.with_memory(wanted)
 
     def _fed(self, work: Work) -> bool:
         """Give a call of a callable that ran out of memory the memory its retries got
         (evaluations of one objective need about the same); True when it changed."""
-        wanted = self._hungry.get(work.name)
-        if wanted is None or float(work.spec.options.get("memory") or 0) >= wanted:
+        wanted = min(self._hungry.get(work.name, 0), int(self._memory_cap(work)))
+        if float(work.spec.options.get("memory") or 0) >= wanted:
             return False
         work.spec = work.spec.with_memory(wanted)
         return True

@@ -461,6 +461,8 @@ class Scheduler(Placer):
         work = attempt.work
         work.placement_failures += 1
         work.unplaceable = work.unplaceable | {attempt.node_id}
+        if work.speculated and self._twin_running(work):
+            return self._on_record(attempt, error, FailureType.APPLICATION_ERROR, Blame.PLACEMENT)
         fitting = {
             n for n in self.nodes if self._usable(n) and work.shape.slots_on(self.nodes[n]) > 0
         }
