@@ -54,7 +54,8 @@ class Placer:
             return 1  # learn the pace first
         running = self._running.get(key)
         if running:  # an attempt running longer than the estimate: the pace went stale
-            runtime = max(runtime, self._clock() - min(running.values()))
+            oldest = next(iter(running.values()))  # launched in clock order: the first
+            runtime = max(runtime, self._clock() - oldest)
         return max(1, min(self.queue_depth, math.ceil(_QUEUE_TARGET_S / max(runtime, 1e-6))))
 
     def _room(self, node_id: str, work: Work) -> int:
