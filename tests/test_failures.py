@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import pickle
 
 import pytest
@@ -150,6 +151,9 @@ def test_failure_objects_pickle_and_json():
     event = FailureEvent(1.5, N, "gone", task_id="t", worker_id="w", attempt=2)
     assert pickle.loads(pickle.dumps(event)) == event
     assert FailureEvent.from_dict(event.to_dict()) == event
+    hungry = FailureEvent(2.0, FailureType.OUT_OF_MEMORY, blame="task", memory_request=2.0**31)
+    assert pickle.loads(pickle.dumps(hungry)) == hungry
+    assert FailureEvent.from_dict(json.loads(json.dumps(hungry.to_dict()))) == hungry
     err = TaskFailedError("gave up", failure_type=T, attempts=3, events=[event])
     again = pickle.loads(pickle.dumps(err))
     assert (again.failure_type, again.attempts, again.events, str(again)) == (
