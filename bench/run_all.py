@@ -37,14 +37,16 @@ MISSED = """\
   rest of the gap is Ray's own cost of bounded, pinned submission (the core worker's
   threads, lease requests). The loop collects 1.3 results per round. The second table of
   figure 1 measures the ceiling directly: a bare loop with no bookkeeping at all that keeps
-  12 pinned attempts in flight reaches about 0.77 of raw Ray, 48 pinned about 0.90, 48 not
-  pinned about 1.0 — so pinning and bounding cost 10-25 % before any ray_ft code runs, and
-  the executor (0.80-0.85) sits between the bare loops at 12 and 48. A deeper queue
-  (`queue_depth` 8, 16, 32, 64) measured the same or worse (0.72-0.90 across runs); one
-  O(depth) scan per placement was found and removed. Closing the rest needs either
-  unpinned submission within the allowed nodes (`label_selector`, figure 12: it then
-  behaves as plain Ray on a slow node and cannot abandon a frozen node's attempts) or Ray
-  exposing where a task runs before it finishes. For tasks of 10 ms the ratio is 1.1.
+  12 pinned attempts in flight reaches about 0.77 of raw Ray; 48 pinned reached 0.90 in one
+  run and 0.96 in another (noisy: 0.88-1.15 within a run); 48 not pinned about 1.0. So a
+  shallow pinned queue costs about 20 % before any ray_ft code runs, and the executor
+  (0.80-0.85) sits at or above the bare loop with its own bound of 12. Raising
+  `queue_depth` (8, 16, 32, 64, i.e. up to 192 in flight) did not move the executor
+  (0.72-0.90 across runs, within noise of depth 4): its loop thread, not the bound, sets
+  the pace once the queue is deeper (one O(depth) scan per placement was found and
+  removed). What would be worth measuring next: a loop round that does less than
+  feed/tick/dispatch every time (rounds are due only on a timer, a completion or a submit),
+  and launches taken off the loop thread. For tasks of 10 ms the ratio is 1.07-1.1.
 - **Killed node** (goal 10x). After SIGKILL the node's attempts are rerun within about 2 s;
   the remaining time is the work itself: twelve 1-second tasks on the two surviving 1-CPU
   nodes take at least 6 s, so no scheduler can finish in under about 6 s while plain Ray

@@ -8,7 +8,7 @@ import concurrent.futures as cf
 import pytest
 
 from ray_ft._commands import Cancel
-from ray_ft._work import CallSpec, Work
+from ray_ft._work import Attempt, CallSpec, Work
 from ray_ft.config import FTConfig
 from ray_ft.failures import FailureType
 from ray_ft.scheduler import Scheduler
@@ -47,6 +47,14 @@ def straggler(h: Harness, clock, count: int = 4) -> tuple[list[Work], int]:
     return works, slow.attempt_id
 
 
+def backed_up(h: Harness, clock) -> tuple[int, Attempt]:
+    """The straggler of :func:`straggler` once its backup runs: (its attempt id, backup)."""
+    _, slow_id = straggler(h, clock)
+    clock.advance(1.0)
+    h.run(h.sched.tick())
+    return slow_id, next(a for a in h.running.values() if a.backup)
+
+
 def test_a_straggler_gets_one_backup_elsewhere_and_the_backup_wins(clock):
     h = harness(clock)
     works, slow_id = straggler(h, clock)
@@ -73,10 +81,7 @@ def test_a_straggler_gets_one_backup_elsewhere_and_the_backup_wins(clock):
 
 def test_the_original_may_still_win(clock):
     h = harness(clock)
-    _, slow_id = straggler(h, clock)
-    clock.advance(1.0)
-    h.run(h.sched.tick())
-    backup = next(a for a in h.running.values() if a.backup)
+    slow_id, backup = backed_up(h, clock)
     commands = h.sched.attempt_done(slow_id, value="original")
     assert [c.attempt for c in commands if isinstance(c, Cancel)] == [backup]
     h.run(commands)
@@ -86,10 +91,7 @@ def test_the_original_may_still_win(clock):
 
 def test_a_copy_failing_while_the_other_runs_counts_no_retry(clock):
     h = harness(clock)
-    _, slow_id = straggler(h, clock)
-    clock.advance(1.0)
-    h.run(h.sched.tick())
-    backup = next(a for a in h.running.values() if a.backup)
+    slow_id, backup = backed_up(h, clock)
     crash = {"error": RuntimeError("died"), "failure_type": FailureType.WORKER_CRASH}
     h.finish(backup.attempt_id, **crash)
     assert backup.work.attempts == 0 and h.sched.stats["retries"] == 0
@@ -231,10 +233,7 @@ def test_an_out_of_memory_callable_gives_its_queued_and_later_calls_the_same_mem
 
 def test_a_node_whose_copy_lost_learns_its_pace_and_stands_back_until_it_is_old_news(clock):
     h = harness(clock)
-    straggler(h, clock)
-    clock.advance(1.0)
-    h.run(h.sched.tick())
-    backup = next(a for a in h.running.values() if a.backup)
+    _, backup = backed_up(h, clock)
     clock.advance(0.5)
     h.finish(backup.attempt_id, value=1)  # the loser on b ran 2 s: b's pace is >= 2 s
     assert h.sched._runtime[("b", "f")] >= 2.0
