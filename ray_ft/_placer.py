@@ -89,6 +89,13 @@ class Placer:
                 return chosen[0][0], False
         return None
 
+    def _could_run(self, work: Work) -> bool:
+        """Some usable node fits this work and Ray has not refused it there."""
+        return any(
+            self._usable(n) and n not in work.unplaceable and work.shape.slots_on(r) > 0
+            for n, r in self.nodes.items()
+        )
+
     def _too_slow(self, node_id: str, work: Work, queued: int) -> bool:
         """True when the other usable nodes would clear the whole queue before this node
         finished one more attempt: giving it work would only make the batch end later."""

@@ -106,6 +106,7 @@ class Work:
     speculate: bool = False  # may get a backup attempt when it straggles
     batch: Any = None  # its batch of the same callable (ray_ft.speculation)
     speculated: bool = False  # a backup attempt was started (never a second one)
+    stranded_since: float | None = None  # since when no usable node can take it at all
 
     @property
     def shape(self) -> Shape:

@@ -307,13 +307,17 @@ class Scheduler(Placer):
     def _dispatch(self, now: float) -> list[Command]:
         out: list[Command] = []
         for shape, queue in self._queues.items():
+            stranded: list[Work] = []
             while queue:
                 if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
                     break
                 work = queue[0]
                 picked = self._pick(work, len(queue))
                 if picked is None:
-                    break
+                    if not work.unplaceable or self._could_run(work):
+                        break  # no room now: the queue waits in order
+                    stranded.append(queue.popleft())  # only nodes Ray refused fit it
+                    continue
                 queue.popleft()
                 if not work.started:
                     if not work.future.set_running_or_notify_cancel():
@@ -323,11 +327,14 @@ class Scheduler(Placer):
                     work.started = True
                 out.append(Launch(self._start(work, picked[0], picked[1], now)))
             out.extend(self._check_capacity(shape, queue, now))
+            if stranded:
+                out.extend(self._strand(stranded, queue, now))
         out.extend(self._ask_for_trials())
         return out
 
     def _start(self, work: Work, node_id: str, trial: bool, now: float) -> Attempt:
         attempt_id = next(self._ids)
+        work.stranded_since = None
         deadline = None if work.timeout is None else now + work.timeout
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), attempt_id))
@@ -374,6 +381,28 @@ class Scheduler(Placer):
             out.extend(self._finish(work))
             out.append(Resolve(work.future, error=CapacityError(msg)))
         self._zero_since.pop(shape, None)
+        return out
+
+    def _strand(self, works: list[Work], queue: deque[Work], now: float) -> list[Command]:
+        """Calls no usable node can take (Ray refused the others) wait aside, not ahead of
+        the queue, and fail with CapacityError after ``capacity_wait_timeout``."""
+        out: list[Command] = []
+        for work in reversed(works):
+            if work.stranded_since is None:
+                work.stranded_since = now
+            since = work.stranded_since
+            if now - since < self.config.capacity_wait_timeout:
+                queue.appendleft(work)  # tried first again once nodes change
+                continue
+            self.stats["failed"] += 1
+            msg = (
+                f"no usable node could run {work.name} (needs {work.shape.describe()}) for "
+                f"{self.config.capacity_wait_timeout:g}s: Ray refused it on "
+                f"{len(work.unplaceable)} node(s) and no other fits; add nodes that can meet "
+                "it, lower the request, or raise capacity_wait_timeout"
+            )
+            out.extend(self._finish(work))
+            out.append(Resolve(work.future, error=CapacityError(msg)))
         return out
 
     def _ask_for_trials(self) -> list[Command]:

@@ -387,3 +387,36 @@ SchedulerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestSchedulerMachine = SchedulerMachine.TestCase
+
+
+def test_a_call_no_node_can_take_waits_aside_and_fails_after_capacity_wait(clock):
+    """A call Ray refused on the one node left that fits must not hold up the calls behind
+    it; it fails with CapacityError after capacity_wait_timeout unless a node returns."""
+    nodes = {
+        "a": {"CPU": 1.0, "special": 1.0},
+        "b": {"CPU": 1.0, "special": 1.0},
+        "c": {"CPU": 1.0},
+    }
+    h = Harness(Scheduler(CONFIG, clock=clock), clock)
+    h.run(h.sched.nodes_changed(nodes))
+
+    def special(i: int) -> Work:
+        spec = CallSpec.of({"resources": {"special": 1}}, None)
+        return Work(f"s-{i}", "s", None, b"", (i,), {}, spec, cf.Future())
+
+    first, second, third = special(0), special(1), special(2)
+    h.run(h.sched.submit(first))
+    (attempt,) = h.running.values()
+    h.finish(attempt.attempt_id, error=RuntimeError("unschedulable"), placement=True)
+    (moved,) = h.running.values()  # re-placed on the other special node
+    h.run(h.sched.submit(second))
+    assert {a.node_id for a in h.running.values()} == {"a", "b"}
+    h.run(h.sched.nodes_changed({n: r for n, r in nodes.items() if n != moved.node_id}))
+    h.run(h.sched.submit(third))  # queued behind `first`, which only the lost node could take
+    (running,) = h.running.values()
+    h.finish(running.attempt_id, value=1)
+    assert [a.work for a in h.running.values()] == [third]  # not held up by `first`
+    clock.advance(CONFIG.capacity_wait_timeout + 1)
+    h.run(h.sched.tick())
+    with pytest.raises(CapacityError, match="special"):
+        first.future.result(0)
