@@ -42,6 +42,7 @@ class Placer:
         # launch times of the attempts in flight per (node, callable): bounded by capacity
         self._running: dict[tuple[str, str], dict[int, float]] = {}
         self._last_done: dict[str, float] = {}
+        self._zero_since: dict[Shape, float] = {}  # since when a shape fits no usable node
         self._hungry: dict[str, int] = {}  # memory an out-of-memory callable is given now
 
     def _depth(self, node_id: str, work: Work) -> int:
@@ -94,6 +95,41 @@ class Placer:
         return any(
             self._usable(n) and n not in work.unplaceable and work.shape.slots_on(r) > 0
             for n, r in self.nodes.items()
+        )
+
+    def _starved(self, shape: Shape, waiting: bool, now: float) -> str | None:
+        """Why calls of this shape must fail: no usable node (nor trial lease) could run
+        them for ``capacity_wait_timeout``; None while there is capacity or time left."""
+        if (
+            not waiting
+            or any(shape.slots_on(r) > 0 and self._usable(n) for n, r in self.nodes.items())
+            or any(shape.slots_on(self.nodes.get(n, {})) > 0 for n in self._leases)
+        ):
+            self._zero_since.pop(shape, None)
+            return None
+        since = self._zero_since.setdefault(shape, now)
+        if now - since < self.config.capacity_wait_timeout:
+            return None
+        self._zero_since.pop(shape, None)
+        return (
+            f"no usable node could run tasks needing {shape.describe()} for "
+            f"{self.config.capacity_wait_timeout:g}s ({len(self.nodes)} alive, "
+            f"{len(self._unusable)} excluded or on trial); add nodes, lower the request, or "
+            "raise capacity_wait_timeout"
+        )
+
+    def _stranded(self, work: Work, now: float) -> str | None:
+        """Why a call only refused nodes could take must fail, once it waited
+        ``capacity_wait_timeout``; None while it may still wait."""
+        if work.stranded_since is None:
+            work.stranded_since = now
+        if now - work.stranded_since < self.config.capacity_wait_timeout:
+            return None
+        return (
+            f"no usable node could run {work.name} (needs {work.shape.describe()}) for "
+            f"{self.config.capacity_wait_timeout:g}s: Ray refused it on "
+            f"{len(work.unplaceable)} node(s) and no other fits; add nodes that can meet "
+            "it, lower the request, or raise capacity_wait_timeout"
         )
 
     def _too_slow(self, node_id: str, work: Work, queued: int) -> bool:

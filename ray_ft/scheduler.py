@@ -80,7 +80,6 @@ class Scheduler(Placer):
         self.exclusions = Exclusions()
         self._asked: set[str] = set()  # trial leases requested, no answer yet
         self._trials_running: Counter[str] = Counter()
-        self._zero_since: dict[Shape, float] = {}
         self._stragglers = Stragglers(config)
         self._speculative = 0  # attempts in flight whose work may get a backup
         self._backups = 0  # backup attempts in flight
@@ -355,32 +354,10 @@ class Scheduler(Placer):
         return attempt
 
     def _check_capacity(self, shape: Shape, queue: deque[Work], now: float) -> list[Command]:
-        if (
-            not queue
-            or any(shape.slots_on(self.nodes[n]) > 0 and self._usable(n) for n in self.nodes)
-            or any(shape.slots_on(self.nodes.get(n, {})) > 0 for n in self._leases)
-        ):
-            self._zero_since.pop(shape, None)
-            return []
-        since = self._zero_since.setdefault(shape, now)
-        if now - since < self.config.capacity_wait_timeout:
-            return []
-        msg = (
-            f"no usable node could run tasks needing {shape.describe()} for "
-            f"{self.config.capacity_wait_timeout:g}s ({len(self.nodes)} alive, "
-            f"{len(self.exclusions.excluded)} excluded); add nodes, lower the request, or "
-            "raise capacity_wait_timeout"
-        )
+        msg = self._starved(shape, bool(queue), now)
         out: list[Command] = []
-        while queue:
-            work = queue.popleft()
-            if not work.started and not work.future.set_running_or_notify_cancel():
-                continue
-            work.started = True
-            self.stats["failed"] += 1
-            out.extend(self._finish(work))
-            out.append(Resolve(work.future, error=CapacityError(msg)))
-        self._zero_since.pop(shape, None)
+        while msg is not None and queue:
+            out.extend(self._capacity_failed(queue.popleft(), msg))
         return out
 
     def _strand(self, works: list[Work], queue: deque[Work], now: float) -> list[Command]:
@@ -388,22 +365,19 @@ class Scheduler(Placer):
         the queue, and fail with CapacityError after ``capacity_wait_timeout``."""
         out: list[Command] = []
         for work in reversed(works):
-            if work.stranded_since is None:
-                work.stranded_since = now
-            since = work.stranded_since
-            if now - since < self.config.capacity_wait_timeout:
+            msg = self._stranded(work, now)
+            if msg is None:
                 queue.appendleft(work)  # tried first again once nodes change
-                continue
-            self.stats["failed"] += 1
-            msg = (
-                f"no usable node could run {work.name} (needs {work.shape.describe()}) for "
-                f"{self.config.capacity_wait_timeout:g}s: Ray refused it on "
-                f"{len(work.unplaceable)} node(s) and no other fits; add nodes that can meet "
-                "it, lower the request, or raise capacity_wait_timeout"
-            )
-            out.extend(self._finish(work))
-            out.append(Resolve(work.future, error=CapacityError(msg)))
+            else:
+                out.extend(self._capacity_failed(work, msg))
         return out
+
+    def _capacity_failed(self, work: Work, msg: str) -> list[Command]:
+        if not work.started and not work.future.set_running_or_notify_cancel():
+            return []  # cancelled while it waited
+        work.started = True
+        self.stats["failed"] += 1
+        return [*self._finish(work), Resolve(work.future, error=CapacityError(msg))]
 
     def _ask_for_trials(self) -> list[Command]:
         """Lease requests for HALF_OPEN nodes, only while work is queued that could use them."""
@@ -492,17 +466,13 @@ class Scheduler(Placer):
         work.unplaceable = work.unplaceable | {attempt.node_id}
         if work.speculated and self._twin_running(work):
             return self._on_record(attempt, error, FailureType.APPLICATION_ERROR, Blame.PLACEMENT)
-        fitting = {
-            n for n in self.nodes if self._usable(n) and work.shape.slots_on(self.nodes[n]) > 0
-        }
-        if fitting <= work.unplaceable:
-            self.stats["failed"] += 1
+        if not self._could_run(work):
             msg = (
                 f"Ray could not schedule {work.name} (needs {work.shape.describe()}) on any "
                 f"of the {len(work.unplaceable)} nodes that seemed to fit: {error}; lower the "
                 "request or add nodes that can meet it"
             )
-            return [*self._finish(work), Resolve(work.future, error=CapacityError(msg))]
+            return self._capacity_failed(work, msg)
         return self._requeue(attempt, error, "replaced")
 
     def _failed(
