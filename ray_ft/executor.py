@@ -62,6 +62,7 @@ _PASSTHROUGH = {
 }
 _OWNED = {"max_retries", "retry_exceptions", "scheduling_strategy", "max_calls"}
 _NODE_REFRESH_S = 1.0
+_TICK_S = 0.05  # longest a busy loop goes without a full scheduler tick
 _BUSY_WAIT_S = 0.1  # longest a busy loop waits before it picks up refs launched meanwhile
 _NO_OPTIONS: dict[str, Any] = {}  # plain submit(): the executor's own CallSpec
 _SPEC_CACHE_SIZE = 256
@@ -135,6 +136,7 @@ class FaultTolerantExecutor(cf.Executor):
         self._ids = 0
         self._shutdown = False
         self._kick = threading.Event()
+        self._ticked_at = -float("inf")
         self._idle_now = threading.Event()
         self._refresh_nodes()
         first = self._client.fetch(timeout=_FIRST_SNAPSHOT_S)  # never place blind
@@ -345,7 +347,12 @@ class FaultTolerantExecutor(cf.Executor):
         commands = self._poll_manager()
         with self._lock:
             commands = self._feed(commands)
-            commands.extend(self._sched.tick())
+            due = self._sched.next_wakeup()
+            if commands or now - self._ticked_at >= _TICK_S or (due is not None and due <= now):
+                # completions and submits dispatch by themselves: a round ticks only when
+                # something is due, news came in, or every _TICK_S (stragglers, capacity)
+                self._ticked_at = now
+                commands.extend(self._sched.tick())
             idle = self._sched.idle
             refs = list(self._ids_of)
             wakeup = self._sched.next_wakeup()
