@@ -45,7 +45,8 @@ MISSED = """\
   (0.72-0.90 across runs, within noise of depth 4): its loop thread, not the bound, sets
   the pace once the queue is deeper (one O(depth) scan per placement was found and
   removed). A loop round runs the full scheduler tick only when something is due (an A/B
-  in one cluster when that came in: 0.80 -> 0.84 of raw). Worth measuring next:
+  in one cluster when that came in: 0.80 -> 0.84 of raw, within this machine's run-to-run
+  noise: a later figure 1 gave 0.79 with the bare loops lower too). Worth measuring next:
   launches taken off the loop thread. For tasks of 10 ms the ratio is 1.07-1.1.
 - **Killed node** (goal 10x). After SIGKILL the node's attempts are rerun within about 2 s;
   the remaining time is the work itself: twelve 1-second tasks on the two surviving 1-CPU
