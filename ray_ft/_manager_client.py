@@ -113,6 +113,26 @@ class ActorManagerClient:
         self._last: Exclusions | None = None
         self._unsent: list[FailureEvent] = []
         self._trial_refs: dict[Any, str] = {}
+        self.reachable = True
+
+    def _unreachable(self, what: str, exc: BaseException) -> None:
+        """Say once, at WARNING, that the manager stopped answering (health checking and
+        exclusions are paused: the last snapshot stays in force)."""
+        if self.reachable:
+            self.reachable = False
+            log.warning(
+                "the ray_ft manager is unreachable (%s: %s); node exclusions stay as last "
+                "seen until it answers again",
+                what,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+        else:
+            log.debug("manager %s failed: %s", what, exc)
+
+    def _answered(self) -> None:
+        if not self.reachable:
+            self.reachable = True
+            log.warning("the ray_ft manager answers again; node exclusions are followed again")
 
     def poll(self) -> Exclusions | None:
         """Collect a finished snapshot request (None if unchanged); start the next when due.
@@ -130,11 +150,12 @@ class ActorManagerClient:
             if ready:
                 try:
                     snapshot = Exclusions.from_dict(ray.get(ready[0]))
+                    self._answered()
                     # unchanged snapshots are skipped, except while a node awaits a trial
                     if snapshot != self._last or snapshot.half_open:
                         result = self._last = snapshot
                 except Exception as exc:  # restarting actor: keep the last snapshot
-                    log.debug("manager snapshot failed: %s", exc)
+                    self._unreachable("snapshot", exc)
                 self._inflight = None
         if self._inflight is None and now - self._asked_at >= self.refresh_s:
             self._inflight = self.handle.excluded_nodes.remote()
@@ -149,8 +170,9 @@ class ActorManagerClient:
                 ray.get(self.handle.excluded_nodes.remote(), timeout=timeout)
             )
         except Exception as exc:
-            log.debug("manager snapshot failed: %s", exc)
+            self._unreachable("first snapshot", exc)
             return None
+        self._answered()
         self._last = snapshot
         self._asked_at = self._checked_at = self._clock()
         return snapshot
@@ -183,7 +205,7 @@ class ActorManagerClient:
             try:
                 answers.append((node_id, bool(ray.get(ref))))
             except Exception as exc:
-                log.debug("acquire_trial(%s) failed: %s", node_id, exc)
+                self._unreachable(f"acquire_trial({node_id})", exc)
                 answers.append((node_id, False))
         return answers
 

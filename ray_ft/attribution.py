@@ -1,20 +1,24 @@
 """Fault attribution: is a failure the node's, the task's, or nobody's?
 
-Only node faults may count toward a node's breaker. A crash that follows a task from
+Where an exception was raised decides. Only what Ray (or ray_ft's own watchdog and
+probes) says about the infrastructure is evidence against a node; an exception the user's
+code raised is the task's, whatever its Python type. A crash that follows a task from
 node to node is the task's (a poison input); a node is suspect when *different* tasks crash
-there and then succeed elsewhere. Attempts that ray_ft itself abandons or re-places charge
-nobody. The ledger is pure (no Ray, no clock): callers feed it outcomes and report the
-events it hands back.
+there and then succeed elsewhere, or when the user's code fails there far more often than
+on its peers (:class:`UserErrorRates`). Attempts that ray_ft itself abandons or re-places
+charge nobody. Both ledgers are pure (no Ray, no clock): callers feed them outcomes and
+report the events they hand back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 
 from ray_ft.failures import FailureEvent, FailureType
 
-__all__ = ["DIRECT_NODE_FAULTS", "SUSPECT_FAILURES", "Blame", "CrashLedger"]
+__all__ = ["DIRECT_NODE_FAULTS", "SUSPECT_FAILURES", "Blame", "CrashLedger", "UserErrorRates"]
 
 
 class Blame(str, enum.Enum):
@@ -30,7 +34,8 @@ class Blame(str, enum.Enum):
         return self.value
 
 
-#: Evidence against the node at once: Ray says the node (or the link to it) failed.
+#: Evidence against the node at once: Ray says the node (or the link to it) failed. The
+#: user's own ConnectionError is APPLICATION_ERROR (see ray_ft.failures.classify_failure).
 DIRECT_NODE_FAULTS = frozenset({FailureType.NODE_DIED, FailureType.NETWORK_ERROR})
 #: Either the node's or the task's: decided by where the task crashes (or succeeds) next.
 SUSPECT_FAILURES = frozenset(
@@ -98,3 +103,56 @@ class CrashLedger:
 
 def _blamed(event: FailureEvent, blame: Blame) -> FailureEvent:
     return dataclasses.replace(event, blame=blame.value)
+
+
+class UserErrorRates:
+    """Finished attempts and user-code failures per node, to tell a bad node from bad luck.
+
+    The user's exceptions are the task's. They count against a node only when that node's
+    rate stands far above its peers': at least ``min_failures`` there, and more than
+    ``factor`` times what the other nodes' rate predicts plus three standard deviations
+    (Poisson), so a service that fails evenly everywhere (1 call in 3) never makes a node
+    suspect while one that fails 10x more often on one node does. Each update is O(1);
+    counts halve past ``horizon`` so old history fades; a departed node is forgotten.
+    """
+
+    def __init__(self, *, min_failures: int = 4, factor: float = 3.0, horizon: int = 1000):
+        self.min_failures = min_failures
+        self.factor = factor
+        self.horizon = horizon
+        self._calls: dict[str, float] = {}
+        self._failures: dict[str, float] = {}
+        self._total_calls = 0.0
+        self._total_failures = 0.0
+
+    def finished(self, node_id: str, *, failed: bool) -> bool:
+        """Count one finished attempt; True when it is a failure that makes the node
+        stand out from its peers."""
+        calls = self._calls.get(node_id, 0.0) + 1
+        failures = self._failures.get(node_id, 0.0) + failed
+        self._total_calls += 1
+        self._total_failures += failed
+        if calls > self.horizon:  # fade: halve this node's counts, keep totals consistent
+            self._total_calls -= calls / 2
+            self._total_failures -= failures / 2
+            calls, failures = calls / 2, failures / 2
+        self._calls[node_id], self._failures[node_id] = calls, failures
+        return failed and self.stands_out(node_id)
+
+    def stands_out(self, node_id: str) -> bool:
+        """The node's user failures are far above what its peers' rate predicts."""
+        calls = self._calls.get(node_id, 0.0)
+        failures = self._failures.get(node_id, 0.0)
+        other_calls = self._total_calls - calls
+        if failures < self.min_failures or other_calls < 2 * self.min_failures:
+            return False  # too little evidence, or no peers to compare with
+        expected = calls * (self._total_failures - failures) / other_calls
+        return failures > self.factor * expected + 3 * math.sqrt(max(expected, 1.0))
+
+    def forget(self, node_id: str) -> None:
+        """The node left: drop its counts (and their share of the totals)."""
+        self._total_calls -= self._calls.pop(node_id, 0.0)
+        self._total_failures -= self._failures.pop(node_id, 0.0)
+
+    def __len__(self) -> int:
+        return len(self._calls)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import math
 import threading
 import time
 import weakref
@@ -47,7 +48,7 @@ from ray_ft.manager import FaultToleranceManager
 from ray_ft.metrics import get_metrics
 from ray_ft.scheduler import Scheduler
 
-__all__ = ["CapacityError", "FaultTolerantExecutor"]
+__all__ = ["CapacityError", "FaultTolerantExecutor", "WorkerGoneError"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,11 @@ _FIRST_SNAPSHOT_S = 10.0
 _BUSY: set[FaultTolerantExecutor] = set()  # changed under the executor's own lock
 
 
+class WorkerGoneError(RuntimeError):
+    """The worker an attempt was placed on is gone (an actor that was killed meanwhile):
+    the attempt is re-placed, charging nobody."""
+
+
 class FaultTolerantExecutor(cf.Executor):
     """Run callables as fault-tolerant Ray tasks: ``submit``, ``map``, ``shutdown``.
 
@@ -82,6 +88,8 @@ class FaultTolerantExecutor(cf.Executor):
     node, one for timed attempts, so their clock starts when they run). Other keyword
     arguments are Ray task options.
     """
+
+    _cancel_kills_worker = False  # a Cancel stops one task, not its worker
 
     def __init__(
         self,
@@ -123,6 +131,7 @@ class FaultTolerantExecutor(cf.Executor):
             queue_depth=queue_depth,
             max_in_flight=max_in_flight,
             metrics=get_metrics(),
+            cancel_kills_worker=self._cancel_kills_worker,
         )
         self._refs: dict[int, Any] = {}  # attempt id -> ObjectRef
         self._ids_of: dict[Any, int] = {}  # ObjectRef -> attempt id
@@ -194,6 +203,8 @@ class FaultTolerantExecutor(cf.Executor):
             msg = f"{fn!r} is not callable; pass a function, e.g. submit(pow, 2, 3)"
             raise TypeError(msg)
         is_remote = isinstance(fn, ray.remote_function.RemoteFunction)
+        if is_remote:
+            _check_remote_function(fn)
         spec = self._spec(options, fn._default_options if is_remote else None)  # type: ignore[attr-defined]
         name = spec.name or _callable_name(fn)
         remote_fn, blob = self._target(fn, is_remote)
@@ -237,6 +248,7 @@ class FaultTolerantExecutor(cf.Executor):
         if options is _NO_OPTIONS and not remote_defaults:
             return self._default_spec
         own = {k: v for k, v in (remote_defaults or {}).items() if k in _PASSTHROUGH}
+        _check_values(own)
         key = (_options_key(own), _options_key(options))
         with self._lock:
             spec = self._specs.get(key)
@@ -253,40 +265,72 @@ class FaultTolerantExecutor(cf.Executor):
     # -- carrying out commands (never under the lock) -------------------------------------
 
     def _execute(self, commands: list[Command], *, raise_for: Work | None = None) -> None:
+        """Carry out every command, whatever one of them hits: a failing launch ends only
+        its own call; a failing manager call is logged. When the launch of ``raise_for``
+        (a call being submitted) failed, its error is raised to the submitter at the end."""
         reports: list[FailureEvent] = []
         resolves: list[Resolve] = []
+        refused: BaseException | None = None
         while commands:
             follow_up: list[Command] = []
             for command in commands:
-                if isinstance(command, Launch):
-                    follow_up.extend(self._launch(command.attempt, raise_for))
-                elif isinstance(command, Resolve):
-                    resolves.append(command)
-                elif isinstance(command, Cancel):
-                    self._cancel(command.attempt)
-                elif isinstance(command, Report):
-                    reports.extend(command.events)
-                elif isinstance(command, AcquireTrial):
-                    self._client.request_trial(command.node_id)
-                elif isinstance(command, ReleaseTrial):
-                    self._client.report_trial(command.node_id, command.success, command.event)
+                try:
+                    if isinstance(command, Launch):
+                        more, error = self._launch(command.attempt)
+                        follow_up.extend(more)
+                        if error is not None and command.attempt.work is raise_for:
+                            refused = error
+                    elif isinstance(command, Resolve):
+                        resolves.append(command)
+                    elif isinstance(command, Cancel):
+                        self._cancel(command.attempt)
+                    elif isinstance(command, Report):
+                        reports.extend(command.events)
+                    elif isinstance(command, AcquireTrial):
+                        follow_up.extend(self._request_trial(command.node_id))
+                    elif isinstance(command, ReleaseTrial):
+                        self._client.report_trial(command.node_id, command.success, command.event)
+                except Exception:  # one command's trouble must not cost the others
+                    log.exception("ray_ft could not carry out %s", type(command).__name__)
             commands = follow_up
         if reports:
-            self._client.report(reports)
+            try:
+                self._client.report(self._node_events(reports))
+            except Exception as exc:
+                log.warning("could not report %d failures to the manager: %s", len(reports), exc)
         for resolve in resolves:
             _resolve(resolve)
+        if refused is not None and raise_for is not None:
+            future = raise_for.future
+            raise (future.exception(0) if future.done() else None) or refused from refused
 
-    def _launch(self, attempt: Attempt, raise_for: Work | None) -> list[Command]:
-        work = attempt.work
+    def _request_trial(self, node_id: str) -> list[Command]:
+        """Ask the manager for a trial lease; a request that cannot be sent is refused."""
         try:
-            ref = self._start_call(work, attempt.node_id)
+            self._client.request_trial(node_id)
+        except Exception as exc:
+            log.warning("could not ask the manager for a trial on %s: %s", node_id, exc)
+            with self._lock:
+                return self._sched.trial_granted(node_id, False)
+        return []
+
+    def _node_events(self, events: list[FailureEvent]) -> list[FailureEvent]:
+        """Failure events as the manager takes them (worker ids are node ids here)."""
+        return events
+
+    def _launch(self, attempt: Attempt) -> tuple[list[Command], BaseException | None]:
+        """Hand one attempt to Ray; a refused launch fails that call alone."""
+        try:
+            ref = self._start_call(attempt.work, attempt.node_id)
+            hash(ref)  # a list of refs (num_returns != 1) is refused here, not later
+        except WorkerGoneError as exc:
+            with self._lock:
+                self._cancel_on_launch.discard(attempt.attempt_id)
+                return self._sched.worker_lost(attempt.node_id, str(exc)), None
         except Exception as exc:
             with self._lock:
-                commands = self._sched.launch_failed(attempt.attempt_id, exc)
-            if work is raise_for:
-                self._execute(commands)
-                raise work.future.exception(0) from exc  # type: ignore[misc]
-            return commands
+                self._cancel_on_launch.discard(attempt.attempt_id)
+                return self._sched.launch_failed(attempt.attempt_id, exc), exc
         with self._lock:
             self._refs[attempt.attempt_id] = ref
             self._ids_of[ref] = attempt.attempt_id
@@ -294,7 +338,7 @@ class FaultTolerantExecutor(cf.Executor):
             self._cancel_on_launch.discard(attempt.attempt_id)
         if cancel_now:
             self._cancel(attempt)
-        return []
+        return [], None
 
     def _start_call(self, work: Work, node_id: str) -> Any:
         """Hand one attempt to Ray, pinned to ``node_id``; returns its ObjectRef."""
@@ -344,21 +388,24 @@ class FaultTolerantExecutor(cf.Executor):
         now = self._clock()
         if now - self._nodes_at >= self._refresh_s:
             self._refresh_nodes()
-        commands = self._poll_manager()
-        with self._lock:
-            commands = self._feed(commands)
-            due = self._sched.next_wakeup()
-            if commands or now - self._ticked_at >= _TICK_S or (due is not None and due <= now):
-                # completions and submits dispatch by themselves: a round ticks only when
-                # something is due, news came in, or every _TICK_S (stragglers, capacity)
-                self._ticked_at = now
-                commands.extend(self._sched.tick())
-            idle = self._sched.idle
-            refs = list(self._ids_of)
-            wakeup = self._sched.next_wakeup()
-            if idle:
-                commands.extend(self._sched.release_leases())
-        self._execute(commands)
+        polled = self._poll_manager()
+        commands: list[Command] = []
+        try:
+            with self._lock:
+                commands = self._feed(polled)
+                due = self._sched.next_wakeup()
+                if commands or now - self._ticked_at >= _TICK_S or (due is not None and due <= now):
+                    # completions and submits dispatch by themselves: a round ticks only when
+                    # something is due, news came in, or every _TICK_S (stragglers, capacity)
+                    self._ticked_at = now
+                    commands.extend(self._sched.tick())
+                idle = self._sched.idle
+                refs = list(self._ids_of)
+                wakeup = self._sched.next_wakeup()
+                if idle:
+                    commands.extend(self._sched.release_leases())
+        finally:  # what was gathered is carried out even when a later step raised
+            self._execute(commands)
         if idle:
             with self._lock:  # a submit may have raced in: then it stays
                 if self._sched.idle:
@@ -390,27 +437,38 @@ class FaultTolerantExecutor(cf.Executor):
             except Exception as exc:
                 outcomes.append((ref, None, exc))
         commands: list[Command] = []
-        with self._lock:
-            for ref, value, error in outcomes:
-                attempt_id = self._ids_of.pop(ref, None)
-                if attempt_id is None:
-                    continue  # cancelled: its late result is dropped
-                self._refs.pop(attempt_id, None)
-                if error is None:
-                    commands.extend(self._sched.attempt_done(attempt_id, value=value))
-                    continue
-                attempt = self._sched.inflight.get(attempt_id)
-                commands.extend(
-                    self._sched.attempt_done(
-                        attempt_id,
-                        error=_unwrap(error),
-                        failure_type=classify_failure(error),
-                        placement=isinstance(error, ray_exc.TaskUnschedulableError),
-                    )
-                )
-                if attempt is not None:
-                    commands.extend(self._worker_failed(attempt, error))
-        self._execute(commands)
+        try:
+            with self._lock:
+                for ref, value, error in outcomes:
+                    attempt_id = self._ids_of.pop(ref, None)
+                    if attempt_id is None:
+                        continue  # cancelled: its late result is dropped
+                    self._refs.pop(attempt_id, None)
+                    commands.extend(self._take_outcome(attempt_id, value, error))
+        finally:  # nothing popped is dropped: what was gathered is carried out
+            self._execute(commands)
+
+    def _take_outcome(
+        self, attempt_id: int, value: Any, error: BaseException | None
+    ) -> list[Command]:
+        """One attempt's outcome into the scheduler (under the lock). Should ray_ft itself
+        fail here, the call ends with that error instead of hanging."""
+        attempt = self._sched.inflight.get(attempt_id)
+        try:
+            if error is None:
+                return self._sched.attempt_done(attempt_id, value=value)
+            commands = self._sched.attempt_done(
+                attempt_id,
+                error=_unwrap(error),
+                failure_type=classify_failure(error),
+                placement=isinstance(error, ray_exc.TaskUnschedulableError),
+            )
+            if attempt is not None:
+                commands.extend(self._worker_failed(attempt, error))
+            return commands
+        except Exception as exc:
+            log.exception("ray_ft failed to take the outcome of attempt %s", attempt_id)
+            return [] if attempt is None else self._sched.abort(attempt, exc)
 
     def _worker_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
         """After the scheduler took an attempt's failure (under the lock): a hook for
@@ -543,7 +601,44 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
                 f"{', '.join(sorted(_PASSTHROUGH | {'timeout', 'speculation'}))}"
             )
             raise ValueError(msg)
+    _check_values(options)
     return dict(options)
+
+
+def _check_values(options: dict[str, Any]) -> None:
+    """Resource amounts are finite numbers >= 0, as Ray requires; say which one is not."""
+    amounts: dict[str, Any] = {
+        k: options[k] for k in ("num_cpus", "num_gpus", "memory") if k in options
+    }
+    resources = options.get("resources")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            msg = f"resources={resources!r} is not valid; pass a dict such as {{'TPU': 1}}"
+            raise ValueError(msg)
+        amounts.update({f"resources[{name!r}]": v for name, v in resources.items()})
+    for key, value in amounts.items():
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < 0:
+            msg = f"{key}={value!r} is not valid; pass a finite number >= 0"
+            raise ValueError(msg)
+
+
+def _check_remote_function(fn: Any) -> None:
+    """Refuse what one result per call cannot carry: several returns, or a generator."""
+    num_returns = fn._default_options.get("num_returns", 1)
+    if getattr(fn, "_is_generator", False) or num_returns not in (1, None):
+        what = (
+            "a generator"
+            if getattr(fn, "_is_generator", False)
+            else (f"num_returns={num_returns!r}")
+        )
+        msg = (
+            f"{_callable_name(fn)} is a remote function with {what}; the executor gives one "
+            "result per call: return a tuple or list from a function with num_returns=1"
+        )
+        raise ValueError(msg)
 
 
 def _options_key(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -19,6 +19,7 @@ __all__ = [
     "TaskFailedError",
     "TaskTimeoutError",
     "classify_failure",
+    "user_error_kind",
 ]
 
 
@@ -147,7 +148,6 @@ _RAY_RULES: tuple[tuple[str, FailureType], ...] = (
     ("PlasmaObjectNotAvailable", FailureType.NODE_DIED),
     ("OutOfMemoryError", FailureType.OUT_OF_MEMORY),
     ("ObjectStoreFullError", FailureType.OUT_OF_MEMORY),
-    ("OutOfDiskError", FailureType.OUT_OF_MEMORY),
     ("GetTimeoutError", FailureType.TASK_TIMEOUT),
     ("TaskCancelledError", FailureType.TASK_TIMEOUT),
     ("ActorUnavailableError", FailureType.NETWORK_ERROR),
@@ -155,8 +155,9 @@ _RAY_RULES: tuple[tuple[str, FailureType], ...] = (
     ("PendingCallsLimitExceeded", FailureType.NETWORK_ERROR),
     ("RayChannelTimeoutError", FailureType.TASK_TIMEOUT),
     ("RayChannelError", FailureType.NETWORK_ERROR),
-    ("RaySystemError", FailureType.WORKER_CRASH),
-    # Errors of configuration or of the caller: retrying elsewhere cannot help.
+    # Errors of configuration or of the caller: retrying elsewhere cannot help. A full
+    # disk (object spilling failed) is the disk's, not memory: never an OOM retry.
+    ("OutOfDiskError", FailureType.APPLICATION_ERROR),
     ("RuntimeEnvSetupError", FailureType.APPLICATION_ERROR),
     ("TaskUnschedulableError", FailureType.APPLICATION_ERROR),
     ("ActorUnschedulableError", FailureType.APPLICATION_ERROR),
@@ -183,10 +184,14 @@ _BUILTIN_RULES: tuple[tuple[type[BaseException], FailureType], ...] = (
 
 
 def classify_failure(exc: BaseException) -> FailureType:
-    """Map an exception raised by Ray (or by user code) to its FailureType.
+    """Map an exception seen by the driver to its FailureType.
 
-    A RayTaskError is classified by the exception it wraps, so a MemoryError in user code
-    is OUT_OF_MEMORY and any other user exception is APPLICATION_ERROR.
+    Where an exception was raised decides: anything the user's code raised (the cause of a
+    RayTaskError) is APPLICATION_ERROR whatever its Python type, so a ConnectionError from
+    the objective's own web service is never mistaken for Ray's network failing.
+    :func:`user_error_kind` keeps its kind for the stats. Ray's own exceptions about the
+    infrastructure map as DESIGN.md says; bare built-ins (an exception raised outside a
+    task) map by type.
     """
     try:
         import ray.exceptions as ray_exc
@@ -194,11 +199,10 @@ def classify_failure(exc: BaseException) -> FailureType:
         ray_exc = None  # type: ignore[assignment]
 
     if ray_exc is not None:
-        if isinstance(exc, ray_exc.RayTaskError):
-            cause = exc.cause
-            if cause is None or cause is exc:
-                return FailureType.APPLICATION_ERROR
-            return classify_failure(cause)
+        if isinstance(exc, ray_exc.RayTaskError) or type(exc) is ray_exc.RaySystemError:
+            # raised by the user's code; or the driver could not deserialize a result
+            # (a plain RaySystemError): neither is a crash to retry on another node
+            return FailureType.APPLICATION_ERROR
         if isinstance(exc, ray_exc.RayActorError) and not isinstance(
             exc, ray_exc.ActorUnavailableError
         ):
@@ -217,3 +221,21 @@ def classify_failure(exc: BaseException) -> FailureType:
     if ray_exc is not None and isinstance(exc, ray_exc.RayError):
         return FailureType.WORKER_CRASH  # an unknown Ray system error: worth a retry
     return FailureType.APPLICATION_ERROR
+
+
+_USER_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionError, "network"),
+    (TimeoutError, "timeout"),
+    (MemoryError, "memory"),
+)
+
+
+def user_error_kind(exc: BaseException) -> str | None:
+    """The kind of an exception the user's own code raised ("network", "timeout",
+    "memory"), for stats only: it is the task's failure, never evidence against a node."""
+    cause = getattr(exc, "cause", None)  # a RayTaskError: the user's exception inside
+    target = cause if isinstance(cause, BaseException) else exc
+    for builtin, kind in _USER_KINDS:
+        if isinstance(target, builtin):
+            return kind
+    return None

@@ -442,7 +442,13 @@ class FaultToleranceManager:
             blame = (Blame.NODE if event.failure_type in NODE_FAULTS else Blame.TASK).value
             event = dataclasses.replace(event, blame=blame)
         if event.worker_id is not None and blame == Blame.NODE.value:
-            self._charge(event, outlier_only=event.failure_type in SUSPECT_FAILURES)
+            # crash evidence and the user's own failures (charged to a node only when its
+            # rate stood out) open a breaker only while the node stands out here too
+            outlier_only = (
+                event.failure_type in SUSPECT_FAILURES
+                or event.failure_type is FailureType.APPLICATION_ERROR
+            )
+            self._charge(event, outlier_only=outlier_only)
         else:
             self._record(event)
 

@@ -17,6 +17,7 @@ import inspect
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,8 @@ from ray import cloudpickle
 from ray_ft._commands import Command, Exclusions
 from ray_ft._work import Attempt, Work
 from ray_ft.config import FTConfig
-from ray_ft.executor import FaultTolerantExecutor
+from ray_ft.executor import FaultTolerantExecutor, WorkerGoneError
+from ray_ft.failures import FailureEvent
 
 __all__ = ["FaultTolerantActorPool"]
 
@@ -61,6 +63,8 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
     ``optimize(Simulator.evaluate, ga, executor=pool)`` works. ``actor_options`` are Ray
     actor options (``num_gpus=1``, ``num_cpus``, ``memory``, ``resources``...).
     """
+
+    _cancel_kills_worker = True  # an actor call cannot be cancelled: the actor is killed
 
     def __init__(
         self,
@@ -98,6 +102,8 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         }
         self._actor_class: Any = ray.remote(plain) if target is None else cls
         self._actors: dict[str, _Actor] = {}
+        # the actor table is changed by the loop and by callers' threads (submit, stats)
+        self._actors_lock = threading.RLock()
         self._keys = itertools.count(1)
         self._replaced = 0
         self._init_failures = 0
@@ -145,7 +151,7 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
             self._apply(self._pending_nodes)
             self._pending_nodes = []
         stats = super().stats()
-        with self._lock:
+        with self._actors_lock:
             live = sum(1 for a in self._actors.values() if a.node_id and not a.dead)
         stats.update(size=self.size, live=live, replaced=self._replaced)
         return stats
@@ -154,7 +160,9 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         """Finish (or cancel) the work, then kill the actors."""
         super().shutdown(wait, cancel_futures=cancel_futures)
         if wait:
-            for actor in list(self._actors.values()):
+            with self._actors_lock:
+                actors = list(self._actors.values())
+            for actor in actors:
                 self._kill(actor)
 
     # -- the worker hooks ----------------------------------------------------------------
@@ -163,7 +171,10 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         return fn, None  # a _MethodCall: the method's name travels, not code
 
     def _start_call(self, work: Work, node_id: str) -> Any:
-        actor = self._actors[node_id]
+        actor = self._actors.get(node_id)
+        if actor is None or actor.dead:  # killed or dropped since the scheduler chose it
+            msg = f"{node_id} is gone"
+            raise WorkerGoneError(msg)
         return getattr(actor.handle, work.remote_fn.name).remote(*work.args, **work.kwargs)
 
     def _stop_call(self, ref: Any, attempt: Attempt) -> None:
@@ -176,15 +187,29 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         died = isinstance(error, ray_exc.RayActorError) and not isinstance(
             error, ray_exc.ActorUnavailableError
         )
-        if not died or attempt.node_id not in self._actors:
+        actor = self._actors.get(attempt.node_id)
+        if not died or actor is None:
             return []
-        self._actors[attempt.node_id].dead = True
+        actor.dead = True
         # out of the scheduler at once: a retry must never be handed to a dead actor
-        others = {k: v for k, v in self._sched.nodes.items() if k != attempt.node_id}
-        return self._sched.nodes_changed(others)
+        return self._sched.worker_lost(attempt.node_id, "lost its actor")
+
+    def _node_events(self, events: list[FailureEvent]) -> list[FailureEvent]:
+        """The manager keeps breakers per node: name each actor's node, not the actor."""
+        out = []
+        for event in events:
+            actor = self._actors.get(event.worker_id or "")
+            node_id = None if actor is None else actor.node_id
+            out.append(dataclasses.replace(event, worker_id=node_id))
+        return out
 
     def _refresh_nodes(self) -> None:
-        """Follow the actors: collect constructors, drop the dead, start replacements."""
+        """Follow the actors (under their own lock: callers' threads come here too)."""
+        with self._actors_lock:
+            self._follow_actors()
+
+    def _follow_actors(self) -> None:
+        """Collect constructors, drop the dead, start replacements."""
         self._nodes_at = self._clock()
         pending = {a.ready: a for a in self._actors.values() if a.node_id is None and not a.dead}
         if pending:
@@ -214,8 +239,9 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         out = []
         for kind, payload in polled:
             if kind == "exclusions":
-                self._node_exclusions = payload
-                payload = self._actor_exclusions(payload)
+                with self._actors_lock:
+                    self._node_exclusions = payload
+                    payload = self._actor_exclusions(payload)
             out.append((kind, payload))
         return out
 

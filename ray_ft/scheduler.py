@@ -13,6 +13,7 @@ result wins. An out-of-memory retry asks for more memory.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import heapq
 import itertools
@@ -34,7 +35,7 @@ from ray_ft._commands import (
 )
 from ray_ft._placer import Placer
 from ray_ft._work import Attempt, Shape, Work
-from ray_ft.attribution import Blame, CrashLedger
+from ray_ft.attribution import Blame, CrashLedger, UserErrorRates
 from ray_ft.config import FTConfig
 from ray_ft.failures import (
     FailureEvent,
@@ -42,6 +43,7 @@ from ray_ft.failures import (
     NodeFailedError,
     TaskFailedError,
     TaskTimeoutError,
+    user_error_kind,
 )
 from ray_ft.manager import FaultToleranceManager
 from ray_ft.speculation import Stragglers
@@ -67,12 +69,18 @@ class Scheduler(Placer):
         queue_depth: int = 4,
         max_in_flight: int | None = None,
         metrics: Any = None,
+        cancel_kills_worker: bool = False,
     ) -> None:
         super().__init__(config, clock, queue_depth)
         self.max_in_flight = max_in_flight
+        # a worker that a Cancel kills (an actor) takes no work from then on
+        self.cancel_kills_worker = cancel_kills_worker
+        self._retired: set[str] = set()  # such workers, until the node table drops them
+        self._cancelling = False  # shutdown(cancel_futures=True): nothing new starts
         self._metrics = metrics if metrics is not None else _NullMetrics()
         self._policy = FaultToleranceManager(config, clock=clock)
         self._ledger = CrashLedger()
+        self._rates = UserErrorRates()
         self._queues: dict[Shape, deque[Work]] = {}
         self._timers: list[tuple[float, int, Work]] = []
         self._deadlines: list[tuple[float, int, int]] = []
@@ -88,6 +96,7 @@ class Scheduler(Placer):
         self._seq = itertools.count()
         self.stats: Counter[str] = Counter()
         self.failures_by_type: Counter[str] = Counter()
+        self.user_errors: Counter[str] = Counter()  # the user's own exceptions, by kind
         self.max_in_flight_seen = 0
 
     # -- events --------------------------------------------------------------------------
@@ -124,6 +133,7 @@ class Scheduler(Placer):
         work = attempt.work
         if error is None:
             self.stats["succeeded"] += 1
+            self._rates.finished(attempt.node_id, failed=False)
             runtime = self._learn_runtime(attempt, now)
             if work.speculated:  # the first result wins; its twin is cancelled and dropped
                 out.extend(self._drop_twins(work))
@@ -149,35 +159,63 @@ class Scheduler(Placer):
         return out
 
     def launch_failed(self, attempt_id: int, error: BaseException) -> list[Command]:
-        """Ray refused the launch (the arguments do not pickle): the call fails at once."""
+        """Ray refused the launch (the arguments do not pickle, an option is refused): the
+        call fails at once; no other call is touched."""
         attempt = self.inflight.get(attempt_id)
         if attempt is None:
             return []
         self._drop(attempt)
-        if attempt.work.speculated and self._twin_running(attempt.work):
-            return []  # the first launch of these same arguments went through
-        self.stats["failed"] += 1
-        out: list[Command] = [*self._finish(attempt.work)]
+        out: list[Command] = []
         if attempt.trial:
             out.append(ReleaseTrial(attempt.node_id, False))
-        msg = (
-            f"could not serialize the call to {attempt.work.name}: {error}; pass picklable "
-            "arguments (Ray pickles them to ship them to a worker)"
-        )
-        failure = TypeError(msg)
+        if attempt.work.speculated and self._twin_running(attempt.work):
+            return out  # the first launch of these same arguments went through
+        name = attempt.work.name
+        if _is_pickling_error(error):
+            msg = (
+                f"could not serialize the call to {name}: {error}; pass picklable "
+                "arguments (Ray pickles them to ship them to a worker)"
+            )
+            failure: BaseException = TypeError(msg)
+        else:
+            msg = f"Ray refused to launch {name}: {type(error).__name__}: {error}"
+            failure = RuntimeError(msg)
         failure.__cause__ = error
-        out.append(Resolve(attempt.work.future, error=failure))
-        return out
+        return [*out, *self._fail(attempt.work, failure)]
+
+    def abort(self, attempt: Attempt, error: BaseException) -> list[Command]:
+        """ray_ft itself failed while taking this attempt's outcome: end its call with
+        ``error`` rather than leave it pending (the loop's last line of defence)."""
+        if self.inflight.get(attempt.attempt_id) is attempt:
+            self._drop(attempt)
+        out: list[Command] = []
+        if attempt.trial:
+            out.append(ReleaseTrial(attempt.node_id, False))
+        if attempt.work.future.done():
+            return out
+        return [*out, *self._fail(attempt.work, error)]
 
     def nodes_changed(self, nodes: Mapping[str, Mapping[str, float]]) -> list[Command]:
         """Ray's alive nodes and their resources; work on vanished nodes is rerun."""
+        self._retired &= set(nodes)  # a retired worker the table no longer lists is gone
         gone = set(self.nodes) - set(nodes)
-        self.nodes = {n: dict(r) for n, r in nodes.items()}
+        self.nodes = {n: dict(r) for n, r in nodes.items() if n not in self._retired}
         out: list[Command] = []
         for node_id in gone:
+            self._rates.forget(node_id)
             out.extend(self._abandon_node(node_id, "is dead (Ray)"))
         out.extend(self._dispatch(self._clock()))
         return out
+
+    def worker_lost(self, node_id: str, reason: str) -> list[Command]:
+        """A worker (an actor) is gone for good: it takes no more work, even if a stale
+        node table still lists it, and its attempts rerun elsewhere, charging nobody."""
+        if node_id not in self.nodes:
+            return []
+        self._retired.add(node_id)
+        del self.nodes[node_id]
+        self._rates.forget(node_id)
+        return self._abandon_node(node_id, reason)
 
     def exclusions_changed(self, snapshot: Exclusions) -> list[Command]:
         """A new manager snapshot: failed or dead nodes lose their attempts; HALF_OPEN
@@ -218,7 +256,7 @@ class Scheduler(Placer):
             if attempt is not None:
                 self.stats["timeouts"] += 1
                 self._drop(attempt)
-                out.append(Cancel(attempt))
+                out.extend(self._cancel(attempt))
                 timeout = attempt.work.timeout or 0.0
                 error = TaskTimeoutError(timeout, attempt.work.name)
                 out.extend(self._failed(attempt, error, FailureType.TASK_TIMEOUT))
@@ -229,16 +267,17 @@ class Scheduler(Placer):
         return out
 
     def cancel_queued(self) -> list[Command]:
-        """Cancel every queued future (shutdown with cancel_futures=True)."""
-        for queue in self._queues.values():
-            for work in queue:
-                work.future.cancel()
-                self._finish(work)
-            queue.clear()
-        for _, _, work in self._timers:
-            work.future.cancel()
+        """shutdown(cancel_futures=True): every call not running now ends at once, those
+        waiting out a retry delay included; running attempts finish, and one that fails
+        from now on ends instead of being retried."""
+        self._cancelling = True
+        works = [w for q in self._queues.values() for w in q] + [w for _, _, w in self._timers]
+        self._queues.clear()
         self._timers.clear()
-        return self.release_leases()
+        out: list[Command] = []
+        for work in works:
+            out.extend(self._end_cancelled(work))
+        return [*out, *self.release_leases()]
 
     def fail_queued(self, error: BaseException) -> list[Command]:
         """Fail every queued or waiting call with ``error`` (the workers cannot start)."""
@@ -291,6 +330,7 @@ class Scheduler(Placer):
             "memory_raised": dict(self._hungry),
             "timeouts": self.stats["timeouts"],
             "failures_by_type": dict(self.failures_by_type),
+            "user_errors": dict(self.user_errors),
             "excluded_nodes": sorted(self.exclusions.excluded),
             "in_flight": len(self.inflight),
             "max_in_flight_seen": self.max_in_flight_seen,
@@ -308,9 +348,16 @@ class Scheduler(Placer):
         for shape, queue in self._queues.items():
             stranded: list[Work] = []
             while queue:
+                if self._cancelling:
+                    out.extend(self._end_cancelled(queue.popleft()))
+                    continue
                 if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
                     break
                 work = queue[0]
+                if work.started and work.future.done():  # ended elsewhere (abort): drop it
+                    queue.popleft()
+                    out.extend(self._finish(work))
+                    continue
                 picked = self._pick(work, len(queue))
                 if picked is None:
                     if not work.unplaceable or self._could_run(work):
@@ -376,8 +423,26 @@ class Scheduler(Placer):
         if not work.started and not work.future.set_running_or_notify_cancel():
             return []  # cancelled while it waited
         work.started = True
+        return self._fail(work, CapacityError(msg))
+
+    def _fail(self, work: Work, error: BaseException) -> list[Command]:
+        """End a call with ``error`` (its undecided failures charge nobody)."""
         self.stats["failed"] += 1
-        return [*self._finish(work), Resolve(work.future, error=CapacityError(msg))]
+        return [*self._finish(work), Resolve(work.future, error=error)]
+
+    def _end_cancelled(self, work: Work) -> list[Command]:
+        """End a call that will not run again: a pending future is cancelled, a running
+        one (it waited to retry, or to be re-placed) ends with CancelledError."""
+        self.stats["cancelled"] += 1
+        out = self._finish(work)
+        if not work.started:
+            work.future.cancel()
+            return out
+        msg = (
+            f"{work.name} was waiting to run again when the executor was shut down with "
+            "cancel_futures=True"
+        )
+        return [*out, Resolve(work.future, error=cf.CancelledError(msg))]
 
     def _ask_for_trials(self) -> list[Command]:
         """Lease requests for HALF_OPEN nodes, only while work is queued that could use them."""
@@ -426,6 +491,14 @@ class Scheduler(Placer):
             out.extend(self._requeue(attempt, NodeFailedError(node_id, reason), "abandoned"))
         return out
 
+    def _cancel(self, attempt: Attempt) -> list[Command]:
+        """Cancel a dropped attempt; where that kills its worker (an actor), the worker
+        takes no more work and its other attempts rerun elsewhere."""
+        out: list[Command] = [Cancel(attempt)]
+        if self.cancel_kills_worker:
+            out.extend(self.worker_lost(attempt.node_id, "had its worker stopped"))
+        return out
+
     def _requeue(self, attempt: Attempt, error: BaseException, counter: str) -> list[Command]:
         work = attempt.work
         self.stats[counter] += 1
@@ -436,6 +509,14 @@ class Scheduler(Placer):
         if not (work.speculated and self._twin_running(work)):
             self._queues.setdefault(work.shape, deque()).appendleft(work)
         return out
+
+    def _blame_user_error(self, attempt: Attempt, error: BaseException) -> bool:
+        """The user's own exception: count its kind; True when its node's user failures
+        stand far above its peers' (the only way it counts against a node)."""
+        kind = user_error_kind(error)
+        if kind is not None:
+            self.user_errors[kind] += 1
+        return self._rates.finished(attempt.node_id, failed=True)
 
     def _on_record(
         self, attempt: Attempt, error: BaseException, kind: FailureType, blame: Blame
@@ -493,6 +574,9 @@ class Scheduler(Placer):
                 self._policy.history[-1], memory_request=memory
             )
         blame, decided = self._ledger.failed(self._policy.history[-1])
+        if failure_type is FailureType.APPLICATION_ERROR and self._blame_user_error(attempt, error):
+            blame = Blame.NODE
+            decided = [dataclasses.replace(e, blame=blame.value) for e in decided]
         event = dataclasses.replace(self._policy.history[-1], blame=blame.value)
         work.events = [*(work.events or ()), event]
         self.failures_by_type[failure_type.value] += 1
@@ -502,6 +586,8 @@ class Scheduler(Placer):
             out.append(ReleaseTrial(attempt.node_id, False, event if blame is Blame.NODE else None))
         if work.first_failure_at is None:
             work.first_failure_at = now
+        if decision and self._cancelling:
+            return [*out, *self._end_cancelled(work)]
         if decision:
             self.stats["retries"] += 1
             self._metrics.retry()
@@ -564,7 +650,7 @@ class Scheduler(Placer):
         for twin in [a for a in self.inflight.values() if a.work is work]:
             self._learn_lower_bound(twin, self._clock())
             self._drop(twin)
-            out.append(Cancel(twin))
+            out.extend(self._cancel(twin))
             if twin.trial:
                 out.append(ReleaseTrial(twin.node_id, False))
         return out
@@ -604,3 +690,11 @@ class Scheduler(Placer):
                 self._queues[shape] = deque(w for w in queue if w.shape == shape)
                 for work in moved:
                     self._queues.setdefault(work.shape, deque()).append(work)
+
+
+def _is_pickling_error(error: BaseException) -> bool:
+    """Ray could not pickle the call's arguments (or the callable)."""
+    import pickle
+
+    text = f"{type(error).__name__}: {error}".lower()
+    return isinstance(error, pickle.PicklingError) or "pickl" in text or "serializ" in text

@@ -1,4 +1,5 @@
-"""classify_failure covers every class in ray.exceptions, as DESIGN.md maps them."""
+"""classify_failure covers every class in ray.exceptions, as DESIGN.md maps them; where an
+exception was raised decides (the user's own exceptions are APPLICATION_ERROR)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ray_ft.failures import (
     TaskFailedError,
     TaskTimeoutError,
     classify_failure,
+    user_error_kind,
 )
 
 W, N, T, NET, OOM, APP = (
@@ -47,7 +49,7 @@ EXPECTED = {
     "ObjectRefStreamEndOfStreamError": APP,
     "ObjectStoreFullError": OOM,
     "OufOfBandObjectRefSerializationException": APP,
-    "OutOfDiskError": OOM,
+    "OutOfDiskError": APP,  # the disk, not memory: never an OOM retry with more memory
     "OutOfMemoryError": OOM,
     "OwnerDiedError": N,
     "PendingCallsLimitExceeded": NET,
@@ -58,7 +60,7 @@ EXPECTED = {
     "RayChannelTimeoutError": T,
     "RayDirectTransportError": W,
     "RayError": W,
-    "RaySystemError": W,
+    "RaySystemError": APP,  # the driver cannot deserialize a result: no node's fault
     "RayTaskError": APP,
     "ReferenceCountingAssertionError": N,
     "RpcError": NET,
@@ -114,13 +116,24 @@ def test_real_constructed_exceptions():
     assert classify_failure(rex.ActorUnavailableError("restarting", None)) is NET
 
 
-def test_ray_task_error_classified_by_cause():
-    user = rex.RayTaskError("f", "tb", ValueError("bad input"))
-    assert classify_failure(user) is APP
-    assert classify_failure(user.as_instanceof_cause()) is APP
-    oom = rex.RayTaskError("f", "tb", MemoryError())
-    assert classify_failure(oom) is OOM
-    assert classify_failure(oom.as_instanceof_cause()) is OOM
+@pytest.mark.parametrize(
+    ("cause", "kind"),
+    [
+        (ValueError("bad input"), None),
+        (ConnectionResetError("peer reset"), "network"),
+        (TimeoutError("service slow"), "timeout"),
+        (MemoryError("allocation failed"), "memory"),
+        (rex.WorkerCrashedError(), None),  # a sub-task's crash, raised in the user's code
+    ],
+)
+def test_user_code_exceptions_are_application_errors_whatever_their_type(cause, kind):
+    """Raised inside the user's callable: the task's (APPLICATION_ERROR), with its kind
+    kept for stats; never NETWORK_ERROR, TASK_TIMEOUT or OUT_OF_MEMORY."""
+    wrapped = rex.RayTaskError("f", "tb", cause)
+    assert classify_failure(wrapped) is APP
+    assert classify_failure(wrapped.as_instanceof_cause()) is APP
+    assert user_error_kind(wrapped) == kind
+    assert user_error_kind(cause) == kind
 
 
 def test_actor_died_variants():

@@ -67,6 +67,8 @@ class ManagerActor:
         self._checkpoints: dict[str, list[Any]] = {}
         self._rounds = 0
         self._liveness_rounds = 0
+        self._refused = 0  # reports and trial requests for nodes Ray never reported
+        self._synced_at = -float("inf")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads = [
@@ -79,9 +81,19 @@ class ManagerActor:
     # -- called by executors -------------------------------------------------------------
 
     def report_failures(self, events: list[FailureEvent]) -> None:
-        """Take a batch of attempt failures (only node-blamed ones count toward breakers)."""
+        """Take a batch of attempt failures (only node-blamed ones count toward breakers).
+
+        An event naming a node Ray has never reported is refused: no state is made for it.
+        """
         with self._lock:
             for event in events:
+                if event.worker_id is not None and not self._known(event.worker_id):
+                    self._refused += 1
+                    log.warning(
+                        "ignoring a failure report for %r: Ray reports no such node",
+                        event.worker_id,
+                    )
+                    continue
                 self.manager.report_failure(event)
             self._save_state()
 
@@ -93,15 +105,26 @@ class ManagerActor:
     def acquire_trial(self, node_id: str) -> bool:
         """Take one trial slot of a HALF_OPEN node; False when none is left."""
         with self._lock:
-            return self.manager.acquire_trial(node_id)
+            return self._known(node_id) and self.manager.acquire_trial(node_id)
 
     def report_trial(
         self, node_id: str, success: bool, failure: FailureEvent | None = None
     ) -> None:
         """The outcome of a trial task: success closes the breaker, failure reopens it."""
         with self._lock:
+            if not self._known(node_id):
+                return
             self.manager.record_trial(node_id, success, failure)
             self._save_state()
+
+    def _known(self, node_id: str) -> bool:
+        """A node Ray has reported (alive or dead). A node newer than the last look at
+        Ray's table gets one more look, at most once a second."""
+        if node_id in self.manager.workers:
+            return True
+        if time.monotonic() - self._synced_at >= 1.0:
+            self._sync_nodes()
+        return node_id in self.manager.workers
 
     # -- operations ----------------------------------------------------------------------
 
@@ -186,6 +209,7 @@ class ManagerActor:
                 "liveness_rounds": self._liveness_rounds,
                 "started_at": self.started_at,
                 "checkpoints": {k: len(v) for k, v in self._checkpoints.items()},
+                "refused_reports": self._refused,
             }
 
     def get_state(self) -> dict[str, Any]:
@@ -245,6 +269,7 @@ class ManagerActor:
 
     def _sync_nodes(self) -> None:
         """Follow Ray's node table: register new nodes, start probes, drop dead ones."""
+        self._synced_at = time.monotonic()
         alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
         thresholds = {
             "cpu": self.config.cpu_threshold,
@@ -485,15 +510,25 @@ class ManagerActor:
         os.replace(tmp, self.state_path)
 
     def _load_state(self) -> bool:
+        """Reload the persisted state; a corrupt or unreadable file is moved aside with a
+        warning and the actor starts fresh (it must start whatever the file holds)."""
         try:
             with open(self.state_path) as fh:
                 state = json.load(fh)
+            self.manager.load_state(state)
         except FileNotFoundError:
             return False
-        try:
-            self.manager.load_state(state)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("ignoring unreadable manager state %s: %s", self.state_path, exc)
+        except Exception as exc:
+            aside = self.state_path.with_name(f"{self.state_path.name}.corrupt-{time.time():.0f}")
+            with contextlib.suppress(OSError):
+                os.replace(self.state_path, aside)
+            log.warning(
+                "manager state %s is unreadable (%s: %s); moved it to %s and started fresh",
+                self.state_path,
+                type(exc).__name__,
+                str(exc)[:200],
+                aside,
+            )
             self.manager = FaultToleranceManager(self.config)
             return False
         return True
