@@ -56,6 +56,8 @@ class Harness:
         self.resolved: Counter[cf.Future] = Counter()
         self.reports: list = []
         self.trial_requests: list[str] = []
+        self.fail_launches = 0  # the next launches fail to execute (Ray refuses them)
+        self.fail_acquires = 0  # the next trial requests cannot be sent
 
     def run(self, commands) -> None:
         for command in commands:
@@ -66,12 +68,17 @@ class Harness:
                 }
                 assert attempt.node_id in self.sched.nodes
                 assert attempt.trial or attempt.node_id not in excluded
+                if self.fail_launches:
+                    self.fail_launches -= 1
+                    self.run(self.sched.launch_failed(attempt.attempt_id, ValueError("no")))
+                    continue
                 self.running[attempt.attempt_id] = attempt
             elif isinstance(command, Cancel):
                 self.running.pop(command.attempt.attempt_id, None)
             elif isinstance(command, Resolve):
                 self.resolved[command.future] += 1
                 assert self.resolved[command.future] == 1, "resolved twice"
+                assert not command.future.done(), "resolving an ended future"
                 if command.error is not None:
                     command.future.set_exception(command.error)
                 else:
@@ -79,6 +86,10 @@ class Harness:
             elif isinstance(command, Report):
                 self.reports.extend(command.events)
             elif isinstance(command, AcquireTrial):
+                if self.fail_acquires:  # the executor answers a request it cannot send
+                    self.fail_acquires -= 1
+                    self.run(self.sched.trial_granted(command.node_id, False))
+                    continue
                 self.trial_requests.append(command.node_id)
             else:
                 assert isinstance(command, ReleaseTrial)
@@ -273,7 +284,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.h.run(self.sched.nodes_changed(NODES))
         self.works: list[Work] = []
         self.failures: Counter[str] = Counter()
+        self.shut = False
 
+    @precondition(lambda self: not self.shut)
     @rule(gpu=st.booleans(), timed=st.booleans(), name=st.sampled_from(["f", "g"]))
     def submit(self, gpu, timed, name):
         w = work(len(self.works), gpu=gpu, timeout=3.0 if timed else None, name=name)
@@ -307,6 +320,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             placement=outcome == "placement",
         )
 
+    @precondition(lambda self: not self.shut)
     @rule(keep=st.integers(0, 3))
     def straggle(self, keep):
         """A batch of "s" where one attempt lags: backups start, twins race."""
@@ -344,6 +358,19 @@ class SchedulerMachine(RuleBasedStateMachine):
         node = self.h.trial_requests.pop(0)
         self.h.run(self.sched.trial_granted(node, granted))
 
+    @rule(launches=st.integers(0, 2), acquires=st.integers(0, 1))
+    def commands_fail(self, launches, acquires):
+        """The next commands fail to execute: the launch is refused, the request unsent."""
+        self.h.fail_launches += launches
+        self.h.fail_acquires += acquires
+
+    @precondition(lambda self: not self.shut)
+    @rule()
+    def shutdown_cancel(self):
+        """shutdown(cancel_futures=True) at any point: nothing new is submitted."""
+        self.shut = True
+        self.h.run(self.sched.cancel_queued())
+
     @rule(drop=st.sampled_from(["b", "c", None]))
     def membership(self, drop):
         nodes = {n: r for n, r in NODES.items() if n != drop}
@@ -375,9 +402,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.h.run(self.sched.tick())
             if self.sched.idle and not self.h.running:
                 break
-        for w in self.works:
+        for w in self.works:  # every future ends exactly once: resolved, or cancelled
             assert w.future.done(), w.task_id
-            assert self.h.resolved[w.future] == 1
+            assert self.h.resolved[w.future] == (0 if w.future.cancelled() else 1)
+        assert len(self.sched._ledger) == 0
 
 
 SchedulerMachine.TestCase.settings = settings(
