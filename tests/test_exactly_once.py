@@ -113,7 +113,7 @@ def test_only_the_node_whose_user_calls_fail_far_more_is_charged(clock):
         attempt_id = min(h.running)
         attempt = h.running[attempt_id]
         count += 1
-        bad = attempt.node_id == "c" and count % 2 == 0 or count % 25 == 0
+        bad = (attempt.node_id == "c" and count % 2 == 0) or count % 25 == 0
         if bad:
             h.finish(attempt_id, error=RuntimeError("user"), failure_type=APP)
         else:

@@ -47,9 +47,10 @@ print(json.dumps({"actor_id": handle._actor_id.hex(),
 
 
 def test_two_drivers_share_one_manager(cluster, manager):
+    node = ray.nodes()[0]["NodeID"]
     ray.get(
         manager.report_failures.remote(
-            [FailureEvent(1.0, FailureType.WORKER_CRASH, "x", task_id="t", worker_id="n1")]
+            [FailureEvent(1.0, FailureType.WORKER_CRASH, "x", task_id="t", worker_id=node)]
         )
     )
     out = subprocess.run(
@@ -137,3 +138,33 @@ def test_metrics_are_real_ray_metrics(cluster):
     metrics.recovered(1.5)
     metrics.node("node-a", "OPEN", False)
     assert BREAKER_STATE_VALUES == {"CLOSED": 0.0, "HALF_OPEN": 1.0, "OPEN": 2.0}
+
+
+def test_reports_and_trials_for_nodes_ray_never_saw_are_refused(cluster, manager):
+    ghost = "f" * 56
+    event = FailureEvent(time.time(), FailureType.NODE_DIED, "x", worker_id=ghost)
+    ray.get(manager.report_failures.remote([event, event]))
+    assert ray.get(manager.acquire_trial.remote(ghost)) is False
+    ray.get(manager.report_trial.remote(ghost, False, event))
+    state = ray.get(manager.get_state.remote())
+    assert ghost not in state["workers"] and ghost not in state["breakers"]
+    assert state["history"] == []
+    assert ray.get(manager.status.remote())["refused_reports"] == 2
+
+
+def test_a_corrupt_state_file_is_moved_aside_and_the_manager_starts_fresh(cluster, tmp_path):
+    from tests.raytools import kill_manager
+
+    session = ray.get_runtime_context().get_session_name()
+    state = tmp_path / session / "manager_state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"format_version": 2, "workers": {"a": ')  # cut short by a crash
+    try:
+        handle = get_manager(CONFIG, state_dir=str(tmp_path))
+        status = ray.get(handle.status.remote(), timeout=60)
+        assert status["restored"] is False
+        aside = list(state.parent.glob("manager_state.json.corrupt-*"))
+        assert len(aside) == 1 and aside[0].read_text().startswith('{"format_version"')
+        assert json.loads(state.read_text())["format_version"] == 2  # written afresh
+    finally:
+        kill_manager()
