@@ -198,13 +198,15 @@ def raise_memory_error():
     raise MemoryError("allocation failed")
 
 
-def test_memory_error_is_out_of_memory(cluster):
+def test_a_users_memory_error_is_the_tasks_own(cluster):
+    """Raised by the user's code: surfaces as raised, not retried, no memory asked for."""
     with FaultTolerantExecutor({**FAST, "max_retries": 2}, manager=False) as ex:
         future = ex.submit(raise_memory_error)
-        with pytest.raises(TaskFailedError) as info:
+        with pytest.raises(MemoryError, match="allocation failed"):
             future.result(timeout=60)
-    assert info.value.failure_type is FailureType.OUT_OF_MEMORY
-    assert isinstance(info.value.__cause__, MemoryError)
+        stats = ex.stats()
+    assert stats["retries"] == 0 and stats["memory_raised"] == {}
+    assert stats["user_errors"] == {"memory": 1}
 
 
 def test_ray_out_of_memory_error_classified():
