@@ -154,9 +154,9 @@ def _last_checkpoint(root: Path) -> dict[str, Any] | None:
         return None
     newest: dict[str, Any] | None = None
     for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        if folder.name.startswith(("_", ".")):
+        if folder.name.startswith(("_", ".", "run-")):
             continue
-        for info in DiskCheckpointStore(folder).list()[-1:]:
+        for info in DiskCheckpointStore(folder, keep_last=None).list()[-1:]:
             if newest is None or info.created_at > newest["created_at"]:
                 newest = {"path": info.path, "step": info.step, "created_at": info.created_at}
     return newest
@@ -196,31 +196,41 @@ def _print_status(status: dict[str, Any], ray_nodes: dict[str, Any]) -> None:
 # -- checkpoints ---------------------------------------------------------------------------
 
 
-def _store(path: str) -> Any:
+def _store(path: str, run: str | None = None) -> Any:
     from ray_ft.checkpoints.disk import DiskCheckpointStore
 
-    root = Path(path)
-    if not root.is_dir():
+    if "://" not in path and not Path(path).is_dir():
         msg = f"no checkpoint folder at {path}; pass the folder given to DiskCheckpointStore"
         raise CliError(msg)
-    return DiskCheckpointStore(root, keep_last=None)
+    store = DiskCheckpointStore(path, keep_last=None)
+    if run is not None:
+        if run not in {r.run_id for r in store.runs()}:
+            known = ", ".join(r.run_id for r in store.runs()) or "none"
+            raise CliError(f"no run {run!r} in {path}; its runs: {known}")
+        store = store.for_run(run)
+    return store
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
-    store = _store(args.path)
-    infos = store.list()
+    store = _store(args.path, args.run)
     if args.action == "list":
-        if not infos:
+        runs = [r for r in store.runs() if args.run in (None, r.run_id)]
+        if not runs:
             print(f"no checkpoints in {args.path}")
-        for info in infos:
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
-            print(f"step {info.step:>6}  {created}  {info.size_bytes:>12,} bytes  {info.path}")
+        for run in runs:
+            print(run.summary())
+            for info in store.for_run(run.run_id).list():
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
+                print(
+                    f"  step {info.step:>6}  {created}  {info.size_bytes:>12,} bytes  {info.path}"
+                )
         return 0
     if args.action == "verify":
         bad = 0
-        for step in store._steps():
-            problem = store.verify(step)
-            print(f"step {step:>6}  {'ok' if problem is None else 'CORRUPT: ' + problem}")
+        for info in store.list():
+            problem = store.for_run(info.run_id).verify(info.step)
+            verdict = "ok" if problem is None else "CORRUPT: " + problem
+            print(f"run {info.run_id}  step {info.step:>6}  {verdict}")
             bad += problem is not None
         return 1 if bad else 0
     return _show(store, args)
@@ -307,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("action", choices=["list", "verify", "show"])
     ckpt.add_argument("path", help="a checkpoint folder (DiskCheckpointStore root)")
     ckpt.add_argument("--step", type=int, default=None, help="for show: this step")
+    ckpt.add_argument("--run", default=None, help="only this run (default: every run)")
     ckpt.set_defaults(func=_cmd_checkpoints)
 
     probe = sub.add_parser("probe", help="this machine's health report, GPUs included")

@@ -25,6 +25,7 @@ from typing import Any
 
 import ray
 
+from ray_ft.actors._checkpoint_keeper import CheckpointKeeper
 from ray_ft.actors.health_probe import start_probe
 from ray_ft.config import CLUSTER_KEYS, FTConfig
 from ray_ft.failures import FailureEvent
@@ -64,7 +65,7 @@ class ManagerActor:
         self._health_pending: dict[str, Any] = {}
         self._misses: Counter[str] = Counter()
         self._last_report: dict[str, dict[str, Any]] = {}
-        self._checkpoints: dict[str, list[Any]] = {}
+        self._checkpoints = CheckpointKeeper(self.state_path.parent / "checkpoints")
         self._rounds = 0
         self._liveness_rounds = 0
         self._refused = 0  # reports and trial requests for nodes Ray never reported
@@ -208,7 +209,7 @@ class ManagerActor:
                 "probe_rounds": self._rounds,
                 "liveness_rounds": self._liveness_rounds,
                 "started_at": self.started_at,
-                "checkpoints": {k: len(v) for k, v in self._checkpoints.items()},
+                "checkpoints": self._checkpoints.counts(),
                 "refused_reports": self._refused,
             }
 
@@ -223,35 +224,32 @@ class ManagerActor:
             return dict(self._probes)
 
     # -- checkpoints kept in the object store (ObjectStoreCheckpointStore) ---------------
+    # on their own thread (concurrency group): a large state never delays executors' polls
 
-    def put_checkpoint(self, key: str, step: int, refs: list[Any], meta: dict[str, Any]) -> None:
-        """Own a checkpoint object: ``refs[0]`` is the ref, the actor keeps it alive."""
-        value = ray.get(refs[0])
-        ref = ray.put(value)  # re-put so the actor, not the driver, owns it
-        with self._lock:
-            entries = [e for e in self._checkpoints.get(key, []) if e[0] != step]
-            entries.append((step, ref, meta))
-            entries.sort(key=lambda e: e[0])
-            self._checkpoints[key] = entries
+    @ray.method(concurrency_group="checkpoints")
+    def put_checkpoint(self, run_id: str, step: int, refs: list[Any], meta: dict[str, Any]) -> None:
+        """Own a checkpoint object (``refs[0]``) and keep it on disk too, then answer."""
+        self._checkpoints.put(run_id, step, refs[0], meta)
 
-    def list_checkpoints(self, key: str) -> list[tuple[int, dict[str, Any]]]:
-        """Steps and metadata of the checkpoints under ``key``."""
-        with self._lock:
-            return [(step, meta) for step, _, meta in self._checkpoints.get(key, [])]
+    @ray.method(concurrency_group="checkpoints")
+    def list_checkpoints(self, run_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """Steps and metadata of one run's checkpoints."""
+        return self._checkpoints.steps(run_id)
 
-    def get_checkpoint(self, key: str, step: int) -> list[Any]:
+    @ray.method(concurrency_group="checkpoints")
+    def list_checkpoint_runs(self) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+        """Every run's checkpoint steps and metadata."""
+        return self._checkpoints.runs()
+
+    @ray.method(concurrency_group="checkpoints")
+    def get_checkpoint(self, run_id: str, step: int) -> list[Any]:
         """``[ref]`` of one checkpoint (wrapped in a list so the caller gets the ref itself)."""
-        with self._lock:
-            for s, ref, _ in self._checkpoints.get(key, []):
-                if s == step:
-                    return [ref]
-        msg = f"no checkpoint at step {step} under {key!r}"
-        raise KeyError(msg)
+        return [self._checkpoints.get(run_id, step)]
 
-    def delete_checkpoint(self, key: str, step: int) -> None:
+    @ray.method(concurrency_group="checkpoints")
+    def delete_checkpoint(self, run_id: str, step: int) -> None:
         """Drop one checkpoint (its object is freed when no one else holds it)."""
-        with self._lock:
-            self._checkpoints[key] = [e for e in self._checkpoints.get(key, []) if e[0] != step]
+        self._checkpoints.delete(run_id, step)
 
     def shutdown(self) -> None:
         """Stop the probe threads, kill the probes and exit without restart."""
@@ -540,7 +538,9 @@ def _severity(manager: FaultToleranceManager, node_id: str) -> str:
     return manager.health_severity.get(node_id, "ok")
 
 
-_RemoteManager: Any = ray.remote(ManagerActor)
+_RemoteManager: Any = ray.remote(concurrency_groups={"checkpoints": 1})(  # type: ignore[call-overload]
+    ManagerActor
+)
 
 
 def get_manager(

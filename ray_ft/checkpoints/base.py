@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import time
+import uuid
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CHECKPOINT_KEY_ENV", "CheckpointCorruptError", "CheckpointInfo", "CheckpointStore"]
+__all__ = [
+    "CHECKPOINT_KEY_ENV",
+    "CheckpointCorruptError",
+    "CheckpointInfo",
+    "CheckpointStore",
+    "PickledCheckpointError",
+    "RunInfo",
+    "check_run_id",
+    "new_run_id",
+]
 
 CHECKPOINT_KEY_ENV = "RAY_FT_CHECKPOINT_KEY"
 
 
 class CheckpointCorruptError(Exception):
     """A checkpoint is missing, partial, tampered with, or fails its checksum."""
+
+
+class PickledCheckpointError(CheckpointCorruptError):
+    """A checkpoint holds pickled state and loading it would run code: it needs a valid
+    signature (RAY_FT_CHECKPOINT_KEY) or the store's ``allow_pickle=True``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -22,6 +39,25 @@ class CheckpointInfo:
     path: str
     created_at: float
     size_bytes: int
+    run_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run's checkpoints: its id, the fingerprint of what makes its resume exact,
+    its steps (oldest first), when it last saved, and a readable description."""
+
+    run_id: str
+    fingerprint: str | None
+    steps: tuple[int, ...]
+    updated_at: float
+    describe: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for messages and the CLI."""
+        parts = [f"{k}={v}" for k, v in self.describe.items() if k != "settings"]
+        detail = f" ({', '.join(parts)})" if parts else ""
+        return f"run {self.run_id}{detail}, steps {list(self.steps)}"
 
 
 @runtime_checkable
@@ -55,3 +91,22 @@ def check_step(step: Any) -> int:
         msg = f"step={step!r} is not valid; pass a non-negative int such as the generation"
         raise ValueError(msg)
     return step
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_run_id(run_id: Any) -> str:
+    """Run ids name folders and keys: 1-64 letters, digits, '_', '.' or '-'."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        msg = (
+            f"run_id={run_id!r} is not valid; pass 1-64 letters, digits, '_', '.' or '-' "
+            "(it names a folder)"
+        )
+        raise ValueError(msg)
+    return run_id
+
+
+def new_run_id() -> str:
+    """A fresh run id: when it started, and a random suffix (ids sort by start)."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

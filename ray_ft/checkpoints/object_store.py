@@ -1,8 +1,11 @@
 """ObjectStoreCheckpointStore: checkpoints in Ray's object store, owned by the manager actor.
 
-The driver puts the state; the manager actor takes ownership (it re-puts the object), so
-the checkpoint outlives the driver that saved it and a second driver can load it. It does
-not outlive the cluster: use DiskCheckpointStore for that.
+The driver puts the state; the manager actor takes ownership (it re-puts the object) and
+keeps a copy on disk under its state folder, so the checkpoint outlives the driver that
+saved it and the manager's own restarts, and a second driver can load it. It does not
+outlive the cluster: use DiskCheckpointStore for that. Checkpoints belong to a run:
+``optimize()`` binds the store to its run; a store made without ``run_id`` saves under a
+run of its own, so two jobs never prune or overwrite each other's checkpoints.
 """
 
 from __future__ import annotations
@@ -12,68 +15,153 @@ from typing import Any
 
 import ray
 
-from ray_ft.checkpoints.base import CheckpointCorruptError, CheckpointInfo, check_step
+from ray_ft.checkpoints.base import (
+    CheckpointCorruptError,
+    CheckpointInfo,
+    RunInfo,
+    check_run_id,
+    check_step,
+    new_run_id,
+)
 
 __all__ = ["ObjectStoreCheckpointStore"]
 
+_InfoList = list[CheckpointInfo]  # the class defines a method named list
+_RunList = list[RunInfo]
+
 
 class ObjectStoreCheckpointStore:
-    """Checkpoints under ``key`` in the manager actor; keeps the newest ``keep_last``."""
+    """Checkpoints of one run in the manager actor; keeps the newest ``keep_last``.
 
-    def __init__(self, key: str = "default", *, manager: Any = None, keep_last: int | None = 3):
-        if keep_last is not None and keep_last < 1:
+    ``run_id`` (``key`` is its older name) names the run; without one the store saves
+    under a fresh run id of its own and loads the newest checkpoint of any run.
+    """
+
+    def __init__(
+        self,
+        key: str | None = None,
+        *,
+        manager: Any = None,
+        keep_last: int | None = 3,
+        run_id: str | None = None,
+        fingerprint: str | None = None,
+        describe: dict[str, Any] | None = None,
+    ) -> None:
+        if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
             msg = f"keep_last={keep_last!r} is not valid; pass a positive int or None"
             raise ValueError(msg)
         if manager is None:
             from ray_ft.actors.manager_actor import get_manager
 
             manager = get_manager()
-        self.key = key
+        named = run_id if run_id is not None else key
+        self.run_id = None if named is None else check_run_id(named)
+        self._own_run = new_run_id()  # where an unbound store saves
         self.keep_last = keep_last
         self.manager = manager
+        self.fingerprint = fingerprint
+        self.describe = dict(describe or {})
+
+    @property
+    def key(self) -> str:
+        """The run this store saves under."""
+        return self.run_id or self._own_run
+
+    def for_run(
+        self,
+        run_id: str,
+        *,
+        fingerprint: str | None = None,
+        describe: dict[str, Any] | None = None,
+    ) -> ObjectStoreCheckpointStore:
+        """This store bound to one run."""
+        return ObjectStoreCheckpointStore(
+            manager=self.manager,
+            keep_last=self.keep_last,
+            run_id=run_id,
+            fingerprint=fingerprint,
+            describe=describe,
+        )
 
     def save(self, state: Any, *, step: int) -> CheckpointInfo:
-        """Put ``state`` and hand it to the manager actor."""
+        """Put ``state`` and hand it to the manager actor (which also keeps it on disk)."""
         step = check_step(step)
         ref = ray.put(state)
         size = _size_of(ref)
-        meta = {"created_at": time.time(), "size_bytes": size}
+        meta: dict[str, Any] = {
+            "created_at": time.time(),
+            "size_bytes": size,
+            "fingerprint": self.fingerprint,
+            "describe": self.describe,
+        }
         ray.get(self.manager.put_checkpoint.remote(self.key, step, [ref], meta))
         if self.keep_last is not None:
-            for info in self.list()[: -self.keep_last]:
-                self.delete(info.step)
-        return CheckpointInfo(step, f"{self.key}/{step}", meta["created_at"], size)
+            for info in self._infos(self.key)[: -self.keep_last]:
+                ray.get(self.manager.delete_checkpoint.remote(self.key, info.step))
+        return CheckpointInfo(step, f"{self.key}/{step}", meta["created_at"], size, self.key)
 
     def load(self, step: int) -> Any:
-        """The state at ``step``; CheckpointCorruptError when absent or lost."""
+        """The state at ``step`` (unbound: of the newest run holding it)."""
         step = check_step(step)
+        run_id = self.run_id
+        if run_id is None:
+            holders = [i for i in self.list() if i.step == step]
+            run_id = holders[-1].run_id if holders else self.key
         try:
-            (ref,) = ray.get(self.manager.get_checkpoint.remote(self.key, step))
+            (ref,) = ray.get(self.manager.get_checkpoint.remote(run_id, step))
             return ray.get(ref)
         except Exception as exc:
-            msg = f"object-store checkpoint {self.key}/{step} cannot be loaded: {exc}"
+            msg = f"object-store checkpoint {run_id}/{step} cannot be loaded: {exc}"
             raise CheckpointCorruptError(msg) from exc
 
     def load_latest(self) -> Any | None:
         """The newest loadable checkpoint, or None."""
         for info in reversed(self.list()):
             try:
-                return self.load(info.step)
-            except CheckpointCorruptError:
+                return ray.get(
+                    ray.get(self.manager.get_checkpoint.remote(info.run_id, info.step))[0]
+                )
+            except Exception:
                 continue
         return None
 
-    def list(self) -> list[CheckpointInfo]:
-        """Stored checkpoints, oldest first."""
-        entries = ray.get(self.manager.list_checkpoints.remote(self.key))
-        return [
-            CheckpointInfo(step, f"{self.key}/{step}", meta["created_at"], meta["size_bytes"])
-            for step, meta in entries
-        ]
+    def list(self) -> _InfoList:
+        """Stored checkpoints, oldest first (unbound: of every run)."""
+        if self.run_id is not None:
+            return self._infos(self.run_id)
+        runs = ray.get(self.manager.list_checkpoint_runs.remote())
+        infos = [_info(run_id, step, meta) for run_id, steps in runs.items() for step, meta in steps]
+        return sorted(infos, key=lambda i: (i.created_at, i.step))
 
     def delete(self, step: int) -> None:
-        """Forget one checkpoint."""
+        """Forget one checkpoint of this store's run."""
         ray.get(self.manager.delete_checkpoint.remote(self.key, check_step(step)))
+
+    def runs(self) -> _RunList:
+        """Every run the manager holds checkpoints of, oldest activity first."""
+        runs = []
+        for run_id, steps in ray.get(self.manager.list_checkpoint_runs.remote()).items():
+            if not steps:
+                continue
+            newest = steps[-1][1]
+            runs.append(
+                RunInfo(
+                    run_id,
+                    newest.get("fingerprint"),
+                    tuple(s for s, _ in steps),
+                    max(m["created_at"] for _, m in steps),
+                    dict(newest.get("describe") or {}),
+                )
+            )
+        return sorted(runs, key=lambda r: r.updated_at)
+
+    def _infos(self, run_id: str) -> _InfoList:
+        entries = ray.get(self.manager.list_checkpoints.remote(run_id))
+        return [_info(run_id, step, meta) for step, meta in entries]
+
+
+def _info(run_id: str, step: int, meta: dict[str, Any]) -> CheckpointInfo:
+    return CheckpointInfo(step, f"{run_id}/{step}", meta["created_at"], meta["size_bytes"], run_id)
 
 
 def _size_of(ref: Any) -> int:

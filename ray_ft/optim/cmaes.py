@@ -107,6 +107,10 @@ class CMAES:
         """The lowest-fitness individual told so far."""
         return self._best
 
+    def identity(self) -> dict[str, Any]:
+        """What makes a resume exact (a run's fingerprint): the settings, seed included."""
+        return self._settings()
+
     def get_state(self) -> dict[str, Any]:
         """Settings and every told fitness (JSON-serializable)."""
         return {

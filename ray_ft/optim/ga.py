@@ -111,6 +111,10 @@ class GeneticAlgorithm:
 
     # -- state ---------------------------------------------------------------------------
 
+    def identity(self) -> dict[str, Any]:
+        """What makes a resume exact (a run's fingerprint): the settings and the seed."""
+        return {**self._settings(), "seed": self.seed}
+
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue exactly (JSON-friendly apart from nothing)."""
         return {

@@ -17,7 +17,7 @@ from typing import Any
 from ray_ft.checkpoints.base import CheckpointStore
 from ray_ft.failures import TaskFailedError
 from ray_ft.optim.base import BaseOptimizer
-from ray_ft.optim.checkpoint import make_checkpoint, restore_checkpoint
+from ray_ft.optim.checkpoint import make_checkpoint, open_run, restore_checkpoint
 from ray_ft.optim.individual import Individual
 
 __all__ = ["GenerationReport", "OptimizationResult", "optimize"]
@@ -50,6 +50,7 @@ class OptimizationResult:
     failed_evaluations: list[dict[str, Any]]
     failures: dict[str, int]
     resumed_from: int | None = None
+    run_id: str | None = None  # the run its checkpoints belong to
 
 
 def optimize(
@@ -88,9 +89,11 @@ def optimize(
     start, history, evaluations = 0, [], 0
     failed: list[dict[str, Any]] = []
     failures: dict[str, int] = {}
-    resumed_from = None
-    if resume and checkpoint_store is not None:
-        checkpoint = checkpoint_store.load_latest()
+    resumed_from = run_id = None
+    if checkpoint_store is not None:
+        checkpoint_store, checkpoint, run_id = open_run(
+            checkpoint_store, objective, optimizer, resume=resume
+        )
         if checkpoint is not None:
             start = restore_checkpoint(checkpoint, optimizer)
             history = list(checkpoint.get("history", []))
@@ -98,7 +101,7 @@ def optimize(
             failed = list(checkpoint.get("failed_evaluations", []))
             failures = dict(checkpoint.get("failures", {}))
             resumed_from = start
-            log.info("resumed from the checkpoint of generation %d", start)
+            log.info("resumed run %s from the checkpoint of generation %d", run_id, start)
 
     def save(generation: int) -> None:
         if checkpoint_store is None:
@@ -159,6 +162,7 @@ def optimize(
         failed_evaluations=failed,
         failures=failures,
         resumed_from=resumed_from,
+        run_id=run_id,
     )
 
 
