@@ -13,7 +13,7 @@ import pytest
 
 from ray_ft import CheckpointCorruptError, CheckpointInfo, DiskCheckpointStore
 from ray_ft.checkpoints.base import CHECKPOINT_KEY_ENV, CheckpointStore
-from ray_ft.checkpoints.disk import _MANIFEST, _STATE
+from ray_ft.checkpoints.disk import _MANIFEST, DEFAULT_RUN
 from tests.raytools import cluster_session, kill_manager
 
 
@@ -105,17 +105,22 @@ def disk(tmp_path):
     return store
 
 
-def folder(store, step):
-    return store.root / f"step_{step:010d}"
+def folder(store, step, run=DEFAULT_RUN):
+    return store.root / f"run-{run}" / f"step_{step:010d}"
+
+
+def array_file(store, step=2):
+    (path,) = folder(store, step).glob("array-*.npy")
+    return path
 
 
 def truncate(store):
-    path = folder(store, 2) / _STATE
+    path = array_file(store)
     path.write_bytes(path.read_bytes()[:-10])
 
 
 def flip_byte(store):
-    path = folder(store, 2) / _STATE
+    path = array_file(store)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -130,47 +135,67 @@ def garble_manifest(store):
 
 
 def drop_state(store):
-    (folder(store, 2) / _STATE).unlink()
+    (path,) = folder(store, 2).glob("state-*.json")
+    path.unlink()
+
+
+def empty_array(store):
+    array_file(store).write_bytes(b"")
 
 
 @pytest.mark.parametrize(
-    "damage", [truncate, flip_byte, drop_manifest, garble_manifest, drop_state]
+    "damage", [truncate, flip_byte, drop_manifest, garble_manifest, drop_state, empty_array]
 )
 def test_damaged_latest_is_skipped_and_refused(disk, damage, caplog):
     damage(disk)
     with caplog.at_level("WARNING"):
         assert disk.load_latest()["generation"] == 1
-    assert "skipping checkpoint 2" in caplog.text
+    # without a readable manifest (the commit point) there is no checkpoint to skip
+    assert damage in (drop_manifest, garble_manifest) or "skipping checkpoint default/2" in caplog.text
     with pytest.raises(CheckpointCorruptError):
         disk.load(2)
     assert disk.verify(2) is not None and disk.verify(1) is None
 
 
-def test_leftover_temp_folder_is_ignored(disk):
-    tmp = disk.root / ".tmp-step_0000000003-deadbeef"
-    tmp.mkdir()
-    (tmp / _STATE).write_bytes(b"half")
+def test_state_is_json_and_npy_and_loads_without_pickle(disk, monkeypatch):
+    names = sorted(p.name.split("-")[0] for p in folder(disk, 2).iterdir())
+    assert names == ["array", "manifest.json", "state"]
+    monkeypatch.setattr(pickle, "loads", None)  # no unpickling may happen
+    loaded = disk.load(2)
+    assert np.array_equal(loaded["weights"], state(2)["weights"])
+    assert loaded["weights"].flags.writeable
+
+
+def test_leftover_temp_files_are_ignored_and_cleaned(disk):
+    (folder(disk, 2) / ".tmp-abc-state.json").write_bytes(b"half")
+    half = disk.root / "run-default" / "step_0000000003"
+    half.mkdir()
+    (half / "array-x-0.npy").write_bytes(b"no manifest: a save cut short")
     assert disk.load_latest()["generation"] == 2
     assert [i.step for i in disk.list()] == [1, 2]
-    assert disk.clean_temp() == 1
+    assert disk.clean_temp() == 2
 
 
-CRASH_BEFORE_RENAME = """
-import os, sys
-import ray_ft.checkpoints.disk as disk
-real_rename = os.rename
-def crash(src, dst):
-    os._exit(9)  # the process dies between the temp write and the rename
-disk.os.rename = crash
-store = disk.DiskCheckpointStore(sys.argv[1], keep_last=None)
-store.save({"generation": 3}, step=3)
+CRASH_BEFORE_MANIFEST = """
+import sys
+import ray_ft.checkpoints._files as files
+real_write = files.LocalFiles.write
+def write(self, path, buffers):
+    if path.endswith("manifest.json"):
+        import os
+        os._exit(9)  # the process dies after the state files, before the manifest
+    return real_write(self, path, buffers)
+files.LocalFiles.write = write
+from ray_ft import DiskCheckpointStore
+store = DiskCheckpointStore(sys.argv[1], keep_last=None)
+store.save({"generation": 3, "w": __import__("numpy").ones(10)}, step=3)
 """
 
 
-def test_crash_between_temp_write_and_rename(disk):
-    proc = subprocess.run([sys.executable, "-c", CRASH_BEFORE_RENAME, str(disk.root)], timeout=60)
+def test_crash_between_state_and_manifest(disk):
+    proc = subprocess.run([sys.executable, "-c", CRASH_BEFORE_MANIFEST, str(disk.root)], timeout=60)
     assert proc.returncode == 9
-    assert any(p.name.startswith(".tmp-") for p in disk.root.iterdir())
+    assert any(folder(disk, 3).iterdir())  # state files written, no manifest
     assert disk.load_latest()["generation"] == 2
     assert [i.step for i in disk.list()] == [1, 2]
 
@@ -230,4 +255,41 @@ def test_object_store_checkpoint_outlives_its_driver(ray_session, tmp_path):
     store = ObjectStoreCheckpointStore("handover")
     assert store.load_latest() == {"from": "first driver"}
     assert [i.step for i in store.list()] == [7]
+    kill_manager()
+
+
+def test_object_store_runs_are_apart_and_survive_a_manager_restart(ray_session, tmp_path):
+    """Two stores without a run id never prune or overwrite each other's checkpoints, and
+    the manager's restart (Ray restarts it by design) loses none of them."""
+    import ray
+
+    from ray_ft import ObjectStoreCheckpointStore, get_manager
+    from tests.raytools import wait_for
+
+    manager = get_manager(state_dir=str(tmp_path))
+    a = ObjectStoreCheckpointStore(manager=manager, keep_last=2)
+    b = ObjectStoreCheckpointStore(manager=manager, keep_last=2)
+    for step in (1, 2, 3):
+        a.save({"job": "a", "w": np.arange(5.0) * step}, step=step)
+    b.save({"job": "b"}, step=1)
+    assert [i.step for i in a.list()] == [2, 3] and [i.step for i in b.list()] == [1]
+    assert a.key != b.key
+
+    def pid():
+        return ray.get(manager.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+
+    before = pid()
+    ray.kill(manager, no_restart=False)
+
+    def restarted():
+        try:
+            return pid() != before
+        except Exception:
+            return False
+
+    wait_for(restarted, timeout=120, interval=0.5)
+    loaded = a.load_latest()
+    assert loaded["job"] == "a" and np.array_equal(loaded["w"], np.arange(5.0) * 3)
+    assert b.load(1) == {"job": "b"}
+    assert {r.run_id: r.steps for r in a.runs()} == {a.key: (2, 3), b.key: (1,)}
     kill_manager()

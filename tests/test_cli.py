@@ -61,7 +61,8 @@ def store(tmp_path):
 def test_checkpoints_list_verify_show(store, capsys):
     assert main(["checkpoints", "list", str(store.root)]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert len(listing) == 2 and listing[0].startswith("step      2")
+    assert len(listing) == 3 and listing[0] == "run default, steps [2, 4]"
+    assert listing[1].startswith("  step      2")
     assert main(["checkpoints", "verify", str(store.root)]) == 0
     assert capsys.readouterr().out.count(" ok") == 2
     assert main(["checkpoints", "show", str(store.root)]) == 0
@@ -73,7 +74,7 @@ def test_checkpoints_list_verify_show(store, capsys):
 
 
 def test_checkpoints_verify_reports_corruption(store, capsys):
-    state = store.root / "step_0000000004" / "state.pkl"
+    (state,) = (store.root / "run-default" / "step_0000000004").glob("state-*.json")
     state.write_bytes(state.read_bytes()[:-3])
     assert main(["checkpoints", "verify", str(store.root)]) == 1
     assert "CORRUPT" in capsys.readouterr().out

@@ -119,7 +119,7 @@ class DiskCheckpointStore:
         written: dict[str, dict[str, Any]] = {}
 
         def put(name: str, buffers: _AnyList) -> None:
-            digest, size = self._files.write(self._files.join(folder, name), buffers)
+            digest, size = self._files.write(self._files.child(folder, name), buffers)
             written[name] = {"sha256": digest, "size": size}
 
         encoded = encode(state)
@@ -150,7 +150,7 @@ class DiskCheckpointStore:
         if key is not None:
             manifest["hmac"] = _sign(manifest, key)
         self._files.write(
-            self._files.join(folder, _MANIFEST), [json.dumps(manifest, sort_keys=True).encode()]
+            self._files.child(folder, _MANIFEST), [json.dumps(manifest, sort_keys=True).encode()]
         )
         self._files.sync_dir(folder)
         with self._files.locked():
@@ -266,7 +266,7 @@ class DiskCheckpointStore:
     def _peek(self, run_id: str, step: int) -> dict[str, Any] | None:
         """A manifest's JSON, unverified (for listing); None when unreadable."""
         try:
-            raw = self._files.read(self._files.join(self._folder(run_id, step), _MANIFEST))
+            raw = self._files.read(self._files.child(self._folder(run_id, step), _MANIFEST))
             manifest = json.loads(bytes(raw))
         except (OSError, ValueError):
             return None
@@ -312,7 +312,7 @@ class DiskCheckpointStore:
                 msg = f"checkpoint {folder} names a file its manifest does not list: {name!r}"
                 raise CheckpointCorruptError(msg)
             try:
-                data = self._files.read(self._files.join(folder, name))
+                data = self._files.read(self._files.child(folder, name))
             except OSError as exc:
                 msg = f"checkpoint {folder} lacks {name}: {exc}"
                 raise CheckpointCorruptError(msg) from exc
@@ -336,7 +336,7 @@ class DiskCheckpointStore:
 
     def _manifest(self, folder: str, run_id: str, step: int) -> dict[str, Any]:
         try:
-            manifest = json.loads(bytes(self._files.read(self._files.join(folder, _MANIFEST))))
+            manifest = json.loads(bytes(self._files.read(self._files.child(folder, _MANIFEST))))
         except FileNotFoundError as exc:
             msg = f"checkpoint {folder} has no manifest (missing or half-written)"
             raise CheckpointCorruptError(msg) from exc
@@ -378,7 +378,7 @@ class DiskCheckpointStore:
         removed = 0
         for name in self._files.listdir(folder):
             if name not in keep:
-                self._files.remove(self._files.join(folder, name))
+                self._files.remove(self._files.child(folder, name))
                 removed += 1
         return removed
 

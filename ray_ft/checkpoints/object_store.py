@@ -4,8 +4,9 @@ The driver puts the state; the manager actor takes ownership (it re-puts the obj
 keeps a copy on disk under its state folder, so the checkpoint outlives the driver that
 saved it and the manager's own restarts, and a second driver can load it. It does not
 outlive the cluster: use DiskCheckpointStore for that. Checkpoints belong to a run:
-``optimize()`` binds the store to its run; a store made without ``run_id`` saves under a
-run of its own, so two jobs never prune or overwrite each other's checkpoints.
+``optimize()`` binds the store to its run; a store made without ``run_id`` gets a fresh
+run of its own, so two jobs never prune or overwrite each other's checkpoints (``runs()``
+lists every run the manager holds).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ _RunList = list[RunInfo]
 class ObjectStoreCheckpointStore:
     """Checkpoints of one run in the manager actor; keeps the newest ``keep_last``.
 
-    ``run_id`` (``key`` is its older name) names the run; without one the store saves
-    under a fresh run id of its own and loads the newest checkpoint of any run.
+    ``run_id`` (``key`` is its older name) names the run; without one the store gets a
+    fresh run id of its own (``store.key``), never a shared default.
     """
 
     def __init__(
@@ -55,8 +56,7 @@ class ObjectStoreCheckpointStore:
 
             manager = get_manager()
         named = run_id if run_id is not None else key
-        self.run_id = None if named is None else check_run_id(named)
-        self._own_run = new_run_id()  # where an unbound store saves
+        self.run_id = new_run_id() if named is None else check_run_id(named)
         self.keep_last = keep_last
         self.manager = manager
         self.fingerprint = fingerprint
@@ -64,8 +64,8 @@ class ObjectStoreCheckpointStore:
 
     @property
     def key(self) -> str:
-        """The run this store saves under."""
-        return self.run_id or self._own_run
+        """The run this store's checkpoints belong to."""
+        return self.run_id
 
     def for_run(
         self,
@@ -101,37 +101,27 @@ class ObjectStoreCheckpointStore:
         return CheckpointInfo(step, f"{self.key}/{step}", meta["created_at"], size, self.key)
 
     def load(self, step: int) -> Any:
-        """The state at ``step`` (unbound: of the newest run holding it)."""
+        """The state at ``step``; CheckpointCorruptError when absent or lost."""
         step = check_step(step)
-        run_id = self.run_id
-        if run_id is None:
-            holders = [i for i in self.list() if i.step == step]
-            run_id = holders[-1].run_id if holders else self.key
         try:
-            (ref,) = ray.get(self.manager.get_checkpoint.remote(run_id, step))
+            (ref,) = ray.get(self.manager.get_checkpoint.remote(self.key, step))
             return ray.get(ref)
         except Exception as exc:
-            msg = f"object-store checkpoint {run_id}/{step} cannot be loaded: {exc}"
+            msg = f"object-store checkpoint {self.key}/{step} cannot be loaded: {exc}"
             raise CheckpointCorruptError(msg) from exc
 
     def load_latest(self) -> Any | None:
         """The newest loadable checkpoint, or None."""
         for info in reversed(self.list()):
             try:
-                return ray.get(
-                    ray.get(self.manager.get_checkpoint.remote(info.run_id, info.step))[0]
-                )
-            except Exception:
+                return self.load(info.step)
+            except CheckpointCorruptError:
                 continue
         return None
 
     def list(self) -> _InfoList:
-        """Stored checkpoints, oldest first (unbound: of every run)."""
-        if self.run_id is not None:
-            return self._infos(self.run_id)
-        runs = ray.get(self.manager.list_checkpoint_runs.remote())
-        infos = [_info(run_id, step, meta) for run_id, steps in runs.items() for step, meta in steps]
-        return sorted(infos, key=lambda i: (i.created_at, i.step))
+        """This run's checkpoints, oldest first."""
+        return self._infos(self.key)
 
     def delete(self, step: int) -> None:
         """Forget one checkpoint of this store's run."""
