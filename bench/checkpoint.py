@@ -1,7 +1,10 @@
-"""Figure 6: DiskCheckpointStore save/load vs raw write+fsync / read of the same bytes.
+"""Figure 6: checkpoint save/load vs raw write+fsync / read of the same state.
 
 The ratio is raw time / store time: 1.0 means the store costs nothing over writing the
-pickled bytes and fsyncing them; the goal is >= 0.8.
+pickled bytes and fsyncing them (pickle + write + fsync; read + unpickle); the goal is
+>= 0.91 (a checkpoint within 1.1x of a raw write). DiskCheckpointStore writes the state as
+JSON + .npy (no pickle on load); ObjectStoreCheckpointStore puts it, the manager actor
+takes ownership and keeps a copy on its disk (so a manager restart loses none).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import tempfile
 import time
 
 import numpy as np
-from common import summary, table
+from common import local_cluster, summary, table
 
 from ray_ft import DiskCheckpointStore
+
+GOAL = 1 / 1.1
 
 SIZES_MB = (10, 200)
 
@@ -70,35 +75,75 @@ def measure(mb: int, repeats: int, root: str) -> dict:
     }
 
 
+def measure_object_store(mb: int, repeats: int, root: str) -> dict:
+    """The same state through ObjectStoreCheckpointStore (one-node cluster)."""
+    from ray_ft import ObjectStoreCheckpointStore, get_manager
+
+    state = state_of(mb)
+    with local_cluster(1):
+        store = ObjectStoreCheckpointStore(
+            manager=get_manager(state_dir=os.path.join(root, "mgr")), keep_last=None
+        )
+        saves, loads, raw_w, raw_r = [], [], [], []
+        for step in range(repeats):
+            t = time.perf_counter()
+            payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            raw_path = os.path.join(root, f"raw{step}.bin")
+            raw_write(raw_path, payload)
+            raw_w.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            store.save(state, step=step)
+            saves.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            with open(raw_path, "rb") as fh:
+                pickle.loads(fh.read())
+            raw_r.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            store.load(step)
+            loads.append(time.perf_counter() - t)
+            os.remove(raw_path)
+            store.delete(step)
+    return {
+        "save": summary(saves),
+        "load": summary(loads),
+        "raw_write": summary(raw_w),
+        "raw_read": summary(raw_r),
+        "save_ratio": summary([r / s for r, s in zip(raw_w, saves)]),
+        "load_ratio": summary([r / s for r, s in zip(raw_r, loads)]),
+    }
+
+
 def run(repeats: int = 3) -> dict:
     root = tempfile.mkdtemp(prefix="ray_ft_bench_", dir=os.getcwd())
     try:
-        return {mb: measure(mb, repeats, root) for mb in SIZES_MB}
+        results = {f"disk {mb} MB": measure(mb, repeats, root) for mb in SIZES_MB}
+        results["object store 200 MB"] = measure_object_store(200, repeats, root)
+        return results
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def report(results: dict) -> str:
     rows = []
-    for mb, r in results.items():
+    for label, r in results.items():
         for op, raw in (("save", "raw_write"), ("load", "raw_read")):
             ratio = r[f"{op}_ratio"]
             rows.append(
                 [
-                    f"{mb} MB {op}",
+                    f"{label} {op}",
                     f"{r[op]['median'] * 1000:.0f} ms",
                     f"{r[raw]['median'] * 1000:.0f} ms",
                     ratio["median"],
                     ratio["min"],
                     ratio["max"],
-                    "≥ 0.8",
-                    "met" if ratio["median"] >= 0.8 else f"missed by {0.8 - ratio['median']:.2f}",
+                    "≥ 0.91",
+                    "met" if ratio["median"] >= GOAL else f"missed by {GOAL - ratio['median']:.2f}",
                 ]
             )
     return table(
         [
             "checkpoint",
-            "DiskCheckpointStore",
+            "store",
             "raw (pickle + write + fsync / read)",
             "ratio raw/store (median)",
             "min",

@@ -108,8 +108,9 @@ def main() -> None:
     )
     section(
         "6. Checkpoint save and load",
-        "DiskCheckpointStore (sha256 manifest, fsync, atomic rename) vs raw "
-        "pickle + write + fsync, and raw read + unpickle, of the same state.",
+        "DiskCheckpointStore (JSON + .npy, sha256 manifest written last, fsync) and "
+        "ObjectStoreCheckpointStore (manager-owned object + a copy on the manager's disk) vs "
+        "raw pickle + write + fsync, and raw read + unpickle, of the same state.",
         lambda: checkpoint.report(checkpoint.run(REPEATS)),
     )
     section("7. Core scale", "Pure Python, no Ray.", lambda: core.core_scale(REPEATS))

@@ -110,9 +110,30 @@ class DiskCheckpointStore:
     # -- the protocol --------------------------------------------------------------------
 
     def save(self, state: Any, *, step: int) -> CheckpointInfo:
-        """Write ``state`` as checkpoint ``step`` of this store's run; the manifest last."""
+        """Write ``state`` as checkpoint ``step`` of this store's run; the manifest last.
+
+        Saves to one local folder are serialized by a file lock (two processes saving the
+        same step must not sweep each other's files); object storage has no lock: there
+        each run is written by one process.
+        """
         step = check_step(step)
         run_id = self.run_id or DEFAULT_RUN
+        encoded = encode(state)
+        blob = None if encoded is not None else pickle.dumps(state, pickle.HIGHEST_PROTOCOL)
+        with self._files.locked():
+            manifest = self._write(run_id, step, encoded, blob)
+            self._prune(run_id)
+        size = sum(entry["size"] for entry in manifest["files"].values())
+        folder = self._folder(run_id, step)
+        return CheckpointInfo(step, folder, manifest["created_at"], size, run_id)
+
+    def _write(
+        self,
+        run_id: str,
+        step: int,
+        encoded: tuple[bytes, _AnyList] | None,
+        blob: bytes | None,
+    ) -> dict[str, Any]:
         folder = self._folder(run_id, step)
         self._files.makedirs(folder)
         save_id = uuid.uuid4().hex[:12]
@@ -122,7 +143,6 @@ class DiskCheckpointStore:
             digest, size = self._files.write(self._files.child(folder, name), buffers)
             written[name] = {"sha256": digest, "size": size}
 
-        encoded = encode(state)
         arrays: _StrList = []
         if encoded is not None:
             document, values = encoded
@@ -133,7 +153,7 @@ class DiskCheckpointStore:
             put(name, [document])
         else:
             name, encoding = f"state-{save_id}.pkl", "pickle"
-            put(name, [pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)])
+            put(name, [blob])
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "run_id": run_id,
@@ -153,11 +173,8 @@ class DiskCheckpointStore:
             self._files.child(folder, _MANIFEST), [json.dumps(manifest, sort_keys=True).encode()]
         )
         self._files.sync_dir(folder)
-        with self._files.locked():
-            self._sweep(folder, set(written) | {_MANIFEST})
-            self._prune(run_id)
-        size = sum(entry["size"] for entry in written.values())
-        return CheckpointInfo(step, folder, manifest["created_at"], size, run_id)
+        self._sweep(folder, set(written) | {_MANIFEST})  # the files of an earlier save
+        return manifest
 
     def load(self, step: int) -> Any:
         """The state at ``step`` (of this run; unbound: of the newest run holding it),
