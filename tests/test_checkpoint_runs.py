@@ -159,6 +159,13 @@ def test_each_file_is_read_once_and_what_is_verified_is_decoded(tmp_path, monkey
         return real(self, path)
 
     monkeypatch.setattr(LocalFiles, "read", spy)
+    real_hashed = LocalFiles.read_hashed
+
+    def spy_hashed(self, path):
+        reads.append(os.path.basename(path))
+        return real_hashed(self, path)
+
+    monkeypatch.setattr(LocalFiles, "read_hashed", spy_hashed)
     loaded = store.for_run("default").load(1)
     assert np.array_equal(loaded["w"], np.arange(100.0))
     assert sorted(reads) == sorted(set(reads))  # no file read twice

@@ -1,11 +1,12 @@
 """What the manager actor keeps for ObjectStoreCheckpointStore: objects it owns, on disk too.
 
-Each checkpoint is held twice: as an object the actor owns (so it outlives the driver that
-saved it, and loads at memory speed) and in a DiskCheckpointStore under the actor's state
-folder (so it outlives the actor's own restart: Ray restarts the manager by design, and
-an in-memory index would be lost with it). After a restart the index is rebuilt from the
-folder and objects are put back lazily, on first load. Checkpoints are kept per run: two
-jobs never prune or overwrite each other's.
+Each checkpoint is held twice: as the object the driver put (borrowed: loads at memory
+speed, no copy) and in a DiskCheckpointStore under the actor's state folder, written
+before the save is acknowledged (so it outlives the driver, whose objects die with it, and
+the actor's own restart: Ray restarts the manager by design, and an in-memory index would
+be lost with it). When the object is gone (its driver ended, or after a restart) the
+checkpoint is read back from disk and put again, now owned by the actor. Checkpoints are
+kept per run: two jobs never prune or overwrite each other's.
 """
 
 from __future__ import annotations
@@ -46,14 +47,13 @@ class CheckpointKeeper:
 
     def put(self, run_id: str, step: int, ref: Any, meta: dict[str, Any]) -> None:
         """Own the object behind ``ref`` and write it to disk before answering."""
-        state = ray.get(ref)
-        own = ray.put(state)  # the actor, not the driver, owns this copy
+        state = ray.get(ref)  # arrays are views of the object store: no copy
         disk = self._disk.for_run(
             run_id, fingerprint=meta.get("fingerprint"), describe=meta.get("describe")
         )
         disk.save(state, step=step)
         with self._lock:
-            self._runs.setdefault(run_id, {})[step] = (own, dict(meta))
+            self._runs.setdefault(run_id, {})[step] = (ref, dict(meta))
 
     def get(self, run_id: str, step: int) -> Any:
         """The object ref of one checkpoint, put back from disk after a restart."""
@@ -63,6 +63,8 @@ class CheckpointKeeper:
             msg = f"no checkpoint at step {step} in run {run_id!r}"
             raise KeyError(msg)
         ref, meta = entry
+        if ref is not None and not _alive(ref):
+            ref = None  # its driver ended: the object went with it
         if ref is None:
             try:
                 state = self._disk.for_run(run_id).load(step)
@@ -99,3 +101,12 @@ class CheckpointKeeper:
         """Checkpoints held per run (for status)."""
         with self._lock:
             return {run_id: len(steps) for run_id, steps in self._runs.items()}
+
+
+def _alive(ref: Any) -> bool:
+    """The object can still be read (its owner, the driver that put it, lives)."""
+    try:
+        ray.get(ref, timeout=30)
+    except Exception:
+        return False
+    return True

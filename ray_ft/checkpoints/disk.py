@@ -329,13 +329,11 @@ class DiskCheckpointStore:
                 msg = f"checkpoint {folder} names a file its manifest does not list: {name!r}"
                 raise CheckpointCorruptError(msg)
             try:
-                data = self._files.read(self._files.child(folder, name))
+                data, digest = self._files.read_hashed(self._files.child(folder, name))
             except OSError as exc:
                 msg = f"checkpoint {folder} lacks {name}: {exc}"
                 raise CheckpointCorruptError(msg) from exc
-            if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get(
-                "sha256"
-            ):
+            if len(data) != entry.get("size") or digest != entry.get("sha256"):
                 msg = f"checkpoint {folder}: {name} fails its size or sha256 check (truncated or altered)"
                 raise CheckpointCorruptError(msg)
             return data
