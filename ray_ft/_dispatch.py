@@ -8,6 +8,7 @@ so lambdas and builtins work and no code is re-registered per new callable.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,12 +18,36 @@ from ray import cloudpickle
 
 from ray_ft._work import Attempt, CallSpec, Shape, Work
 
-__all__ = ["Attempt", "CallSpec", "Shape", "Work", "callable_blob", "trampoline"]
+__all__ = [
+    "Attempt",
+    "CallSpec",
+    "Shape",
+    "Work",
+    "callable_blob",
+    "callable_identity",
+    "trampoline",
+]
 _BLOB_CACHE_SIZE = 256
 
 _blob_lock = threading.Lock()
 _blobs: collections.OrderedDict[Any, bytes] = collections.OrderedDict()
 _worker_fns: collections.OrderedDict[bytes, Callable[..., Any]] = collections.OrderedDict()
+
+
+def callable_identity(fn: Any) -> str:
+    """Where a callable's code lives: two lambdas (both named "<lambda>") or two functions
+    of one name in different modules differ; one function with different closures or
+    partial arguments (one objective, several settings) is one callable."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)  # a bound method: its function
+    fn = getattr(fn, "_function", fn)  # a Ray remote function: the Python one
+    code = getattr(fn, "__code__", None)
+    if code is not None:  # its code object tells two lambdas of one line apart
+        return f"{fn.__module__}.{fn.__qualname__}:{code.co_firstlineno}:{id(code):x}"
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}"
 
 
 def callable_blob(fn: Callable[..., Any]) -> bytes:

@@ -49,7 +49,7 @@ class Placer:
         """Attempts per slot handed to Ray at once on this node, from its pace."""
         if work.timeout is not None:
             return 1  # a timed attempt's clock must start when it runs
-        key = (node_id, work.name)
+        key = (node_id, work.kind)
         runtime = self._runtime.get(key)
         if runtime is None:
             return 1  # learn the pace first
@@ -135,9 +135,9 @@ class Placer:
     def _too_slow(self, node_id: str, work: Work, queued: int) -> bool:
         """True when the other usable nodes would clear the whole queue before this node
         finished one more attempt: giving it work would only make the batch end later."""
-        key = (node_id, work.name)
+        key = (node_id, work.kind)
         mine = self._runtime.get(key)
-        if mine is None or mine <= _SLOW_FACTOR * self._fastest.get(work.name, math.inf):
+        if mine is None or mine <= _SLOW_FACTOR * self._fastest.get(work.kind, math.inf):
             return False  # the fast path: not clearly slower than the fastest node seen
         if self._clock() - self._learned_at.get(key, -math.inf) > _RELEARN_S:
             return False  # its pace is old news: one attempt finds out whether it recovered
@@ -145,7 +145,7 @@ class Placer:
         for other in self.nodes:
             if other == node_id or not self._usable(other) or other in work.unplaceable:
                 continue
-            runtime = self._runtime.get((other, work.name))
+            runtime = self._runtime.get((other, work.kind))
             slots = work.shape.slots_on(self.nodes[other])
             if runtime is None or slots <= 0:
                 continue
@@ -161,7 +161,7 @@ class Placer:
             start = max(start, self._last_done.get(node_id, start))
         self._last_done[node_id] = now
         runtime = max(0.0, now - start)
-        key = (node_id, attempt.work.name)
+        key = (node_id, attempt.work.kind)
         old = self._runtime.get(key)
         self._set_pace(key, runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime, now)
         return runtime
@@ -176,7 +176,7 @@ class Placer:
     def _learn_lower_bound(self, attempt: Attempt, now: float) -> None:
         """A cancelled attempt (its twin won) ran at least this long on its node: a slow
         node's pace is learned even though its attempts never finish."""
-        key = (attempt.node_id, attempt.work.name)
+        key = (attempt.node_id, attempt.work.kind)
         elapsed = now - attempt.launched_at
         if elapsed > self._runtime.get(key, 0.0):
             self._set_pace(key, elapsed, now)
@@ -202,7 +202,7 @@ class Placer:
         wanted = int(min(had * self.config.oom_memory_multiplier, self._memory_cap(work)))
         if wanted <= asked:
             return work.spec
-        self._hungry[work.name] = max(self._hungry.get(work.name, 0), wanted)
+        self._hungry[work.kind] = max(self._hungry.get(work.kind, 0), wanted)
         return work.spec.with_memory(wanted)
 
     def _memory_cap(self, work: Work) -> float:
@@ -219,7 +219,7 @@ class Placer:
     def _fed(self, work: Work) -> bool:
         """Give a call of a callable that ran out of memory the memory its retries got
         (evaluations of one objective need about the same); True when it changed."""
-        wanted = min(self._hungry.get(work.name, 0), int(self._memory_cap(work)))
+        wanted = min(self._hungry.get(work.kind, 0), int(self._memory_cap(work)))
         if float(work.spec.options.get("memory") or 0) >= wanted:
             return False
         work.spec = work.spec.with_memory(wanted)
@@ -232,7 +232,7 @@ class Placer:
         for node_id, resources in self.nodes.items():
             if node_id == running_on or node_id in work.avoid or node_id in work.unplaceable:
                 continue
-            pace = self._runtime.get((node_id, work.name), 0.0)
+            pace = self._runtime.get((node_id, work.kind), 0.0)
             free = work.shape.slots_on(resources) - self._load[(node_id, work.shape)]
             if self._usable(node_id) and free > 0 and pace <= threshold:
                 places.append((pace, node_id))

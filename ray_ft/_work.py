@@ -107,6 +107,11 @@ class Work:
     batch: Any = None  # its batch of the same callable (ray_ft.speculation)
     speculated: bool = False  # a backup attempt was started (never a second one)
     stranded_since: float | None = None  # since when no usable node can take it at all
+    kind: str = ""  # the callable's identity: paces, batches and memory are learned per kind
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = self.name
 
     @property
     def shape(self) -> Shape:

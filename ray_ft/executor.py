@@ -39,7 +39,7 @@ from ray_ft._commands import (
     Report,
     Resolve,
 )
-from ray_ft._dispatch import callable_blob, trampoline
+from ray_ft._dispatch import callable_blob, callable_identity, trampoline
 from ray_ft._manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
 from ray_ft._work import Attempt, CallSpec, Work
 from ray_ft.config import FTConfig
@@ -228,6 +228,7 @@ class FaultTolerantExecutor(cf.Executor):
                 kwargs,
                 spec,
                 future,
+                kind=f"{name}#{callable_identity(fn)}",
             )
             _BUSY.add(self)  # kept alive until its work is done, even if the caller drops it
             commands = self._feed(polled)

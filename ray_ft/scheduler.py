@@ -107,7 +107,7 @@ class Scheduler(Placer):
         speculation = work.spec.speculation
         if speculation if speculation is not None else self.config.speculation:
             work.speculate = True
-            work.batch = self._stragglers.submitted(work.name)
+            work.batch = self._stragglers.submitted(work.kind)
         if self._hungry:
             self._fed(work)
         self._queues.setdefault(work.shape, deque()).append(work)
@@ -139,7 +139,7 @@ class Scheduler(Placer):
                 out.extend(self._drop_twins(work))
                 self.stats["speculation_wins"] += attempt.backup
             if work.batch is not None:
-                self._stragglers.finished(work.name, work.batch, runtime)
+                self._stragglers.finished(work.kind, work.batch, runtime)
                 work.batch = None
             if attempt.trial:
                 out.append(ReleaseTrial(attempt.node_id, True))
@@ -327,7 +327,7 @@ class Scheduler(Placer):
             "speculated": self.stats["speculated"],
             "speculation_wins": self.stats["speculation_wins"],
             "replaced": self.stats["replaced"],
-            "memory_raised": dict(self._hungry),
+            "memory_raised": {k.split("#", 1)[0]: v for k, v in self._hungry.items()},
             "timeouts": self.stats["timeouts"],
             "failures_by_type": dict(self.failures_by_type),
             "user_errors": dict(self.user_errors),
@@ -394,8 +394,8 @@ class Scheduler(Placer):
             self._trials_running[node_id] += 1
         self.inflight[attempt_id] = attempt
         self._load[(node_id, work.shape)] += 1
-        self._running.setdefault((node_id, work.name), {})[attempt_id] = now
-        self._placed(node_id, work.name, now)
+        self._running.setdefault((node_id, work.kind), {})[attempt_id] = now
+        self._placed(node_id, work.kind, now)
         self._speculative += work.speculate
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
         return attempt
@@ -465,7 +465,7 @@ class Scheduler(Placer):
 
     def _drop(self, attempt: Attempt) -> None:
         self.inflight.pop(attempt.attempt_id, None)
-        running = self._running.get((attempt.node_id, attempt.work.name))
+        running = self._running.get((attempt.node_id, attempt.work.kind))
         if running is not None:
             running.pop(attempt.attempt_id, None)
         self._load[(attempt.node_id, attempt.work.shape)] -= 1
@@ -597,7 +597,7 @@ class Scheduler(Placer):
                 work.avoid = work.avoid | {attempt.node_id}
             if failure_type is FailureType.OUT_OF_MEMORY:
                 work.spec = self._more_memory(work, attempt.node_id)
-                self._feed_queued(work.name)
+                self._feed_queued(work.kind)
             heapq.heappush(self._timers, (now + decision.delay, next(self._seq), work))
             return out
         self.stats["failed"] += 1
@@ -620,7 +620,7 @@ class Scheduler(Placer):
     def _finish(self, work: Work) -> list[Command]:
         """A task ended without success: its undecided failures charge nobody."""
         if work.batch is not None:
-            self._stragglers.finished(work.name, work.batch, None)
+            self._stragglers.finished(work.kind, work.batch, None)
             work.batch = None
         if work.task is None:
             return []
@@ -682,10 +682,10 @@ class Scheduler(Placer):
             out.append(Launch(backup))
         return out
 
-    def _feed_queued(self, name: str) -> None:
+    def _feed_queued(self, kind: str) -> None:
         """Queued calls of a callable that ran out of memory ask for what its retry got."""
         for shape, queue in list(self._queues.items()):
-            moved = [w for w in queue if w.name == name and self._fed(w)]
+            moved = [w for w in queue if w.kind == kind and self._fed(w)]
             if moved:
                 self._queues[shape] = deque(w for w in queue if w.shape == shape)
                 for work in moved:
