@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,8 @@ from ray_ft.policy import RetryDecision, RetryPolicy
 if TYPE_CHECKING:
     from ray_ft.optim.base import BaseOptimizer
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FaultToleranceManager",
     "Task",
@@ -33,6 +36,7 @@ __all__ = [
     "WorkerStatus",
 ]
 
+_MASS_FAILURE_MIN = 3  # a majority of at least this many nodes failing at once: suspect us
 NODE_FAULTS = frozenset(
     {
         FailureType.WORKER_CRASH,
@@ -105,6 +109,7 @@ class FaultToleranceManager:
         self.liveness_failures: dict[str, str] = {}
         self.breaker_transitions: list[dict[str, Any]] = []
         self._trial_leases: dict[str, list[float]] = {}
+        self.observer_suspect = False  # most nodes look failed at once: the mass-failure guard
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
@@ -257,14 +262,48 @@ class FaultToleranceManager:
             self.health_reasons[worker_id] = list(reasons)
         self._settle(worker_id)
 
-    def update_liveness(self, worker_id: str, alive: bool, reason: str | None = None) -> None:
-        """Take the heartbeat detector's verdict: a node that stopped answering fails."""
+    def update_liveness(self, worker_id: str, alive: bool, reason: str | None = None) -> bool:
+        """Take the heartbeat detector's verdict: a node that stopped answering fails.
+
+        Kubernetes' rule: when a majority of the nodes (and at least three) would look
+        failed at once, the observer (this manager, its node, its network) is the likelier
+        fault, so no more nodes are excluded until fewer look failed. Returns False when
+        the verdict was held back so.
+        """
         self.workers.get(worker_id) or self.register_worker(worker_id)
         if alive:
             self.liveness_failures.pop(worker_id, None)
-        else:
+        elif worker_id not in self.liveness_failures:
+            if self._observer_suspect(extra=1):
+                return False
             self.liveness_failures[worker_id] = reason or "stopped answering heartbeats"
         self._settle(worker_id)
+        self._observer_suspect(extra=0)  # clears the suspicion once few enough look failed
+        return True
+
+    def _observer_suspect(self, extra: int) -> bool:
+        """True (and a WARNING once) while a majority of the live nodes, at least three,
+        would look failed with ``extra`` more."""
+        live = sum(1 for info in self.workers.values() if info.status != WorkerStatus.DEAD)
+        failing = extra + sum(
+            1
+            for w in self.liveness_failures
+            if self.workers.get(w, WorkerInfo(w)).status != WorkerStatus.DEAD
+        )
+        suspect = failing >= _MASS_FAILURE_MIN and failing > live / 2
+        if suspect and not self.observer_suspect:
+            log.warning(
+                "%d of %d nodes would look failed at once: suspecting ray_ft's own manager "
+                "or its network rather than the nodes; excluding no more nodes until fewer "
+                "look failed",
+                failing,
+                live,
+            )
+        elif not suspect and self.observer_suspect and extra == 0:
+            log.warning("fewer nodes look failed (%d of %d): node exclusions resume", failing, live)
+        if extra == 0 or suspect:
+            self.observer_suspect = suspect
+        return suspect
 
     def mark_worker_dead(self, worker_id: str) -> None:
         """Ray reports the node dead: never schedule there again unless it rejoins."""

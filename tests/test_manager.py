@@ -241,3 +241,31 @@ def test_trials_only_on_alive_half_open_nodes(clock):
     assert m.breaker("a").state is BreakerState.CLOSED
     m.mark_worker_dead("a")
     assert not m.acquire_trial("a")
+
+
+def test_mass_failure_guard_suspects_the_observer_and_excludes_no_more(caplog):
+    """Kubernetes' rule: when a majority of the nodes (at least three) would look failed at
+    once, the manager suspects itself and holds back further liveness verdicts."""
+    m = FaultToleranceManager()
+    nodes = [f"n{i}" for i in range(10)]
+    for node in nodes:
+        m.register_worker(node)
+    with caplog.at_level("WARNING", logger="ray_ft.manager"):
+        applied = [m.update_liveness(n, False, "silent") for n in nodes[:7]]
+    assert applied == [True] * 5 + [False] * 2
+    assert m.observer_suspect and m.excluded_workers() == set(nodes[:5])
+    assert "suspecting ray_ft's own manager" in caplog.text
+    assert caplog.text.count("suspecting") == 1  # said once, not per refused verdict
+    m.update_liveness("n0", True)  # one answers again: four of ten look failed
+    assert not m.observer_suspect and "exclusions resume" in caplog.text
+    assert m.update_liveness("n5", False, "silent")  # a real failure is excluded again
+
+
+def test_mass_failure_guard_leaves_small_clusters_their_two_failures():
+    m = FaultToleranceManager()
+    for node in ("a", "b", "c"):
+        m.register_worker(node)
+    assert m.update_liveness("a", False) and m.update_liveness("b", False)
+    assert not m.update_liveness("c", False)  # every node at once: the observer
+    m.mark_worker_dead("a")  # Ray says it is gone: it no longer counts as looking failed
+    assert m.excluded_workers() == {"a", "b"}

@@ -211,6 +211,7 @@ class ManagerActor:
                 "started_at": self.started_at,
                 "checkpoints": self._checkpoints.counts(),
                 "refused_reports": self._refused,
+                "observer_suspect": m.observer_suspect,
             }
 
     def get_state(self) -> dict[str, Any]:
@@ -399,9 +400,10 @@ class ManagerActor:
                             f"stopped answering heartbeats ({silence:.1f}s silent, phi "
                             f"{min(phi, 99):.1f} > {detector.threshold:g})"
                         )
+                    if self.manager.update_liveness(node_id, alive, reason) and reason:
                         log.warning("node %s %s: marking it failed", node_id, reason)
-                    self.manager.update_liveness(node_id, alive, reason)
-                    changed = True
+                        changed = True
+                    changed = changed or alive
             if changed:
                 self._save_state()
             self._export_metrics()

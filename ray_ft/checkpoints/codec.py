@@ -64,7 +64,10 @@ def _encode(value: Any, arrays: list[np.ndarray]) -> Any:
     if type(value) is dict:
         if all(type(k) is str for k in value) and _TAG not in value:
             return {k: _encode(v, arrays) for k, v in value.items()}
-        return {_TAG: "dict", "v": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]}
+        return {
+            _TAG: "dict",
+            "v": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()],
+        }
     if type(value) is bytes:
         return {_TAG: "bytes", "v": value.hex()}
     raise _NotPlain
@@ -136,7 +139,9 @@ def decode_npy(buffer: bytearray | memoryview) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
     offset = stream.tell()
     if len(buffer) - offset != count * dtype.itemsize:
-        msg = f"array data is {len(buffer) - offset} bytes, its header says {count * dtype.itemsize}"
+        msg = (
+            f"array data is {len(buffer) - offset} bytes, its header says {count * dtype.itemsize}"
+        )
         raise ValueError(msg)
     flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape, order="F" if fortran else "C")

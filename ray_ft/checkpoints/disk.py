@@ -309,9 +309,7 @@ class DiskCheckpointStore:
     def _load(self, run_id: str, step: int) -> Any:
         folder = self._folder(run_id, step)
         manifest = self._manifest(folder, run_id, step)
-        if manifest.get("encoding") == "pickle" and not (
-            self.allow_pickle or "hmac" in manifest
-        ):
+        if manifest.get("encoding") == "pickle" and not (self.allow_pickle or "hmac" in manifest):
             msg = (
                 f"checkpoint {folder} holds pickled state (an object that is not plain "
                 "data); loading it would run code. Set RAY_FT_CHECKPOINT_KEY to sign "
@@ -334,7 +332,10 @@ class DiskCheckpointStore:
                 msg = f"checkpoint {folder} lacks {name}: {exc}"
                 raise CheckpointCorruptError(msg) from exc
             if len(data) != entry.get("size") or digest != entry.get("sha256"):
-                msg = f"checkpoint {folder}: {name} fails its size or sha256 check (truncated or altered)"
+                msg = (
+                    f"checkpoint {folder}: {name} fails its size or sha256 check "
+                    "(truncated or altered)"
+                )
                 raise CheckpointCorruptError(msg)
             return data
 
@@ -412,4 +413,3 @@ def _signing_key() -> bytes | None:
 def _sign(manifest: dict[str, Any], key: bytes) -> str:
     body = json.dumps(manifest, sort_keys=True).encode()
     return hmac.new(key, body, hashlib.sha256).hexdigest()
-
