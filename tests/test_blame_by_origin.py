@@ -138,18 +138,20 @@ class Faulty(FaultTolerantExecutor):
         return events
 
 
-def sometimes_slow_or_failing(i: int) -> int:
+def sometimes_slow_or_failing(i: int, slow: bool) -> int:
     busy(30)
     if i % 5 == 0:
         raise ValueError(f"bad input {i}")
-    if i % 9 == 4:
+    if slow and i % 9 == 4:
         busy(3000)  # past its timeout: cancelled and retried (fails the same way)
     return i
 
 
 @pytest.mark.parametrize("fault", ["launch", "cancel", "report", "outcome"])
 def test_a_fault_in_one_command_leaves_every_other_call_resolved(nodes, fault):
-    config = {**FAST, "max_retries": 2, "task_timeout": 1.5}
+    config = {**FAST, "max_retries": 2}
+    if fault == "cancel":  # timeouts make the cancels; elsewhere they would only add noise
+        config["task_timeout"] = 1.5
     with Faulty(config, manager=False) as ex:
         ex.fault = fault
         if fault == "outcome":  # ray_ft itself fails taking one attempt's outcome
@@ -165,7 +167,7 @@ def test_a_fault_in_one_command_leaves_every_other_call_resolved(nodes, fault):
         futures, refused = {}, []
         for i in range(24):
             try:
-                futures[i] = ex.submit(sometimes_slow_or_failing, i)
+                futures[i] = ex.submit(sometimes_slow_or_failing, i, fault == "cancel")
             except RuntimeError:
                 refused.append(i)
         _, pending = cf.wait(list(futures.values()), timeout=120)
@@ -182,7 +184,7 @@ def test_a_fault_in_one_command_leaves_every_other_call_resolved(nodes, fault):
             assert "injected scheduler fault" in str(error)
         elif i % 5 == 0:
             assert isinstance(error, ValueError)
-        elif i % 9 == 4:
+        elif fault == "cancel" and i % 9 == 4:
             assert error is not None  # timed out twice
         else:
             assert future.result() == i
