@@ -27,6 +27,14 @@ class Shape:
 
     key: tuple[tuple[str, float], ...]
     timed: bool = False
+    _hash: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        # a shape is a dict key on every placement event: hash it once
+        object.__setattr__(self, "_hash", hash((self.key, self.timed)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def of(cls, options: Mapping[str, Any], *, timed: bool) -> Shape:

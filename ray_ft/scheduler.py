@@ -85,6 +85,8 @@ class Scheduler(Placer):
         self._timers: list[tuple[float, int, Work]] = []
         self._deadlines: list[tuple[float, int, int]] = []
         self.inflight: dict[int, Attempt] = {}
+        self._on_node: dict[str, dict[int, Attempt]] = {}  # in flight, per node
+        self._copies: dict[Work, dict[int, Attempt]] = {}  # in flight, per call (twins)
         self.exclusions = Exclusions()
         self._asked: set[str] = set()  # trial leases requested, no answer yet
         self._trials_running: Counter[str] = Counter()
@@ -198,12 +200,13 @@ class Scheduler(Placer):
     def nodes_changed(self, nodes: Mapping[str, Mapping[str, float]]) -> list[Command]:
         """Ray's alive nodes and their resources; work on vanished nodes is rerun."""
         self._retired &= set(nodes)  # a retired worker the table no longer lists is gone
-        gone = set(self.nodes) - set(nodes)
-        self.nodes = {n: dict(r) for n, r in nodes.items() if n not in self._retired}
+        incoming = {n: r for n, r in nodes.items() if n not in self._retired}
         out: list[Command] = []
-        for node_id in gone:
+        for node_id in [n for n in self.nodes if n not in incoming]:
             self._rates.forget(node_id)
             out.extend(self._abandon_node(node_id, "is dead (Ray)"))
+            self._on_node.pop(node_id, None)
+        self.table.set_nodes(incoming)
         out.extend(self._dispatch(self._clock()))
         return out
 
@@ -213,16 +216,18 @@ class Scheduler(Placer):
         if node_id not in self.nodes:
             return []
         self._retired.add(node_id)
-        del self.nodes[node_id]
         self._rates.forget(node_id)
-        return self._abandon_node(node_id, reason)
+        out = self._abandon_node(node_id, reason)
+        self._on_node.pop(node_id, None)
+        self.table.remove(node_id)
+        return out
 
     def exclusions_changed(self, snapshot: Exclusions) -> list[Command]:
         """A new manager snapshot: failed or dead nodes lose their attempts; HALF_OPEN
         nodes get a trial lease request when queued work could use one."""
         before = self.exclusions.failed | self.exclusions.dead
         self.exclusions = snapshot
-        self._unusable = snapshot.excluded | {n for n, _ in snapshot.half_open}
+        self.table.set_unusable(snapshot.excluded | {n for n, _ in snapshot.half_open})
         out: list[Command] = []
         for node_id in (snapshot.failed | snapshot.dead) - before:
             out.extend(self._abandon_node(node_id, "was declared failed by the manager"))
@@ -375,6 +380,8 @@ class Scheduler(Placer):
             out.extend(self._check_capacity(shape, queue, now))
             if stranded:
                 out.extend(self._strand(stranded, queue, now))
+        for shape in [s for s, q in self._queues.items() if not q]:
+            del self._queues[shape]  # a shape seen once keeps no empty queue
         out.extend(self._ask_for_trials())
         return out
 
@@ -393,9 +400,11 @@ class Scheduler(Placer):
                 del self._leases[node_id]
             self._trials_running[node_id] += 1
         self.inflight[attempt_id] = attempt
-        self._load[(node_id, work.shape)] += 1
-        self._running.setdefault((node_id, work.kind), {})[attempt_id] = now
-        self._placed(node_id, work.kind, now)
+        self._on_node.setdefault(node_id, {})[attempt_id] = attempt
+        if work.speculate:  # only a call that may get a backup can have a twin
+            self._copies.setdefault(work, {})[attempt_id] = attempt
+        self.table.add_load(node_id, work.shape, +1)
+        self.table.started(node_id, work.kind, attempt_id, now)
         self._speculative += work.speculate
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
         return attempt
@@ -465,10 +474,13 @@ class Scheduler(Placer):
 
     def _drop(self, attempt: Attempt) -> None:
         self.inflight.pop(attempt.attempt_id, None)
-        running = self._running.get((attempt.node_id, attempt.work.kind))
-        if running is not None:
-            running.pop(attempt.attempt_id, None)
-        self._load[(attempt.node_id, attempt.work.shape)] -= 1
+        on_node = self._on_node.get(attempt.node_id)
+        if on_node is not None:
+            on_node.pop(attempt.attempt_id, None)  # emptied when its node leaves
+        if attempt.work.speculate:
+            _pop_entry(self._copies, attempt.work, attempt.attempt_id)
+        self.table.stopped(attempt.node_id, attempt.work.kind, attempt.attempt_id)
+        self.table.add_load(attempt.node_id, attempt.work.shape, -1)
         if attempt.trial:
             self._trials_running[attempt.node_id] -= 1
         self._speculative -= attempt.work.speculate
@@ -485,7 +497,7 @@ class Scheduler(Placer):
         """Rerun a failed node's attempts elsewhere at once: ray_ft's own verdict, so it
         charges nobody (neither the node's breaker nor the task's retries)."""
         out: list[Command] = []
-        for attempt in [a for a in self.inflight.values() if a.node_id == node_id]:
+        for attempt in list(self._on_node.get(node_id, {}).values()):
             self._drop(attempt)
             out.append(Cancel(attempt))
             out.extend(self._requeue(attempt, NodeFailedError(node_id, reason), "abandoned"))
@@ -642,12 +654,12 @@ class Scheduler(Placer):
     # -- stragglers and hungry tasks -------------------------------------------------------
 
     def _twin_running(self, work: Work) -> bool:
-        return any(a.work is work for a in self.inflight.values())
+        return bool(self._copies.get(work))
 
     def _drop_twins(self, work: Work) -> list[Command]:
         """The work is done: cancel its other copy; its late result is dropped."""
         out: list[Command] = []
-        for twin in [a for a in self.inflight.values() if a.work is work]:
+        for twin in list(self._copies.get(work, {}).values()):
             self._learn_lower_bound(twin, self._clock())
             self._drop(twin)
             out.extend(self._cancel(twin))
@@ -698,3 +710,12 @@ def _is_pickling_error(error: BaseException) -> bool:
 
     text = f"{type(error).__name__}: {error}".lower()
     return isinstance(error, pickle.PicklingError) or "pickl" in text or "serializ" in text
+
+
+def _pop_entry(table: dict[Any, dict[int, Attempt]], key: Any, attempt_id: int) -> None:
+    """Remove one attempt from a per-key index, and the key once it holds none."""
+    entries = table.get(key)
+    if entries is not None:
+        entries.pop(attempt_id, None)
+        if not entries:
+            del table[key]

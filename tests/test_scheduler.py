@@ -285,6 +285,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.works: list[Work] = []
         self.failures: Counter[str] = Counter()
         self.shut = False
+        self.joined = 0
 
     @precondition(lambda self: not self.shut)
     @rule(gpu=st.booleans(), timed=st.booleans(), name=st.sampled_from(["f", "g"]))
@@ -375,6 +376,18 @@ class SchedulerMachine(RuleBasedStateMachine):
     def membership(self, drop):
         nodes = {n: r for n, r in NODES.items() if n != drop}
         self.h.run(self.sched.nodes_changed(nodes))
+
+    @rule(leaving=st.sampled_from(["a", "b", "c", "new"]))
+    def churn(self, leaving):
+        """A node leaves and a brand-new one (new id) joins: tables follow the live set."""
+        self.joined += 1
+        nodes = {n: r for n, r in self.sched.nodes.items() if not n.startswith(leaving)}
+        nodes[f"new-{self.joined}"] = {"CPU": 2.0, "memory": 8e9}
+        self.h.run(self.sched.nodes_changed(nodes))
+        live = set(self.sched.nodes)
+        table = self.sched.table
+        assert {n for n, _ in table.load} <= live and {n for n, _ in table.runtime} <= live
+        assert {n for n, _ in table.running} <= live and set(table.last_done) <= live
 
     @invariant()
     def capacity_and_attempts(self):

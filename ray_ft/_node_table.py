@@ -1,0 +1,426 @@
+"""NodeTable: the scheduler's nodes, their load and pace, indexed so no decision rescans them.
+
+It owns every per-node table (resources, usability, load per shape, pace per callable,
+the attempts running there) and the indexes kept up to date on each event, as Dask's
+scheduler keeps its ``idle`` and ``saturated`` sets:
+
+- per (shape, callable): a heap of nodes by room (attempts it may still be handed), the
+  nodes by pace (the fastest live one on top), and the summed rate of the usable ones;
+- per shape: how many usable nodes fit it, their free slots, nodes by memory.
+
+Room only grows on an event (an attempt ends, a pace improves, a node becomes usable),
+which pushes a fresh heap entry; it shrinks silently (a launch, a pace that goes stale),
+so a heap entry may overstate a node's room and is corrected when it reaches the top.
+Every event costs O(log n); a placement pops the heap until a valid node is on top. A node
+that leaves takes all of its entries in every table with it. Indexes are built on first
+use (O(n) once) and at most ``_MAX_INDEXES`` are kept (least recently used).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+
+from ray_ft._work import Shape, Work
+
+__all__ = ["NodeTable"]
+
+QUEUE_TARGET_S = 0.25  # queued work per slot beyond the running attempt, in seconds
+SLOW_FACTOR = 2.0  # a node this many times slower than the fastest may stand back
+RELEARN_S = 10.0  # a node that stood back this long gets an attempt again (it may be well)
+_MAX_INDEXES = 64
+_PARK_S = 0.1  # a node too slow for a call is not looked at again for this long
+Key = tuple[Shape, str]
+
+
+class _Index:
+    """Placement indexes of one (shape, callable)."""
+
+    __slots__ = ("fast", "parked", "parked_at", "rate", "room")
+
+    def __init__(self) -> None:
+        self.room: list[tuple[float, str]] = []  # (-room, node): the roomiest node on top
+        self.fast: list[tuple[float, str]] = []  # (runtime, node): the fastest node on top
+        self.rate = 0.0  # sum of slots / runtime over usable nodes with a known pace
+        # nodes found too slow: out of the room heap for _PARK_S, so that a slow node with
+        # much room is not looked at again by every placement in between
+        self.parked: list[tuple[float, str]] = []
+        self.parked_at = 0.0
+
+
+class _ShapeIndex:
+    """Capacity indexes of one shape."""
+
+    __slots__ = ("fits", "free", "memory")
+
+    def __init__(self) -> None:
+        self.fits = 0  # usable live nodes with at least one slot of this shape
+        self.free = 0  # free slots of this shape on usable live nodes
+        self.memory: list[tuple[float, str]] = []  # (-memory, node) of nodes that fit
+
+
+class NodeTable:
+    """Alive nodes, usability, load per (node, shape), pace per (node, callable)."""
+
+    def __init__(self, clock: Callable[[], float], queue_depth: int) -> None:
+        self._clock = clock
+        self.queue_depth = queue_depth
+        self.nodes: dict[str, dict[str, float]] = {}
+        self.unusable: frozenset[str] | set[str] = frozenset()
+        self.load: Counter[tuple[str, Shape]] = Counter()
+        self.runtime: dict[tuple[str, str], float] = {}
+        self.learned_at: dict[tuple[str, str], float] = {}
+        # launch times of the attempts in flight per (node, callable), in clock order
+        self.running: dict[tuple[str, str], dict[int, float]] = {}
+        self.last_done: dict[str, float] = {}
+        self._slots: dict[str, dict[Shape, int]] = {}  # slots per shape, per node (a cache)
+        self._kinds_at: dict[str, set[str]] = {}  # callables with a pace or run per node
+        self._shapes_at: dict[str, set[Shape]] = {}  # shapes with load per node
+        self._index: OrderedDict[Key, _Index] = OrderedDict()
+        self._shape_index: OrderedDict[Shape, _ShapeIndex] = OrderedDict()
+
+    # -- events ----------------------------------------------------------------------------
+
+    def set_nodes(self, nodes: Mapping[str, Mapping[str, float]]) -> list[str]:
+        """Ray's alive nodes; returns the ids that left (their tables are dropped)."""
+        gone = [n for n in self.nodes if n not in nodes]
+        for node_id in gone:
+            self.remove(node_id)
+        for node_id, resources in nodes.items():
+            if self.nodes.get(node_id) != resources:
+                if node_id in self.nodes:
+                    self.remove(node_id)  # resources changed: re-add with the new ones
+                self._add(node_id, dict(resources))
+        return gone
+
+    def remove(self, node_id: str) -> None:
+        """A node left: every table forgets it (late reports about it find nothing)."""
+        if node_id not in self.nodes:
+            return
+        self._account(node_id, -1)
+        del self.nodes[node_id]
+        for kind in self._kinds_at.pop(node_id, ()):
+            self.runtime.pop((node_id, kind), None)
+            self.learned_at.pop((node_id, kind), None)
+            self.running.pop((node_id, kind), None)
+        for shape in self._shapes_at.pop(node_id, ()):
+            self.load.pop((node_id, shape), None)
+        self.last_done.pop(node_id, None)
+        self._slots.pop(node_id, None)
+
+    def set_unusable(self, unusable: frozenset[str] | set[str]) -> None:
+        """Excluded or HALF_OPEN nodes take no ordinary work (O(changes))."""
+        before = self.unusable
+        changed = (set(before) ^ set(unusable)) & self.nodes.keys()
+        for node_id in changed:
+            self._account(node_id, -1)
+        self.unusable = unusable
+        for node_id in changed:
+            self._account(node_id, +1)
+
+    def add_load(self, node_id: str, shape: Shape, delta: int) -> None:
+        """An attempt of this shape started (+1) or ended (-1) on the node."""
+        key = (node_id, shape)
+        if node_id not in self.nodes:  # it left: its tables went with it
+            self.load.pop(key, None)
+            return
+        slots = self.slots(node_id, shape)
+        before = self.load[key]
+        after = before + delta
+        if after:
+            self.load[key] = after
+            self._shapes_at.setdefault(node_id, set()).add(shape)
+        else:
+            self.load.pop(key, None)
+        shape_index = self._shape_index.get(shape)
+        if shape_index is not None and self.usable(node_id):
+            shape_index.free += max(0, slots - after) - max(0, slots - before)
+        if delta < 0:  # more room for every callable of this shape
+            for index_shape, kind in list(self._index):
+                if index_shape == shape:
+                    self._push_room(node_id, shape, kind)
+
+    def started(self, node_id: str, kind: str, attempt_id: int, now: float) -> None:
+        """An attempt of this callable was launched on the node."""
+        self.running.setdefault((node_id, kind), {})[attempt_id] = now
+        self._kinds_at.setdefault(node_id, set()).add(kind)
+        key = (node_id, kind)
+        if key in self.runtime and now - self.learned_at.get(key, now) > RELEARN_S:
+            self.learned_at[key] = now  # a stale pace tried again: one attempt per relearn
+
+    def stopped(self, node_id: str, kind: str, attempt_id: int) -> None:
+        """An attempt of this callable left the node (finished, failed or dropped)."""
+        running = self.running.get((node_id, kind))
+        if running is not None:
+            running.pop(attempt_id, None)  # kept while the node lives: no churn per attempt
+
+    def set_pace(self, node_id: str, kind: str, runtime: float, now: float) -> None:
+        """The node's learned runtime for this callable."""
+        if node_id not in self.nodes:
+            return
+        key = (node_id, kind)
+        old = self.runtime.get(key)
+        self.runtime[key] = runtime
+        self.learned_at[key] = now
+        self._kinds_at.setdefault(node_id, set()).add(kind)
+        usable = self.usable(node_id)
+        for (shape, index_kind), index in self._index.items():
+            if index_kind != kind:
+                continue
+            slots = shape.slots_on(self.nodes[node_id])
+            if slots <= 0:
+                continue
+            if usable:
+                index.rate += slots / max(runtime, 1e-6)
+                if old is not None:
+                    index.rate = max(0.0, index.rate - slots / max(old, 1e-6))
+            heapq.heappush(index.fast, (runtime, node_id))
+            if len(index.fast) > 4 * len(self.nodes) + 64:  # stale entries: compact
+                index.fast = [(r, n) for r, n in index.fast if self.runtime.get((n, kind)) == r]
+                heapq.heapify(index.fast)
+            self._push_room(node_id, shape, kind)
+
+    # -- questions -------------------------------------------------------------------------
+
+    def usable(self, node_id: str) -> bool:
+        """Alive and taking ordinary work."""
+        return node_id in self.nodes and node_id not in self.unusable
+
+    def depth(self, node_id: str, shape: Shape, kind: str) -> int:
+        """Attempts per slot handed to Ray at once on this node, from its pace."""
+        if shape.timed:
+            return 1  # a timed attempt's clock must start when it runs
+        key = (node_id, kind)
+        runtime = self.runtime.get(key)
+        if runtime is None:
+            return 1  # learn the pace first
+        running = self.running.get(key)
+        if running:  # an attempt running longer than the estimate: the pace went stale
+            oldest = next(iter(running.values()))
+            runtime = max(runtime, self._clock() - oldest)
+        return max(1, min(self.queue_depth, math.ceil(QUEUE_TARGET_S / max(runtime, 1e-6))))
+
+    def slots(self, node_id: str, shape: Shape) -> int:
+        """How many attempts of this shape fit on the node at once (cached per node)."""
+        cache = self._slots.get(node_id)
+        if cache is None:
+            if node_id not in self.nodes:
+                return 0
+            cache = self._slots[node_id] = {}
+        slots = cache.get(shape)
+        if slots is None:
+            slots = cache[shape] = shape.slots_on(self.nodes[node_id])
+            if len(cache) > _MAX_INDEXES:
+                cache.clear()
+        return slots
+
+    def room(self, node_id: str, shape: Shape, kind: str) -> int:
+        """Attempts of this shape and callable the node may still be handed."""
+        load = self.load.get((node_id, shape), 0)
+        return self.slots(node_id, shape) * self.depth(node_id, shape, kind) - load
+
+    def roomiest(self, work: Work, acceptable: Callable[[str], bool]) -> str | None:
+        """The node with the most room for this work (ties: the smallest id) among the
+        usable ones Ray has not refused and ``acceptable`` takes; nodes the work failed on
+        come last. None when no such node has room."""
+        shape, kind = work.shape, work.kind
+        index = self._placement(shape, kind)
+        heap = index.room
+        now = self._clock()
+        if index.parked and now - index.parked_at >= _PARK_S:
+            for entry in index.parked:
+                heapq.heappush(heap, entry)
+            index.parked = []
+        aside: list[tuple[float, str]] = []
+        fallback: tuple[float, str] | None = None
+        chosen: tuple[float, str] | None = None
+        while heap:
+            key, node_id = heap[0]
+            room = self.room(node_id, shape, kind) if self.usable(node_id) else 0
+            if room <= 0:
+                heapq.heappop(heap)  # comes back with an event that gives it room
+                continue
+            if -key != room:
+                heapq.heapreplace(heap, (-room, node_id))  # it had less room than listed
+                continue
+            entry = heapq.heappop(heap)
+            if node_id not in work.unplaceable and not acceptable(node_id):
+                if not index.parked:
+                    index.parked_at = now
+                index.parked.append(entry)
+                continue
+            if node_id in work.unplaceable:
+                aside.append(entry)
+                continue
+            if node_id in work.avoid:
+                if fallback is None:
+                    fallback = entry
+                else:
+                    aside.append(entry)
+                continue
+            chosen = entry
+            break
+        if chosen is None:
+            chosen, fallback = fallback, None
+        if fallback is not None:
+            aside.append(fallback)
+        if chosen is not None and -chosen[0] > 1:  # the caller launches there: one less room
+            aside.append((chosen[0] + 1, chosen[1]))
+        for entry in aside:
+            heapq.heappush(heap, entry)
+        return None if chosen is None else chosen[1]
+
+    def fastest(self, shape: Shape, kind: str) -> float:
+        """The lowest pace for this callable among usable live nodes that fit the shape."""
+        heap = self._placement(shape, kind).fast
+        while heap:
+            runtime, node_id = heap[0]
+            if self.usable(node_id) and self.runtime.get((node_id, kind)) == runtime:
+                return runtime
+            heapq.heappop(heap)  # left, unusable or re-paced: a fresh entry exists if due
+        return math.inf
+
+    def rate(self, shape: Shape, kind: str) -> float:
+        """Summed pace (slots / runtime) of the usable nodes with a known pace."""
+        return self._placement(shape, kind).rate
+
+    def fits_anywhere(self, shape: Shape) -> bool:
+        """Some usable live node has a slot of this shape."""
+        return self._capacity(shape).fits > 0
+
+    def could_run(self, work: Work) -> bool:
+        """Some usable node fits this work and Ray has not refused it there."""
+        refused = sum(
+            1 for n in work.unplaceable if self.usable(n) and work.shape.slots_on(self.nodes[n]) > 0
+        )
+        return self._capacity(work.shape).fits - refused > 0
+
+    def free_slots(self, shape: Shape) -> int:
+        """Slots of this shape with nothing in them on the usable nodes."""
+        return self._capacity(shape).free
+
+    def memory_cap(self, work: Work) -> float:
+        """The most memory of a live node that could run this work at all."""
+        heap = self._capacity(work.shape).memory
+        aside = []
+        cap = 0.0
+        while heap:
+            key, node_id = heap[0]
+            resources = self.nodes.get(node_id)
+            if resources is None or resources.get("memory", 0.0) != -key:
+                heapq.heappop(heap)
+                continue
+            if node_id in work.unplaceable:
+                aside.append(heapq.heappop(heap))
+                continue
+            cap = -key
+            break
+        for entry in aside:
+            heapq.heappush(heap, entry)
+        return cap
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.nodes)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per table (bounded-state checks)."""
+        return {
+            "nodes": len(self.nodes),
+            "load": len(self.load),
+            "runtime": len(self.runtime),
+            "running": len(self.running),
+            "last_done": len(self.last_done),
+            "indexes": len(self._index) + len(self._shape_index),
+            "index_entries": sum(len(i.room) + len(i.fast) for i in self._index.values())
+            + sum(len(s.memory) for s in self._shape_index.values()),
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _add(self, node_id: str, resources: dict[str, float]) -> None:
+        self.nodes[node_id] = resources
+        self._account(node_id, +1)
+        for shape, index in self._shape_index.items():
+            if shape.slots_on(resources) > 0:
+                heapq.heappush(index.memory, (-resources.get("memory", 0.0), node_id))
+
+    def _account(self, node_id: str, sign: int) -> None:
+        """Add (+1) or take out (-1) a node's share of every aggregate while usable."""
+        if not self.usable(node_id):
+            return
+        resources = self.nodes[node_id]
+        for shape, capacity in self._shape_index.items():
+            slots = shape.slots_on(resources)
+            if slots > 0:
+                capacity.fits += sign
+                capacity.free += sign * max(0, slots - self.load[(node_id, shape)])
+        for (shape, kind), index in self._index.items():
+            slots = shape.slots_on(resources)
+            runtime = self.runtime.get((node_id, kind))
+            if slots > 0 and runtime is not None:
+                index.rate = max(0.0, index.rate + sign * slots / max(runtime, 1e-6))
+            if sign > 0 and slots > 0:
+                self._push_room(node_id, shape, kind)
+                if runtime is not None:
+                    heapq.heappush(index.fast, (runtime, node_id))
+
+    def _push_room(self, node_id: str, shape: Shape, kind: str) -> None:
+        index = self._index.get((shape, kind))
+        if index is None or not self.usable(node_id):
+            return
+        room = self.room(node_id, shape, kind)
+        if room > 0:
+            heapq.heappush(index.room, (-room, node_id))
+            if len(index.room) > 4 * len(self.nodes) + 64:  # stale entries: compact
+                self._index[(shape, kind)] = self._build(shape, kind)
+
+    def _placement(self, shape: Shape, kind: str) -> _Index:
+        key = (shape, kind)
+        index = self._index.get(key)
+        if index is None:
+            index = self._index[key] = self._build(shape, kind)
+            if len(self._index) > _MAX_INDEXES:
+                self._index.popitem(last=False)
+        else:
+            self._index.move_to_end(key)
+        return index
+
+    def _build(self, shape: Shape, kind: str) -> _Index:
+        """All nodes once: O(n) for the first decision about this (shape, callable)."""
+        index = _Index()
+        for node_id, resources in self.nodes.items():
+            slots = shape.slots_on(resources)
+            if slots <= 0 or not self.usable(node_id):
+                continue
+            room = self.room(node_id, shape, kind)
+            if room > 0:
+                index.room.append((-room, node_id))
+            runtime = self.runtime.get((node_id, kind))
+            if runtime is not None:
+                index.fast.append((runtime, node_id))
+                index.rate += slots / max(runtime, 1e-6)
+        heapq.heapify(index.room)
+        heapq.heapify(index.fast)
+        return index
+
+    def _capacity(self, shape: Shape) -> _ShapeIndex:
+        index = self._shape_index.get(shape)
+        if index is not None:
+            self._shape_index.move_to_end(shape)
+            return index
+        index = _ShapeIndex()
+        for node_id, resources in self.nodes.items():
+            slots = shape.slots_on(resources)
+            if slots <= 0:
+                continue
+            index.memory.append((-resources.get("memory", 0.0), node_id))
+            if self.usable(node_id):
+                index.fits += 1
+                index.free += max(0, slots - self.load[(node_id, shape)])
+        heapq.heapify(index.memory)
+        self._shape_index[shape] = index
+        if len(self._shape_index) > _MAX_INDEXES:
+            self._shape_index.popitem(last=False)
+        return index
