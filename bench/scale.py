@@ -1,11 +1,13 @@
 """Scale figures with simulated nodes and a fake clock (no Ray): the same cost per call on 3
 nodes and on 10,000, state that stays the size of the live cluster.
 
-Scheduler: N nodes of 4 CPUs (mixed shapes: 1 node in 8 has a GPU, 1 call in 32 asks for it); calls are submitted in batches of N/4 while at most 2N are
-in flight, each attempt finishes after its node's runtime (1 s; 5 s on a slow node), the
-clock moves to the next completion, ``tick()`` runs after each batch. CPU per call is the
-scheduler's process time over the calls. Manager: one liveness round over N simulated
-probes (fake heartbeats, fake clock) and a storm of failure reports.
+Scheduler: N nodes of 4 CPUs (mixed shapes: 1 node in 8 has a GPU and 1 call in 32 asks
+for one); calls are submitted in batches of N/4 while at most 2N are in flight, each
+attempt finishes after its node's runtime (1 s; 5 s on a slow node), the clock moves to
+the next completion, ``tick()`` runs after each batch. CPU per call is the scheduler's
+process time over the calls (the bench loop's own small share included). Manager: one
+liveness round over N simulated probes (fake heartbeats, fake clock) and a storm of
+failure reports.
 """
 
 from __future__ import annotations
