@@ -29,7 +29,7 @@ from ray_ft.actors._checkpoint_keeper import CheckpointKeeper
 from ray_ft.actors.health_probe import start_probe
 from ray_ft.config import CLUSTER_KEYS, FTConfig
 from ray_ft.failures import FailureEvent
-from ray_ft.liveness import PhiAccrualDetector
+from ray_ft.liveness import LivenessBook, PhiAccrualDetector
 from ray_ft.manager import FaultToleranceManager, WorkerStatus
 from ray_ft.metrics import get_metrics
 
@@ -42,6 +42,7 @@ DEFAULT_NAMESPACE = "ray_ft"
 DEFAULT_STATE_DIR = os.path.join("checkpoints", "_manager")
 _PROBE_STARTUP_GRACE_S = 30.0  # a new probe process may take a while to start
 _JUDGE_EVERY_S = 0.2  # how often silences are judged between heartbeats
+_SWEEP_S = 0.02  # after the first answer of a burst, the others get this long to land
 _OBSERVER_STALL_FACTOR = 3.0  # a liveness round this many intervals late: the actor stalled
 
 
@@ -59,8 +60,11 @@ class ManagerActor:
         self.started_at = time.time()
         self._probes: dict[str, Any] = {}
         self._probe_started: dict[str, float] = {}
-        self._detectors: dict[str, PhiAccrualDetector] = {}
+        self._book = LivenessBook(self._new_detector)
         self._pings: dict[str, tuple[Any, float]] = {}
+        self._ping_nodes: dict[Any, str] = {}  # ping ref -> node
+        self._never_answered: set[str] = set()  # probes started, no heartbeat yet
+        self._metrics_at = 0.0
         self._latency: dict[str, float] = {}
         self._health_pending: dict[str, Any] = {}
         self._misses: Counter[str] = Counter()
@@ -158,7 +162,7 @@ class ManagerActor:
             for breaker in self.manager.circuit_breakers.values():
                 breaker.timeout = new.breaker_timeout
                 breaker.half_open_max_calls = new.half_open_max_calls
-            self._detectors.clear()  # relearn with the new liveness settings
+            self._book = LivenessBook(self._new_detector)  # relearn with the new settings
             self._save_state()
         self._wake.set()
 
@@ -177,7 +181,7 @@ class ManagerActor:
             for node_id, info in sorted(m.workers.items()):
                 report = self._last_report.get(node_id, {})
                 recent = [e.to_dict() for e in m.history if e.worker_id == node_id][-5:]
-                detector = self._detectors.get(node_id)
+                detector = self._book.detectors.get(node_id)
                 latency = self._latency.get(node_id)
                 nodes[node_id] = {
                     "status": info.status,
@@ -289,6 +293,8 @@ class ManagerActor:
                     gpus = int(node["Resources"].get("GPU", 0))
                     self._probes[node_id] = start_probe(node_id, thresholds, gpus)
                     self._probe_started.setdefault(node_id, time.monotonic())
+                    if node_id not in self._book.detectors:
+                        self._never_answered.add(node_id)
             for node_id in list(self._probes):
                 if node_id not in alive:
                     self._drop_probe(node_id)
@@ -300,15 +306,12 @@ class ManagerActor:
             if changed:
                 self._save_state()
 
-    def _detector(self, node_id: str) -> PhiAccrualDetector:
-        detector = self._detectors.get(node_id)
-        if detector is None:
-            detector = self._detectors[node_id] = PhiAccrualDetector(
-                threshold=self.config.liveness_phi_threshold,
-                timeout_floor=self.config.liveness_timeout_floor,
-                expected_interval=self.config.liveness_interval,
-            )
-        return detector
+    def _new_detector(self) -> PhiAccrualDetector:
+        return PhiAccrualDetector(
+            threshold=self.config.liveness_phi_threshold,
+            timeout_floor=self.config.liveness_timeout_floor,
+            expected_interval=self.config.liveness_interval,
+        )
 
     # -- the liveness loop ---------------------------------------------------------------
 
@@ -321,8 +324,7 @@ class ManagerActor:
                 # this actor itself stalled (its node is busy or was paused): the silence
                 # is ours, not the nodes'
                 with self._lock:
-                    for detector in self._detectors.values():
-                        detector.forgive(started - last_round - interval)
+                    self._book.forgive(started - last_round - interval, started)
             last_round = started
             try:
                 self._sync_nodes()
@@ -336,26 +338,39 @@ class ManagerActor:
                 self._wake.clear()
 
     def _liveness_round(self, deadline: float) -> None:
-        """Ping every probe that has no ping out, collect answers until ``deadline``, judge."""
+        """Ping every probe that has no ping out, collect answers until ``deadline``, judge.
+
+        A wake-up waits for the first answer, then takes every answer that arrived within
+        _SWEEP_S in one sweep: O(pings out) per wake-up, never per answer, and judging
+        looks only at the nodes whose deadline passed (LivenessBook).
+        """
         with self._lock:
             for node_id, probe in self._probes.items():
                 if node_id not in self._pings:
-                    self._pings[node_id] = (probe.ping.remote(), time.monotonic())
+                    ref = probe.ping.remote()
+                    self._pings[node_id] = (ref, time.monotonic())
+                    self._ping_nodes[ref] = node_id
         while not self._stop.is_set():
-            with self._lock:
-                by_ref = {ref: node for node, (ref, _) in self._pings.items()}
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if not by_ref:
+            with self._lock:
+                refs = list(self._ping_nodes)
+            if not refs:
                 self._wake.wait(remaining)
                 self._wake.clear()
                 break
-            ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=min(remaining, _JUDGE_EVERY_S))
+            ready, _ = ray.wait(refs, num_returns=1, timeout=min(remaining, _JUDGE_EVERY_S))
+            if ready:  # let a burst of answers land, then take them all at once
+                time.sleep(_SWEEP_S)
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             arrived = time.monotonic()
             for ref in ready:
-                self._take_ping(by_ref[ref], ref, arrived)
-            self._judge_liveness(arrived)  # often, so a silence is judged when it happens
+                with self._lock:
+                    pinged = self._ping_nodes.pop(ref) if ref in self._ping_nodes else None
+                if pinged is not None:
+                    self._take_ping(pinged, ref, arrived)
+            self._judge_liveness(arrived)
         self._liveness_rounds += 1
 
     def _take_ping(self, node_id: str, ref: Any, arrived: float) -> None:
@@ -369,44 +384,46 @@ class ManagerActor:
                 self._drop_probe(node_id)
             return
         with self._lock:
-            self._detector(node_id).heartbeat(arrived)
+            self._never_answered.discard(node_id)
+            back = self._book.heartbeat(node_id, arrived)
+            if back or node_id in self.manager.liveness_failures:
+                self.manager.update_liveness(node_id, True)
+                self._save_state()
             rtt = arrived - sent
             previous = self._latency.get(node_id)
             self._latency[node_id] = rtt if previous is None else 0.8 * previous + 0.2 * rtt
 
     def _judge_liveness(self, now: float) -> None:
+        """Verdicts for the nodes whose deadline passed (and probes that never answered):
+        O(verdicts), not O(nodes)."""
         changed = False
         with self._lock:
-            for node_id in list(self._probes):
+            for node_id in self._book.judge(now):
                 info = self.manager.workers.get(node_id)
                 if info is None or info.status == WorkerStatus.DEAD:
                     continue
-                detector = self._detector(node_id)
-                was_failing = node_id in self.manager.liveness_failures
-                if detector.last_heartbeat is None:
-                    waited = now - self._probe_started.get(node_id, now)
-                    if waited < _PROBE_STARTUP_GRACE_S or was_failing:
-                        continue
-                    never = f"its health probe never answered ({waited:.0f}s)"
-                    self.manager.update_liveness(node_id, False, never)
+                detector = self._book.detectors[node_id]
+                silence, phi = detector.silence(now), detector.phi(now)
+                reason = (
+                    f"stopped answering heartbeats ({silence:.1f}s silent, phi "
+                    f"{min(phi, 99):.1f} > {detector.threshold:g})"
+                )
+                if self.manager.update_liveness(node_id, False, reason):
+                    log.warning("node %s %s: marking it failed", node_id, reason)
                     changed = True
+                else:  # held back (most nodes look failed: the observer is suspect)
+                    self._book.recheck(node_id, now + _JUDGE_EVERY_S)
+            for node_id in list(self._never_answered):
+                waited = now - self._probe_started.get(node_id, now)
+                if waited < _PROBE_STARTUP_GRACE_S or node_id in self.manager.liveness_failures:
                     continue
-                alive = detector.is_alive(now)
-                if alive == was_failing:  # a change of verdict
-                    reason: str | None = None
-                    if not alive:
-                        silence, phi = detector.silence(now), detector.phi(now)
-                        reason = (
-                            f"stopped answering heartbeats ({silence:.1f}s silent, phi "
-                            f"{min(phi, 99):.1f} > {detector.threshold:g})"
-                        )
-                    if self.manager.update_liveness(node_id, alive, reason) and reason:
-                        log.warning("node %s %s: marking it failed", node_id, reason)
-                        changed = True
-                    changed = changed or alive
+                never = f"its health probe never answered ({waited:.0f}s)"
+                changed = self.manager.update_liveness(node_id, False, never) or changed
             if changed:
                 self._save_state()
-            self._export_metrics()
+            if now - self._metrics_at >= 1.0:  # a gauge per node: once a second is plenty
+                self._metrics_at = now
+                self._export_metrics()
 
     # -- the health loop -----------------------------------------------------------------
 
@@ -482,14 +499,17 @@ class ManagerActor:
     def _forget_node(self, node_id: str) -> None:
         """A node Ray reports gone: its probe history starts afresh if it ever rejoins."""
         self._probe_started.pop(node_id, None)
-        self._detectors.pop(node_id, None)
+        self._book.forget([node_id])
+        self._never_answered.discard(node_id)
         self._latency.pop(node_id, None)
         self._misses.pop(node_id, None)
         self.manager.liveness_failures.pop(node_id, None)
 
     def _drop_probe(self, node_id: str) -> None:
         probe = self._probes.pop(node_id, None)
-        self._pings.pop(node_id, None)
+        ping = self._pings.pop(node_id, None)
+        if ping is not None:
+            self._ping_nodes.pop(ping[0], None)
         self._health_pending.pop(node_id, None)
         if probe is not None:
             try:
