@@ -73,6 +73,12 @@ def test_state_survives_actor_restart(cluster, manager):
     ray.get(manager.report_failures.remote(events))
     before = ray.get(manager.status.remote())
     assert before["nodes"][node]["breaker"] == "OPEN"
+
+    def written():  # state is written by a writer thread, at most once a second
+        status = ray.get(manager.status.remote())
+        return status["state_written_version"] >= before["state_version"]
+
+    wait_for(written, timeout=30)
     pid_before = ray.get(manager.__ray_call__.remote(lambda self: __import__("os").getpid()))
 
     ray.kill(manager, no_restart=False)
@@ -165,6 +171,7 @@ def test_a_corrupt_state_file_is_moved_aside_and_the_manager_starts_fresh(cluste
         assert status["restored"] is False
         aside = list(state.parent.glob("manager_state.json.corrupt-*"))
         assert len(aside) == 1 and aside[0].read_text().startswith('{"format_version"')
+        wait_for(lambda: state.exists() and json.loads(state.read_text()), timeout=30)
         assert json.loads(state.read_text())["format_version"] == 2  # written afresh
     finally:
         kill_manager()

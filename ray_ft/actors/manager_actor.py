@@ -43,6 +43,7 @@ DEFAULT_STATE_DIR = os.path.join("checkpoints", "_manager")
 _PROBE_STARTUP_GRACE_S = 30.0  # a new probe process may take a while to start
 _JUDGE_EVERY_S = 0.2  # how often silences are judged between heartbeats
 _SWEEP_S = 0.02  # after the first answer of a burst, the others get this long to land
+_WRITE_EVERY_S = 1.0  # the state file is written at most this often (coalesced)
 _OBSERVER_STALL_FACTOR = 3.0  # a liveness round this many intervals late: the actor stalled
 
 
@@ -76,9 +77,12 @@ class ManagerActor:
         self._synced_at = -float("inf")
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._dirty = threading.Event()
+        self._state_version = self._written_version = 0
         self._threads = [
             threading.Thread(target=self._liveness_loop, name="ray_ft-liveness", daemon=True),
             threading.Thread(target=self._health_loop, name="ray_ft-health", daemon=True),
+            threading.Thread(target=self._writer_loop, name="ray_ft-state", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -215,6 +219,8 @@ class ManagerActor:
                 "started_at": self.started_at,
                 "checkpoints": self._checkpoints.counts(),
                 "refused_reports": self._refused,
+                "state_version": self._state_version,
+                "state_written_version": self._written_version,
                 "observer_suspect": m.observer_suspect,
             }
 
@@ -260,6 +266,7 @@ class ManagerActor:
         """Stop the probe threads, kill the probes and exit without restart."""
         self._stop.set()
         self._wake.set()
+        self._dirty.set()  # the writer flushes what is pending, then ends
         for thread in self._threads:
             thread.join(timeout=self.config.probe_timeout + 5)
         with self._lock:
@@ -520,7 +527,34 @@ class ManagerActor:
     # -- persistence ---------------------------------------------------------------------
 
     def _save_state(self) -> None:
-        state = self.manager.get_state()
+        """Ask for the state to be written: at most once per _WRITE_EVERY_S, coalesced, by
+        the writer thread and off the lock, so a storm of reports never waits on disk."""
+        self._state_version += 1
+        self._dirty.set()
+
+    def _writer_loop(self) -> None:
+        written_at = -float("inf")
+        while True:
+            self._dirty.wait()
+            if self._stop.is_set() and self._written_version == self._state_version:
+                return
+            pause = written_at + _WRITE_EVERY_S - time.monotonic()
+            if pause > 0 and not self._stop.is_set():
+                self._stop.wait(pause)  # coalesce what comes in meanwhile
+            self._dirty.clear()
+            with self._lock:  # a consistent snapshot; the disk write happens outside
+                version = self._state_version
+                state = self.manager.get_state()
+            try:
+                self._write_state(state)
+                self._written_version = version
+            except Exception:
+                log.exception("could not write the manager state to %s", self.state_path)
+            written_at = time.monotonic()
+            if self._stop.is_set() and self._written_version == self._state_version:
+                return
+
+    def _write_state(self, state: dict[str, Any]) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         with open(tmp, "w") as fh:
