@@ -113,6 +113,7 @@ class ActorManagerClient:
         self._last: Exclusions | None = None
         self._unsent: list[FailureEvent] = []
         self._trial_refs: dict[Any, str] = {}
+        self._token: str | None = None  # the snapshot version we hold
         self.reachable = True
 
     def _unreachable(self, what: str, exc: BaseException) -> None:
@@ -149,8 +150,15 @@ class ActorManagerClient:
             ready, _ = ray.wait([self._inflight], timeout=0)
             if ready:
                 try:
-                    snapshot = Exclusions.from_dict(ray.get(ready[0]))
+                    answer = ray.get(ready[0])
                     self._answered()
+                    if answer is None:  # our token is current: nothing changed
+                        self._inflight = None
+                        if now - self._asked_at >= self.refresh_s:
+                            self._ask(now)
+                        return self._last if self._last and self._last.half_open else None
+                    self._token = answer.get("token")
+                    snapshot = Exclusions.from_dict(answer)
                     # unchanged snapshots are skipped, except while a node awaits a trial
                     if snapshot != self._last or snapshot.half_open:
                         result = self._last = snapshot
@@ -158,17 +166,20 @@ class ActorManagerClient:
                     self._unreachable("snapshot", exc)
                 self._inflight = None
         if self._inflight is None and now - self._asked_at >= self.refresh_s:
-            self._inflight = self.handle.excluded_nodes.remote()
-            self._asked_at = now
+            self._ask(now)
         return result
+
+    def _ask(self, now: float) -> None:
+        self._inflight = self.handle.excluded_nodes.remote(self._token)
+        self._asked_at = now
 
     def fetch(self, timeout: float) -> Exclusions | None:
         """The snapshot now, waiting up to ``timeout`` (an executor's first look); None
         when the manager does not answer in time (the async poll takes over)."""
         try:
-            snapshot = Exclusions.from_dict(
-                ray.get(self.handle.excluded_nodes.remote(), timeout=timeout)
-            )
+            answer = ray.get(self.handle.excluded_nodes.remote(), timeout=timeout)
+            self._token = answer.get("token")
+            snapshot = Exclusions.from_dict(answer)
         except Exception as exc:
             self._unreachable("first snapshot", exc)
             return None

@@ -59,6 +59,12 @@ class CircuitBreaker:
 
     # -- observation -------------------------------------------------------------------
 
+    def reopens_at(self) -> float:
+        """Clock time at which an OPEN breaker turns HALF_OPEN (inf when not OPEN)."""
+        if self._state is not BreakerState.OPEN:
+            return float("inf")
+        return self._opened_at + self.timeout
+
     @property
     def state(self) -> BreakerState:
         """Current state; an OPEN breaker whose timeout has passed reads HALF_OPEN."""

@@ -9,11 +9,13 @@ heartbeat detector) and its health verdict (ok, degraded, fatal).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import logging
-import statistics
+import math
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +112,17 @@ class FaultToleranceManager:
         self.breaker_transitions: list[dict[str, Any]] = []
         self._trial_leases: dict[str, list[float]] = {}
         self.observer_suspect = False  # most nodes look failed at once: the mass-failure guard
+        # what executors fetch, rebuilt only when it changed: a poll costs O(1), not O(nodes)
+        self.epoch = uuid.uuid4().hex[:8]  # a new manager (restart, new config) starts over
+        self.version = 0
+        self._snapshot: dict[str, Any] | None = None
+        self._snapshot_version = -1
+        self._snapshot_due = math.inf  # when an OPEN breaker turns HALF_OPEN
+        self._dead_since: dict[str, float] = {}
+        # failures in the window per node that has had one (not dead), and the same counts
+        # sorted: the outlier test reads a median in O(log n) instead of recounting
+        self._count_of: dict[str, int] = {}
+        self._sorted_counts: list[int] = []
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
@@ -161,6 +174,10 @@ class FaultToleranceManager:
             info.capacity = capacity
             if info.status == WorkerStatus.DEAD:
                 info.status = WorkerStatus.ALIVE
+                self._dead_since.pop(worker_id, None)
+                if worker_id in self.worker_failures:
+                    self._set_count(worker_id, len(self.worker_failures[worker_id]))
+                self.version += 1
                 self._settle(worker_id)
         return info
 
@@ -201,6 +218,7 @@ class FaultToleranceManager:
         if breaker is not None and breaker.state is BreakerState.HALF_OPEN:
             breaker.record_success()
             self.worker_failures.pop(worker_id, None)
+            self._set_count(worker_id, None)
 
     def acquire_trial(self, worker_id: str) -> bool:
         """Take one trial slot of an alive HALF_OPEN node; False otherwise."""
@@ -211,6 +229,7 @@ class FaultToleranceManager:
         granted = breaker.state is BreakerState.HALF_OPEN and breaker.allow_request()
         if granted:
             self._trial_leases.setdefault(worker_id, []).append(self._clock())
+            self.version += 1
         return granted
 
     def expire_trial_leases(self, timeout: float | None = None) -> list[str]:
@@ -224,6 +243,7 @@ class FaultToleranceManager:
                 leases.pop(0)
                 self.breaker(worker_id).release_trial()
                 expired.append(worker_id)
+                self.version += 1
         return expired
 
     def record_trial(
@@ -234,6 +254,7 @@ class FaultToleranceManager:
         leases = self._trial_leases.get(worker_id)
         if leases:
             leases.pop(0)
+        self.version += 1
         if success:
             self.record_worker_success(worker_id)
         elif failure is not None and _charges_node(failure):
@@ -308,7 +329,31 @@ class FaultToleranceManager:
     def mark_worker_dead(self, worker_id: str) -> None:
         """Ray reports the node dead: never schedule there again unless it rejoins."""
         info = self.workers.get(worker_id) or self.register_worker(worker_id)
-        info.status = WorkerStatus.DEAD
+        if info.status != WorkerStatus.DEAD:
+            info.status = WorkerStatus.DEAD
+            self._dead_since[worker_id] = self._clock()
+            self._set_count(worker_id, None)  # a dead node is nobody's peer
+            self.version += 1
+
+    def prune_departed(self, after: float) -> list[str]:
+        """Forget nodes Ray has reported gone for ``after`` seconds: every per-node table
+        shrinks to the live cluster. (A later report about one is refused by the actor: it
+        names a node Ray no longer lists alive.)"""
+        now = self._clock()
+        gone = [w for w, since in self._dead_since.items() if now - since >= after]
+        for worker_id in gone:
+            del self._dead_since[worker_id]
+            self.workers.pop(worker_id, None)
+            self.circuit_breakers.pop(worker_id, None)
+            self.worker_failures.pop(worker_id, None)
+            self._set_count(worker_id, None)
+            self.health_reasons.pop(worker_id, None)
+            self.health_severity.pop(worker_id, None)
+            self.liveness_failures.pop(worker_id, None)
+            self._trial_leases.pop(worker_id, None)
+        if gone:
+            self.version += 1
+        return gone
 
     def node_reasons(self, worker_id: str) -> list[str]:
         """Why a node is not ALIVE: its liveness failure first, then its health reasons."""
@@ -337,17 +382,33 @@ class FaultToleranceManager:
 
         ``failed`` and ``dead`` nodes have their running attempts rerun elsewhere;
         ``degraded`` nodes only take no new work; ``half_open`` nodes take trials only.
+        Rebuilt only when something changed (or an OPEN breaker is due to turn HALF_OPEN);
+        ``token`` names this version, so an executor that has it needs nothing sent.
         """
+        if (
+            self._snapshot is not None
+            and self._snapshot_version == self.version
+            and self._clock() < self._snapshot_due
+        ):
+            return self._snapshot
         by_status: dict[str, list[str]] = collections.defaultdict(list)
         for worker_id, info in self.workers.items():
             by_status[info.status].append(worker_id)
-        return {
-            "excluded": sorted(self.excluded_workers()),
+        excluded = sorted(self.excluded_workers())  # may turn due breakers HALF_OPEN
+        half_open = self.half_open_workers()
+        self._snapshot = {
+            "excluded": excluded,
             "failed": sorted(by_status[WorkerStatus.FAILED]),
             "dead": sorted(by_status[WorkerStatus.DEAD]),
             "degraded": sorted(by_status[WorkerStatus.DEGRADED]),
-            "half_open": self.half_open_workers(),
+            "half_open": half_open,
+            "token": f"{self.epoch}:{self.version}",
         }
+        self._snapshot_version = self.version
+        self._snapshot_due = min(
+            (b.reopens_at() for b in self.circuit_breakers.values()), default=math.inf
+        )
+        return self._snapshot
 
     def reassign_tasks(
         self,
@@ -463,6 +524,11 @@ class FaultToleranceManager:
         self.health_severity = dict(state.get("health_severity", {}))
         self.liveness_failures = dict(state.get("liveness_failures", {}))
         self.breaker_transitions = list(state.get("breaker_transitions", []))
+        self.version += 1  # every cached snapshot is void
+        self._count_of, self._sorted_counts = {}, []
+        for worker_id, events in self.worker_failures.items():
+            if self.workers.get(worker_id, WorkerInfo(worker_id)).status != WorkerStatus.DEAD:
+                self._set_count(worker_id, len(events))
 
     def record_event(self, event: FailureEvent) -> None:
         """Keep a failure in the history and counters without charging any node."""
@@ -499,13 +565,10 @@ class FaultToleranceManager:
         assert worker_id is not None
         self._record(event)
         now = self._wall_clock()
-        window = [
-            e
-            for e in self.worker_failures.get(worker_id, [])
-            if now - e.timestamp <= self.config.failure_window
-        ]
+        window = self._window(worker_id, now)
         window.append(event)
-        self.worker_failures[worker_id] = window
+        if self.workers.get(worker_id, WorkerInfo(worker_id)).status != WorkerStatus.DEAD:
+            self._set_count(worker_id, len(window))
         breaker = self.breaker(worker_id)
         if breaker.state is BreakerState.HALF_OPEN:
             breaker.record_failure()
@@ -516,21 +579,48 @@ class FaultToleranceManager:
             return
         breaker.open()
 
+    def _window(self, worker_id: str, now: float) -> list[FailureEvent]:
+        """The node's failures within ``failure_window``, the expired dropped from the front
+        (events arrive in time order: amortized O(1) per event)."""
+        window = self.worker_failures.setdefault(worker_id, [])
+        expired = 0
+        while (
+            expired < len(window) and now - window[expired].timestamp > self.config.failure_window
+        ):
+            expired += 1
+        if expired:
+            del window[:expired]
+        return window
+
     def _stands_out(self, worker_id: str, now: float) -> bool:
-        """More than twice the failures of a typical other node in the window."""
-        others = [
-            sum(1 for e in events if now - e.timestamp <= self.config.failure_window)
-            for w, events in self.worker_failures.items()
-            if w != worker_id and self.workers.get(w, WorkerInfo(w)).status != WorkerStatus.DEAD
-        ]
+        """More than twice the failures of a typical other node in the window (another
+        node's count is trimmed when its own window is next touched, so it errs high:
+        toward not excluding)."""
         mine = len(self.worker_failures.get(worker_id, []))
-        return mine > 2 * statistics.median(others) if others else True
+        median = _median_without(self._sorted_counts, self._count_of.get(worker_id))
+        return True if median is None else mine > 2 * median
+
+    def _set_count(self, worker_id: str, count: int | None) -> None:
+        """Keep the sorted failure counts in step with one node's (None: out of them)."""
+        old = self._count_of.pop(worker_id, None)
+        if old is not None:
+            index = bisect.bisect_left(self._sorted_counts, old)
+            del self._sorted_counts[index]
+        if count is not None:
+            self._count_of[worker_id] = count
+            bisect.insort(self._sorted_counts, count)
 
     def _settle(self, worker_id: str) -> None:
         """Recompute a node's status from its liveness and health; fatal opens the breaker."""
         info = self.workers[worker_id]
         if info.status == WorkerStatus.DEAD:
             return
+        before = info.status
+        self._settle_status(worker_id, info)
+        if info.status != before:
+            self.version += 1
+
+    def _settle_status(self, worker_id: str, info: WorkerInfo) -> None:
         severity = self.health_severity.get(worker_id)
         if worker_id in self.liveness_failures or severity == "fatal":
             if info.status != WorkerStatus.FAILED:
@@ -551,6 +641,7 @@ class FaultToleranceManager:
         return {w for w, info in self.workers.items() if info.status != WorkerStatus.ALIVE}
 
     def _on_transition(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+        self.version += 1
         self.breaker_transitions.append(
             {
                 "worker_id": breaker.name,
@@ -560,6 +651,23 @@ class FaultToleranceManager:
             }
         )
         del self.breaker_transitions[:-_HISTORY_LIMIT]
+
+
+def _median_without(counts: list[int], mine: int | None) -> float | None:
+    """The median of sorted ``counts`` with one entry equal to ``mine`` (this node's own)
+    left out; None when no other node is left. O(1): positions shift past the gap."""
+    size = len(counts) - (mine is not None)
+    if size <= 0:
+        return None
+    gap = bisect.bisect_left(counts, mine) if mine is not None else len(counts)
+
+    def at(position: int) -> int:  # the position-th of the others
+        return counts[position if position < gap else position + 1]
+
+    middle = size // 2
+    if size % 2:
+        return float(at(middle))
+    return (at(middle - 1) + at(middle)) / 2
 
 
 def _charges_node(event: FailureEvent) -> bool:

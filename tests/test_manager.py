@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 
 import numpy as np
 import pytest
 
 from ray_ft.breaker import BreakerState
-from ray_ft.failures import FailureType
+from ray_ft.failures import FailureEvent, FailureType
 from ray_ft.manager import FaultToleranceManager, Task, WorkerInfo, _water_fill
 from ray_ft.optim.individual import Individual
 
@@ -269,3 +270,71 @@ def test_mass_failure_guard_leaves_small_clusters_their_two_failures():
     assert not m.update_liveness("c", False)  # every node at once: the observer
     m.mark_worker_dead("a")  # Ray says it is gone: it no longer counts as looking failed
     assert m.excluded_workers() == {"a", "b"}
+
+
+def test_snapshot_is_rebuilt_only_when_something_changed(clock):
+    m = FaultToleranceManager({"breaker_timeout": 10.0}, clock=clock)
+    for node in ("a", "b"):
+        m.register_worker(node)
+    first = m.exclusions_snapshot()
+    assert m.exclusions_snapshot() is first  # nothing changed: the same answer, no rebuild
+    m.breaker("a").open()
+    opened = m.exclusions_snapshot()
+    assert opened["token"] != first["token"] and opened["excluded"] == ["a"]
+    clock.advance(10.0)  # due to turn HALF_OPEN: no event, the due time says so
+    half = m.exclusions_snapshot()
+    assert half["half_open"] == {"a": 1} and half["token"] != opened["token"]
+
+
+def test_departed_nodes_are_forgotten_after_the_tombstone_window(clock):
+    m = FaultToleranceManager(clock=clock)
+    for generation in range(5):
+        nodes = [f"g{generation}-{i}" for i in range(100)]
+        for node in nodes:
+            m.register_worker(node)
+            m.handle_worker_failure(node, FailureType.NODE_DIED)
+            m.update_health(node, "degraded", ["hot"])
+        clock.advance(1.0)
+        for node in nodes:
+            m.mark_worker_dead(node)
+        clock.advance(60.0)
+        m.prune_departed(30.0)
+    tables = (m.workers, m.circuit_breakers, m.worker_failures, m.health_severity)
+    assert all(len(t) == 0 for t in tables)
+    assert m.exclusions_snapshot()["dead"] == []
+
+
+def test_a_storm_of_reports_costs_the_same_per_event(clock):
+    """10,000 suspect reports over 1,000 nodes: the outlier test reads cached counts."""
+    m = FaultToleranceManager({"worker_failure_threshold": 1}, clock=clock)
+    for i in range(1000):
+        m.register_worker(f"n{i}")
+    for k in range(10_000):
+        node = f"n{k % 1000}" if k % 10 else "n7"  # n7 fails far more often
+        m.report_failure(
+            FailureEvent(
+                timestamp=time.time(),
+                failure_type=FailureType.WORKER_CRASH,
+                worker_id=node,
+                blame="node",
+            )
+        )
+    assert "n7" in m.excluded_workers()
+    assert len(m.excluded_workers()) < 50
+
+
+def test_median_without_ones_own_count_matches_the_plain_median():
+    import random
+    import statistics
+
+    from ray_ft.manager import _median_without
+
+    rng = random.Random(3)
+    for _ in range(500):
+        counts = sorted(rng.randint(0, 6) for _ in range(rng.randint(1, 9)))
+        mine = rng.choice(counts)
+        others = list(counts)
+        others.remove(mine)
+        expected = statistics.median(others) if others else None
+        assert _median_without(counts, mine) == expected
+        assert _median_without(counts, None) == statistics.median(counts)

@@ -44,6 +44,7 @@ _PROBE_STARTUP_GRACE_S = 30.0  # a new probe process may take a while to start
 _JUDGE_EVERY_S = 0.2  # how often silences are judged between heartbeats
 _SWEEP_S = 0.02  # after the first answer of a burst, the others get this long to land
 _WRITE_EVERY_S = 1.0  # the state file is written at most this often (coalesced)
+_TOMBSTONE_S = 120.0  # a node Ray reports gone is forgotten after this long
 _OBSERVER_STALL_FACTOR = 3.0  # a liveness round this many intervals late: the actor stalled
 
 
@@ -106,10 +107,12 @@ class ManagerActor:
                 self.manager.report_failure(event)
             self._save_state()
 
-    def excluded_nodes(self) -> dict[str, Any]:
-        """What executors must respect: excluded, failed, dead, degraded and HALF_OPEN nodes."""
+    def excluded_nodes(self, token: str | None = None) -> dict[str, Any] | None:
+        """What executors must respect: excluded, failed, dead, degraded and HALF_OPEN
+        nodes; None when the caller's ``token`` is current (nothing changed: nothing sent)."""
         with self._lock:
-            return self.manager.exclusions_snapshot()
+            snapshot = self.manager.exclusions_snapshot()
+        return None if token is not None and snapshot["token"] == token else snapshot
 
     def acquire_trial(self, node_id: str) -> bool:
         """Take one trial slot of a HALF_OPEN node; False when none is left."""
@@ -310,6 +313,8 @@ class ManagerActor:
                 if node_id not in alive and info.status != WorkerStatus.DEAD:
                     self.manager.mark_worker_dead(node_id)
                     changed = True
+            # a node gone this long is forgotten: every table holds the live cluster
+            changed = bool(self.manager.prune_departed(_TOMBSTONE_S)) or changed
             if changed:
                 self._save_state()
 
