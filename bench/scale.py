@@ -28,6 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ray_ft._commands import Exclusions, Launch
 from ray_ft._work import CallSpec, Work
 from ray_ft.config import FTConfig
+from ray_ft.failures import FailureEvent, FailureType
+from ray_ft.liveness import LivenessBook, PhiAccrualDetector
+from ray_ft.manager import FaultToleranceManager
 from ray_ft.scheduler import Scheduler
 
 SCENARIOS = ("uniform", "slow 1/100", "10% excluded", "mixed shapes")
@@ -136,6 +139,95 @@ def churn_memory(n: int = 1000, generations: int = 100, calls_per_node: int = 2)
     return {"steady_mb": steady / 2**20, "after_mb": after / 2**20, "sizes": sched.table.sizes()}
 
 
+def liveness_round(n: int, rounds: int = 5) -> dict[str, float]:
+    """CPU of one liveness round (every node answers once, judged 5 times a second) over
+    n simulated nodes, and when a node frozen mid-run is found."""
+    book = LivenessBook(lambda: PhiAccrualDetector(threshold=8.0, timeout_floor=2.0))
+    nodes = [f"node-{i}" for i in range(n)]
+    frozen_after, found = 3, None
+    costs = []
+    for second in range(1, rounds + 6):
+        started = time.process_time()
+        for i, node in enumerate(nodes):
+            if node == "node-1" and second > frozen_after:
+                continue
+            book.heartbeat(node, second + (i % 200) / 2000)
+        for tick in range(5):
+            for _ in book.judge(second + tick * 0.2):
+                found = found or (second + tick * 0.2 - (frozen_after + 0.0005))
+        costs.append(time.process_time() - started)
+    return {"round_ms": sorted(costs)[len(costs) // 2] * 1000, "detect_s": found or float("nan")}
+
+
+def report_storm(nodes: int = 1000, per_second: int = 10_000, batch: int = 100) -> dict[str, Any]:
+    """A storm of failure reports into one manager (its methods run one at a time, as in
+    the actor): how long an executor's exclusions poll waits, batch + snapshot."""
+    clock = FakeClock()
+    manager = FaultToleranceManager({"worker_failure_threshold": 3}, clock=clock)
+    for i in range(nodes):
+        manager.register_worker(f"node-{i}")
+    waits = []
+    sent = 0
+    while sent < per_second:
+        started = time.perf_counter()
+        for k in range(batch):
+            node = f"node-{(sent + k) * 7919 % nodes}"
+            manager.report_failure(
+                FailureEvent(time.time(), FailureType.WORKER_CRASH, worker_id=node, blame="node")
+            )
+        manager.exclusions_snapshot()
+        waits.append(time.perf_counter() - started)
+        sent += batch
+        clock.now += batch / per_second
+    unchanged = time.perf_counter()
+    token = manager.exclusions_snapshot()["token"]
+    for _ in range(50 * 2):  # 50 drivers polling twice a second, nothing changed
+        assert manager.exclusions_snapshot()["token"] == token
+    poll_us = (time.perf_counter() - unchanged) / 100 * 1e6
+    waits.sort()
+    return {
+        "p50_ms": waits[len(waits) // 2] * 1000,
+        "p99_ms": waits[int(len(waits) * 0.99) - 1] * 1000,
+        "excluded": len(manager.excluded_workers()),
+        "poll_us": poll_us,
+    }
+
+
+def report_manager(liveness: dict[int, dict[str, float]], storm: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"{n:,} nodes",
+            f"{r['round_ms']:.1f} ms",
+            f"{r['detect_s']:.2f} s",
+            "met" if n != 10_000 or r["round_ms"] <= 50 else "missed",
+        ]
+        for n, r in liveness.items()
+    ]
+    first = table(
+        ["liveness, simulated", "CPU per round (1 answer per node)", "frozen node found", "goal"],
+        rows,
+    )
+    second = table(
+        [
+            "10,000 reports/s over 1,000 nodes",
+            "poll wait p50",
+            "p99",
+            "goal p99",
+            "unchanged poll (50 drivers)",
+        ],
+        [
+            [
+                f"batches of 100, {storm['excluded']} nodes excluded",
+                f"{storm['p50_ms']:.2f} ms",
+                f"{storm['p99_ms']:.2f} ms",
+                "met" if storm["p99_ms"] <= 50 else "missed",
+                f"{storm['poll_us']:.1f} us, nothing sent",
+            ]
+        ],
+    )
+    return f"{first}\n\n{second}"
+
+
 def report_scheduler(results: dict[str, dict[int, float]]) -> str:
     sizes = sorted(next(iter(results.values())))
     rows = []
@@ -168,8 +260,19 @@ def report_memory(result: dict[str, Any]) -> str:
     )
 
 
+def run() -> str:
+    """Every scale figure (for bench/RESULTS.md)."""
+    parts = [
+        report_scheduler(scheduler_figures()),
+        report_memory(churn_memory()),
+        report_manager({n: liveness_round(n) for n in (1000, 10_000)}, report_storm()),
+    ]
+    return "\n\n".join(parts)
+
+
 if __name__ == "__main__":
-    sizes = tuple(int(a) for a in sys.argv[1:]) or (3, 100, 1000)
-    print(report_scheduler(scheduler_figures(sizes)))
-    print()
-    print(report_memory(churn_memory()))
+    sizes = tuple(int(a) for a in sys.argv[1:])
+    if sizes:
+        print(report_scheduler(scheduler_figures(sizes)))
+    else:
+        print(run())
