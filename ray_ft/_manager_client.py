@@ -170,8 +170,12 @@ class ActorManagerClient:
         return result
 
     def _ask(self, now: float) -> None:
-        self._inflight = self.handle.excluded_nodes.remote(self._token)
         self._asked_at = now
+        try:
+            self._inflight = self.handle.excluded_nodes.remote(self._token)
+        except Exception as exc:  # the handle itself is broken: say so, try again later
+            self._inflight = None
+            self._unreachable("snapshot request", exc)
 
     def fetch(self, timeout: float) -> Exclusions | None:
         """The snapshot now, waiting up to ``timeout`` (an executor's first look); None

@@ -244,7 +244,7 @@ def test_calls_one_result_cannot_carry_and_bad_amounts_are_refused_at_submit(clu
 def test_a_manager_that_stops_answering_is_reported_once(cluster, caplog):
     @ray.remote(num_cpus=0)
     class Gone:
-        def excluded_nodes(self):
+        def excluded_nodes(self, token=None):
             return {}
 
     handle = Gone.remote()
