@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 from common import local_cluster, summary, table
@@ -43,9 +44,23 @@ def raw_write(path: str, payload: bytes) -> None:
 
 
 def measure(mb: int, repeats: int, root: str) -> dict:
-    state = state_of(mb)
     # keep_last=None: pruning (deleting old checkpoints) is done outside the timed part
     store = DiskCheckpointStore(os.path.join(root, f"store{mb}"), keep_last=None)
+    return interleaved(store, state_of(mb), repeats, root)
+
+
+def measure_object_store(mb: int, repeats: int, root: str) -> dict:
+    """The same state through ObjectStoreCheckpointStore (one-node cluster)."""
+    from ray_ft import ObjectStoreCheckpointStore, get_manager
+
+    with local_cluster(1):
+        manager = get_manager(state_dir=os.path.join(root, "mgr"))
+        store = ObjectStoreCheckpointStore(manager=manager, keep_last=None)
+        return interleaved(store, state_of(mb), repeats, root)
+
+
+def interleaved(store: Any, state: dict, repeats: int, root: str) -> dict:
+    """Raw pickle + write + fsync, store save, raw read + unpickle, store load: in turn."""
     saves, loads, raw_w, raw_r = [], [], [], []
     for step in range(repeats):
         t = time.perf_counter()
@@ -65,44 +80,6 @@ def measure(mb: int, repeats: int, root: str) -> dict:
         loads.append(time.perf_counter() - t)
         os.remove(raw_path)
         store.delete(step)
-    return {
-        "save": summary(saves),
-        "load": summary(loads),
-        "raw_write": summary(raw_w),
-        "raw_read": summary(raw_r),
-        "save_ratio": summary([r / s for r, s in zip(raw_w, saves)]),
-        "load_ratio": summary([r / s for r, s in zip(raw_r, loads)]),
-    }
-
-
-def measure_object_store(mb: int, repeats: int, root: str) -> dict:
-    """The same state through ObjectStoreCheckpointStore (one-node cluster)."""
-    from ray_ft import ObjectStoreCheckpointStore, get_manager
-
-    state = state_of(mb)
-    with local_cluster(1):
-        store = ObjectStoreCheckpointStore(
-            manager=get_manager(state_dir=os.path.join(root, "mgr")), keep_last=None
-        )
-        saves, loads, raw_w, raw_r = [], [], [], []
-        for step in range(repeats):
-            t = time.perf_counter()
-            payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-            raw_path = os.path.join(root, f"raw{step}.bin")
-            raw_write(raw_path, payload)
-            raw_w.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            store.save(state, step=step)
-            saves.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            with open(raw_path, "rb") as fh:
-                pickle.loads(fh.read())
-            raw_r.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            store.load(step)
-            loads.append(time.perf_counter() - t)
-            os.remove(raw_path)
-            store.delete(step)
     return {
         "save": summary(saves),
         "load": summary(loads),

@@ -305,12 +305,9 @@ class FaultToleranceManager:
     def _observer_suspect(self, extra: int) -> bool:
         """True (and a WARNING once) while a majority of the live nodes, at least three,
         would look failed with ``extra`` more."""
-        live = sum(1 for info in self.workers.values() if info.status != WorkerStatus.DEAD)
-        failing = extra + sum(
-            1
-            for w in self.liveness_failures
-            if self.workers.get(w, WorkerInfo(w)).status != WorkerStatus.DEAD
-        )
+        # O(nodes failing), not O(nodes): the dead are exactly those in _dead_since
+        live = len(self.workers) - len(self._dead_since)
+        failing = extra + sum(1 for w in self.liveness_failures if w not in self._dead_since)
         suspect = failing >= _MASS_FAILURE_MIN and failing > live / 2
         if suspect and not self.observer_suspect:
             log.warning(
@@ -525,6 +522,10 @@ class FaultToleranceManager:
         self.liveness_failures = dict(state.get("liveness_failures", {}))
         self.breaker_transitions = list(state.get("breaker_transitions", []))
         self.version += 1  # every cached snapshot is void
+        now = self._clock()  # dead nodes restored: their tombstone window starts again
+        self._dead_since = {
+            w: now for w, info in self.workers.items() if info.status == WorkerStatus.DEAD
+        }
         self._count_of, self._sorted_counts = {}, []
         for worker_id, events in self.worker_failures.items():
             if self.workers.get(worker_id, WorkerInfo(worker_id)).status != WorkerStatus.DEAD:

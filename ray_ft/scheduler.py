@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import dataclasses
 import heapq
 import itertools
+import pickle
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -706,8 +707,6 @@ class Scheduler(Placer):
 
 def _is_pickling_error(error: BaseException) -> bool:
     """Ray could not pickle the call's arguments (or the callable)."""
-    import pickle
-
     text = f"{type(error).__name__}: {error}".lower()
     return isinstance(error, pickle.PicklingError) or "pickl" in text or "serializ" in text
 

@@ -22,6 +22,17 @@ APP = FailureType.APPLICATION_ERROR
 ONE_CPU = {"a": {"CPU": 1.0}, "b": {"CPU": 1.0}, "c": {"CPU": 1.0}}
 
 
+def drain(h: Harness, outcome) -> int:
+    """Finish the oldest running attempt with ``outcome(attempt, n)`` (the keyword
+    arguments of Harness.finish) until none runs; returns how many were finished."""
+    count = 0
+    while h.running:
+        attempt_id = min(h.running)
+        count += 1
+        h.finish(attempt_id, **outcome(h.running[attempt_id], count))
+    return count
+
+
 def make(clock, nodes=ONE_CPU, **kwargs) -> Harness:
     h = Harness(Scheduler(CONFIG, clock=clock, **kwargs), clock)
     h.run(h.sched.nodes_changed(nodes))
@@ -68,17 +79,16 @@ def test_user_connection_errors_are_the_tasks_and_surface_as_raised(clock):
     works = [work(i) for i in range(60)]
     for w in works:
         h.run(h.sched.submit(w))
-    i = 0
-    while h.running:
-        attempt_id = min(h.running)
-        n = h.running[attempt_id].work.args[0]
+
+    def service(attempt, _):
+        n = attempt.work.args[0]
         if n % 3 == 0:
-            h.finish(attempt_id, error=ConnectionResetError("peer reset"), failure_type=APP)
-        elif n % 7 == 0:
-            h.finish(attempt_id, error=TimeoutError("service slow"), failure_type=APP)
-        else:
-            h.finish(attempt_id, value=n)
-        i += 1
+            return {"error": ConnectionResetError("peer reset"), "failure_type": APP}
+        if n % 7 == 0:
+            return {"error": TimeoutError("service slow"), "failure_type": APP}
+        return {"value": n}
+
+    i = drain(h, service)
     assert all(w.future.done() for w in works)
     good = [w for w in works if w.args[0] % 3 and w.args[0] % 7]
     assert all(w.future.result() == w.args[0] for w in good)
@@ -108,16 +118,13 @@ def test_only_the_node_whose_user_calls_fail_far_more_is_charged(clock):
     works = [work(i) for i in range(240)]
     for w in works:
         h.run(h.sched.submit(w))
-    count = 0
-    while h.running:
-        attempt_id = min(h.running)
-        attempt = h.running[attempt_id]
-        count += 1
-        bad = (attempt.node_id == "c" and count % 2 == 0) or count % 25 == 0
-        if bad:
-            h.finish(attempt_id, error=RuntimeError("user"), failure_type=APP)
-        else:
-            h.finish(attempt_id, value=0)
+
+    def half_fail_on_c(attempt, count):
+        if (attempt.node_id == "c" and count % 2 == 0) or count % 25 == 0:
+            return {"error": RuntimeError("user"), "failure_type": APP}
+        return {"value": 0}
+
+    drain(h, half_fail_on_c)
     charged = {e.worker_id for e in h.reports if e.blame == "node"}
     assert charged == {"c"}
 

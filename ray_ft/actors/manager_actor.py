@@ -515,6 +515,7 @@ class ManagerActor:
         self._never_answered.discard(node_id)
         self._latency.pop(node_id, None)
         self._misses.pop(node_id, None)
+        self._last_report.pop(node_id, None)
         self.manager.liveness_failures.pop(node_id, None)
 
     def _drop_probe(self, node_id: str) -> None:
