@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import ray
 
 from ray_ft._commands import Exclusions
+from ray_ft._snapshots import apply_delta
 from ray_ft.failures import FailureEvent
 from ray_ft.manager import FaultToleranceManager
 
@@ -114,6 +115,7 @@ class ActorManagerClient:
         self._unsent: list[FailureEvent] = []
         self._trial_refs: dict[Any, str] = {}
         self._token: str | None = None  # the snapshot version we hold
+        self._whole: dict[str, Any] = {}  # that snapshot, as sent (deltas apply to it)
         self.reachable = True
 
     def _unreachable(self, what: str, exc: BaseException) -> None:
@@ -157,8 +159,11 @@ class ActorManagerClient:
                         if now - self._asked_at >= self.refresh_s:
                             self._ask(now)
                         return self._last if self._last and self._last.half_open else None
-                    self._token = answer.get("token")
-                    snapshot = Exclusions.from_dict(answer)
+                    whole = self._merge(answer)
+                    snapshot = Exclusions.from_dict(whole) if whole else self._last
+                    if snapshot is None:
+                        self._inflight = None
+                        return None
                     # unchanged snapshots are skipped, except while a node awaits a trial
                     if snapshot != self._last or snapshot.half_open:
                         result = self._last = snapshot
@@ -181,9 +186,9 @@ class ActorManagerClient:
         """The snapshot now, waiting up to ``timeout`` (an executor's first look); None
         when the manager does not answer in time (the async poll takes over)."""
         try:
-            answer = ray.get(self.handle.excluded_nodes.remote(), timeout=timeout)
-            self._token = answer.get("token")
-            snapshot = Exclusions.from_dict(answer)
+            self._token = None  # the whole snapshot, whatever we held
+            answer = self._merge(ray.get(self.handle.excluded_nodes.remote(), timeout=timeout))
+            snapshot = Exclusions.from_dict(answer or {})
         except Exception as exc:
             self._unreachable("first snapshot", exc)
             return None
@@ -191,6 +196,17 @@ class ActorManagerClient:
         self._last = snapshot
         self._asked_at = self._checked_at = self._clock()
         return snapshot
+
+    def _merge(self, answer: dict[str, Any]) -> dict[str, Any] | None:
+        """The whole snapshot an answer stands for (a delta applies to the one we hold);
+        None for a delta computed from another version: the next request asks afresh."""
+        try:
+            whole = apply_delta(self._whole, answer)
+        except ValueError:
+            self._token = None
+            return None
+        self._whole, self._token = whole, whole.get("token")
+        return whole
 
     def report(self, events: Sequence[FailureEvent]) -> None:
         """Fire and forget; the actor retries the call across its own restarts."""

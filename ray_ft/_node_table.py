@@ -31,6 +31,7 @@ QUEUE_TARGET_S = 0.25  # queued work per slot beyond the running attempt, in sec
 SLOW_FACTOR = 2.0  # a node this many times slower than the fastest may stand back
 RELEARN_S = 10.0  # a node that stood back this long gets an attempt again (it may be well)
 _MAX_INDEXES = 64
+_EWMA = 0.3  # weight of the newest runtime in a pace
 _PARK_S = 0.1  # a node too slow for a call is not looked at again for this long
 Key = tuple[Shape, str]
 
@@ -75,6 +76,7 @@ class NodeTable:
         # launch times of the attempts in flight per (node, callable), in clock order
         self.running: dict[tuple[str, str], dict[int, float]] = {}
         self.last_done: dict[str, float] = {}
+        self.leases: Counter[str] = Counter()  # trial leases held, not yet used
         self._slots: dict[str, dict[Shape, int]] = {}  # slots per shape, per node (a cache)
         self._kinds_at: dict[str, set[str]] = {}  # callables with a pace or run per node
         self._shapes_at: dict[str, set[Shape]] = {}  # shapes with load per node
@@ -108,6 +110,7 @@ class NodeTable:
         for shape in self._shapes_at.pop(node_id, ()):
             self.load.pop((node_id, shape), None)
         self.last_done.pop(node_id, None)
+        self.leases.pop(node_id, None)
         self._slots.pop(node_id, None)
 
     def set_unusable(self, unusable: frozenset[str] | set[str]) -> None:
@@ -178,9 +181,32 @@ class NodeTable:
                     index.rate = max(0.0, index.rate - slots / max(old, 1e-6))
             heapq.heappush(index.fast, (runtime, node_id))
             if len(index.fast) > 4 * len(self.nodes) + 64:  # stale entries: compact
-                index.fast = [(r, n) for r, n in index.fast if self.runtime.get((n, kind)) == r]
-                heapq.heapify(index.fast)
+                index.fast = self._fresh(index.fast, kind)
             self._push_room(node_id, shape, kind)
+
+    def learn(
+        self, node_id: str, kind: str, launched_at: float, queued_behind: bool, now: float
+    ) -> float:
+        """An attempt launched at ``launched_at`` finished now: fold its runtime into the
+        node's pace for this callable (EWMA); returns the runtime."""
+        start = launched_at
+        if queued_behind:  # it waited in Ray for a slot on its node
+            start = max(start, self.last_done.get(node_id, start))
+        if node_id in self.nodes:
+            self.last_done[node_id] = now
+        runtime = max(0.0, now - start)
+        old = self.runtime.get((node_id, kind))
+        self.set_pace(
+            node_id, kind, runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime, now
+        )
+        return runtime
+
+    def learn_lower_bound(self, node_id: str, kind: str, launched_at: float, now: float) -> None:
+        """A cancelled attempt (its twin won) ran at least this long on its node: a slow
+        node's pace is learned even though its attempts never finish."""
+        elapsed = now - launched_at
+        if elapsed > self.runtime.get((node_id, kind), 0.0):
+            self.set_pace(node_id, kind, elapsed, now)
 
     # -- questions -------------------------------------------------------------------------
 
@@ -404,6 +430,14 @@ class NodeTable:
         heapq.heapify(index.room)
         heapq.heapify(index.fast)
         return index
+
+    def _fresh(self, fast: list[tuple[float, str]], kind: str) -> list[tuple[float, str]]:
+        """One entry per node with its current pace (an unchanged pace pushed again leaves
+        equal duplicates, which a value check alone would keep forever)."""
+        current = {n: self.runtime.get((n, kind)) for _, n in fast}
+        heap = [(r, n) for n, r in current.items() if r is not None]
+        heapq.heapify(heap)
+        return heap
 
     def _capacity(self, shape: Shape) -> _ShapeIndex:
         index = self._shape_index.get(shape)

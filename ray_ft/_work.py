@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from ray_ft.failures import FailureEvent
-from ray_ft.manager import Task
 
 __all__ = ["Attempt", "CallSpec", "Shape", "Work"]
 
@@ -94,7 +93,7 @@ class CallSpec:
 
 @dataclasses.dataclass(slots=True, eq=False)
 class Work:
-    """One submitted call and everything its retries need (Task made on first failure)."""
+    """One submitted call and everything its retries need."""
 
     task_id: str
     name: str
@@ -104,7 +103,7 @@ class Work:
     kwargs: dict[str, Any]
     spec: CallSpec
     future: cf.Future[Any]
-    task: Task | None = None
+    failures: int = 0  # attempts that failed and were charged (the retry count)
     events: list[FailureEvent] | None = None
     avoid: frozenset[str] = frozenset()
     first_failure_at: float | None = None
@@ -134,13 +133,7 @@ class Work:
     @property
     def attempts(self) -> int:
         """Failures so far (0 before the first attempt has failed)."""
-        return 0 if self.task is None else self.task.attempts
-
-    def failure_task(self) -> Task:
-        """The manager's Task for this work, created on first need."""
-        if self.task is None:
-            self.task = Task(self.task_id, name=self.name)
-        return self.task
+        return self.failures
 
 
 @dataclasses.dataclass(slots=True, eq=False)

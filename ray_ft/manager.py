@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ray_ft._snapshots import SnapshotLog
 from ray_ft.attribution import SUSPECT_FAILURES, Blame
 from ray_ft.breaker import BreakerState, CircuitBreaker
 from ray_ft.config import FTConfig
@@ -117,6 +118,7 @@ class FaultToleranceManager:
         self.version = 0
         self._snapshot: dict[str, Any] | None = None
         self._snapshot_version = -1
+        self._snapshot_log = SnapshotLog()
         self._snapshot_due = math.inf  # when an OPEN breaker turns HALF_OPEN
         self._dead_since: dict[str, float] = {}
         # failures in the window per node that has had one (not dead), and the same counts
@@ -393,19 +395,28 @@ class FaultToleranceManager:
             by_status[info.status].append(worker_id)
         excluded = sorted(self.excluded_workers())  # may turn due breakers HALF_OPEN
         half_open = self.half_open_workers()
-        self._snapshot = {
-            "excluded": excluded,
-            "failed": sorted(by_status[WorkerStatus.FAILED]),
-            "dead": sorted(by_status[WorkerStatus.DEAD]),
-            "degraded": sorted(by_status[WorkerStatus.DEGRADED]),
-            "half_open": half_open,
-            "token": f"{self.epoch}:{self.version}",
-        }
+        old, self._snapshot = (
+            self._snapshot,
+            {
+                "excluded": excluded,
+                "failed": sorted(by_status[WorkerStatus.FAILED]),
+                "dead": sorted(by_status[WorkerStatus.DEAD]),
+                "degraded": sorted(by_status[WorkerStatus.DEGRADED]),
+                "half_open": half_open,
+                "token": f"{self.epoch}:{self.version}",
+            },
+        )
+        self._snapshot_log.record(old, self._snapshot)
         self._snapshot_version = self.version
         self._snapshot_due = min(
             (b.reopens_at() for b in self.circuit_breakers.values()), default=math.inf
         )
         return self._snapshot
+
+    def exclusions_since(self, token: str | None) -> dict[str, Any] | None:
+        """What an executor holding snapshot ``token`` needs: None when it is current, else
+        only what changed since (``ray_ft._snapshots``), or the whole snapshot."""
+        return self._snapshot_log.since(token, self.exclusions_snapshot())
 
     def reassign_tasks(
         self,

@@ -34,7 +34,9 @@ from ray_ft._commands import (
     Report,
     Resolve,
 )
-from ray_ft._placer import Placer
+from ray_ft._memory import MemoryPolicy
+from ray_ft._node_table import NodeTable
+from ray_ft._placer import Placement
 from ray_ft._work import Attempt, Shape, Work
 from ray_ft.attribution import Blame, CrashLedger, UserErrorRates
 from ray_ft.config import FTConfig
@@ -46,7 +48,7 @@ from ray_ft.failures import (
     TaskTimeoutError,
     user_error_kind,
 )
-from ray_ft.manager import FaultToleranceManager
+from ray_ft.policy import RetryPolicy
 from ray_ft.speculation import Stragglers
 
 __all__ = ["Scheduler"]
@@ -59,8 +61,9 @@ class _NullMetrics:
         return lambda *args, **kwargs: None
 
 
-class Scheduler(Placer):
-    """Queues, timers, deadlines, capacity, placement, attribution and trial leases."""
+class Scheduler:
+    """Queues, timers, deadlines, capacity and attribution, over the node table and the
+    placement, retry, memory and straggler policies."""
 
     def __init__(
         self,
@@ -72,14 +75,19 @@ class Scheduler(Placer):
         metrics: Any = None,
         cancel_kills_worker: bool = False,
     ) -> None:
-        super().__init__(config, clock, queue_depth)
+        self.config = config
+        self.queue_depth = queue_depth
+        self._clock = clock
+        self.table = NodeTable(clock, queue_depth)
+        self.placement = Placement(config, self.table, clock)
+        self.memory = MemoryPolicy(config, self.table)
         self.max_in_flight = max_in_flight
         # a worker that a Cancel kills (an actor) takes no work from then on
         self.cancel_kills_worker = cancel_kills_worker
         self._retired: set[str] = set()  # such workers, until the node table drops them
         self._cancelling = False  # shutdown(cancel_futures=True): nothing new starts
         self._metrics = metrics if metrics is not None else _NullMetrics()
-        self._policy = FaultToleranceManager(config, clock=clock)
+        self._retry = RetryPolicy(config)
         self._ledger = CrashLedger()
         self._rates = UserErrorRates()
         self._queues: dict[Shape, deque[Work]] = {}
@@ -102,6 +110,11 @@ class Scheduler(Placer):
         self.user_errors: Counter[str] = Counter()  # the user's own exceptions, by kind
         self.max_in_flight_seen = 0
 
+    @property
+    def nodes(self) -> dict[str, dict[str, float]]:
+        """Alive nodes and their resources (read-only: change them through events)."""
+        return self.table.nodes
+
     # -- events --------------------------------------------------------------------------
 
     def submit(self, work: Work) -> list[Command]:
@@ -111,8 +124,8 @@ class Scheduler(Placer):
         if speculation if speculation is not None else self.config.speculation:
             work.speculate = True
             work.batch = self._stragglers.submitted(work.kind)
-        if self._hungry:
-            self._fed(work)
+        if self.memory:
+            self.memory.feed(work)
         self._queues.setdefault(work.shape, deque()).append(work)
         return self._dispatch(self._clock())
 
@@ -137,7 +150,9 @@ class Scheduler(Placer):
         if error is None:
             self.stats["succeeded"] += 1
             self._rates.finished(attempt.node_id, failed=False)
-            runtime = self._learn_runtime(attempt, now)
+            runtime = self.table.learn(
+                attempt.node_id, work.kind, attempt.launched_at, attempt.queued_behind, now
+            )
             if work.speculated:  # the first result wins; its twin is cancelled and dropped
                 out.extend(self._drop_twins(work))
                 self.stats["speculation_wins"] += attempt.backup
@@ -146,8 +161,7 @@ class Scheduler(Placer):
                 work.batch = None
             if attempt.trial:
                 out.append(ReleaseTrial(attempt.node_id, True))
-            if work.task is not None:
-                self._policy.forget_task(work.task_id)
+            if work.failures:
                 out.extend(
                     self._reports(work, self._ledger.succeeded(work.task_id, attempt.node_id))
                 )
@@ -233,9 +247,9 @@ class Scheduler(Placer):
         for node_id in (snapshot.failed | snapshot.dead) - before:
             out.extend(self._abandon_node(node_id, "was declared failed by the manager"))
         half_open = dict(snapshot.half_open)
-        for node_id in list(self._leases):
+        for node_id in list(self.table.leases):
             if node_id not in half_open:  # the breaker moved on: the lease is void
-                del self._leases[node_id]
+                del self.table.leases[node_id]
         out.extend(self._dispatch(self._clock()))
         return out
 
@@ -246,7 +260,7 @@ class Scheduler(Placer):
             return []
         if node_id not in dict(self.exclusions.half_open) or not self._queued():
             return [ReleaseTrial(node_id, False)]  # nothing to try any more: give it back
-        self._leases[node_id] += 1
+        self.table.leases[node_id] += 1
         return self._dispatch(self._clock())
 
     def tick(self) -> list[Command]:
@@ -304,9 +318,11 @@ class Scheduler(Placer):
     def release_leases(self) -> list[Command]:
         """Give back every trial lease held but not used (shutdown, or an idle executor)."""
         out: list[Command] = [
-            ReleaseTrial(node_id, False) for node_id, n in self._leases.items() for _ in range(n)
+            ReleaseTrial(node_id, False)
+            for node_id, n in self.table.leases.items()
+            for _ in range(n)
         ]
-        self._leases.clear()
+        self.table.leases.clear()
         return out
 
     # -- questions -----------------------------------------------------------------------
@@ -333,7 +349,7 @@ class Scheduler(Placer):
             "speculated": self.stats["speculated"],
             "speculation_wins": self.stats["speculation_wins"],
             "replaced": self.stats["replaced"],
-            "memory_raised": {k.split("#", 1)[0]: v for k, v in self._hungry.items()},
+            "memory_raised": self.memory.raised(),
             "timeouts": self.stats["timeouts"],
             "failures_by_type": dict(self.failures_by_type),
             "user_errors": dict(self.user_errors),
@@ -364,9 +380,9 @@ class Scheduler(Placer):
                     queue.popleft()
                     out.extend(self._finish(work))
                     continue
-                picked = self._pick(work, len(queue))
+                picked = self.placement.pick(work, len(queue))
                 if picked is None:
-                    if not work.unplaceable or self._could_run(work):
+                    if not work.unplaceable or self.table.could_run(work):
                         break  # no room now: the queue waits in order
                     stranded.append(queue.popleft())  # only nodes Ray refused fit it
                     continue
@@ -393,12 +409,12 @@ class Scheduler(Placer):
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), attempt_id))
         slots = work.shape.slots_on(self.nodes.get(node_id, {}))
-        queued_behind = self._load[(node_id, work.shape)] >= slots
+        queued_behind = self.table.load[(node_id, work.shape)] >= slots
         attempt = Attempt(work, node_id, deadline, trial, attempt_id, now, queued_behind)
         if trial:
-            self._leases[node_id] -= 1
-            if self._leases[node_id] <= 0:
-                del self._leases[node_id]
+            self.table.leases[node_id] -= 1
+            if self.table.leases[node_id] <= 0:
+                del self.table.leases[node_id]
             self._trials_running[node_id] += 1
         self.inflight[attempt_id] = attempt
         self._on_node.setdefault(node_id, {})[attempt_id] = attempt
@@ -411,7 +427,7 @@ class Scheduler(Placer):
         return attempt
 
     def _check_capacity(self, shape: Shape, queue: deque[Work], now: float) -> list[Command]:
-        msg = self._starved(shape, bool(queue), now)
+        msg = self.placement.starved(shape, bool(queue), now)
         out: list[Command] = []
         while msg is not None and queue:
             out.extend(self._capacity_failed(queue.popleft(), msg))
@@ -422,7 +438,7 @@ class Scheduler(Placer):
         the queue, and fail with CapacityError after ``capacity_wait_timeout``."""
         out: list[Command] = []
         for work in reversed(works):
-            msg = self._stranded(work, now)
+            msg = self.placement.stranded(work, now)
             if msg is None:
                 queue.appendleft(work)  # tried first again once nodes change
             else:
@@ -460,7 +476,7 @@ class Scheduler(Placer):
             return []
         out: list[Command] = []
         for node_id, available in self.exclusions.half_open:
-            busy = self._leases[node_id] + self._trials_running[node_id]
+            busy = self.table.leases[node_id] + self._trials_running[node_id]
             if (
                 available > 0
                 and node_id in self.nodes
@@ -560,7 +576,7 @@ class Scheduler(Placer):
         work.unplaceable = work.unplaceable | {attempt.node_id}
         if work.speculated and self._twin_running(work):
             return self._on_record(attempt, error, FailureType.APPLICATION_ERROR, Blame.PLACEMENT)
-        if not self._could_run(work):
+        if not self.table.could_run(work):
             msg = (
                 f"Ray could not schedule {work.name} (needs {work.shape.describe()}) on any "
                 f"of the {len(work.unplaceable)} nodes that seemed to fit: {error}; lower the "
@@ -578,19 +594,25 @@ class Scheduler(Placer):
             self.stats["speculation_failures"] += 1
             return self._on_record(attempt, error, failure_type, Blame.NONE)
         now = self._clock()
-        task = work.failure_task()
-        task.worker_id = attempt.node_id
-        decision = self._policy.handle_task_failure(task, failure_type, error)
-        if failure_type is FailureType.OUT_OF_MEMORY:  # the event records the request used
+        work.failures += 1
+        decision = self._retry.decide(work.failures, failure_type, error)
+        memory = None  # an out-of-memory event records the request it ran with
+        if failure_type is FailureType.OUT_OF_MEMORY:
             memory = float(work.spec.options.get("memory") or 0) or None
-            self._policy.history[-1] = dataclasses.replace(
-                self._policy.history[-1], memory_request=memory
-            )
-        blame, decided = self._ledger.failed(self._policy.history[-1])
+        event = FailureEvent(
+            timestamp=time.time(),
+            failure_type=failure_type,
+            details=f"{type(error).__name__}: {error}"[:500],
+            task_id=work.task_id,
+            worker_id=attempt.node_id,
+            attempt=work.failures,
+            memory_request=memory,
+        )
+        blame, decided = self._ledger.failed(event)
         if failure_type is FailureType.APPLICATION_ERROR and self._blame_user_error(attempt, error):
             blame = Blame.NODE
             decided = [dataclasses.replace(e, blame=blame.value) for e in decided]
-        event = dataclasses.replace(self._policy.history[-1], blame=blame.value)
+        event = dataclasses.replace(event, blame=blame.value)
         work.events = [*(work.events or ()), event]
         self.failures_by_type[failure_type.value] += 1
         self._metrics.failure(failure_type.value)
@@ -609,7 +631,7 @@ class Scheduler(Placer):
                 # task's own, and the same node keeps its warm worker)
                 work.avoid = work.avoid | {attempt.node_id}
             if failure_type is FailureType.OUT_OF_MEMORY:
-                work.spec = self._more_memory(work, attempt.node_id)
+                work.spec = self.memory.more_memory(work, attempt.node_id)
                 self._feed_queued(work.kind)
             heapq.heappush(self._timers, (now + decision.delay, next(self._seq), work))
             return out
@@ -620,10 +642,10 @@ class Scheduler(Placer):
             return out
         self._metrics.gave_up(failure_type.value)
         failed = TaskFailedError(
-            f"{work.name} failed {task.attempts} times; last: {failure_type.value}: "
+            f"{work.name} failed {work.failures} times; last: {failure_type.value}: "
             f"{error}. {decision.reason}",
             failure_type=failure_type,
-            attempts=task.attempts,
+            attempts=work.failures,
             events=work.events or (),
         )
         failed.__cause__ = error
@@ -635,9 +657,8 @@ class Scheduler(Placer):
         if work.batch is not None:
             self._stragglers.finished(work.kind, work.batch, None)
             work.batch = None
-        if work.task is None:
+        if not work.failures:
             return []
-        self._policy.forget_task(work.task_id)
         return self._reports(work, self._ledger.finished(work.task_id))
 
     def _reports(self, work: Work, decided: list[FailureEvent]) -> list[Command]:
@@ -661,7 +682,7 @@ class Scheduler(Placer):
         """The work is done: cancel its other copy; its late result is dropped."""
         out: list[Command] = []
         for twin in list(self._copies.get(work, {}).values()):
-            self._learn_lower_bound(twin, self._clock())
+            self.table.learn_lower_bound(twin.node_id, work.kind, twin.launched_at, self._clock())
             self._drop(twin)
             out.extend(self._cancel(twin))
             if twin.trial:
@@ -682,9 +703,9 @@ class Scheduler(Placer):
                 continue  # first attempts come first
             if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
                 break
-            if self._stragglers.budget(self._free_slots(work.shape), self._backups) <= 0:
+            if self._stragglers.budget(self.table.free_slots(work.shape), self._backups) <= 0:
                 break
-            node_id = self._backup_node(work, attempt.node_id, threshold)
+            node_id = self.placement.backup_node(work, attempt.node_id, threshold)
             if node_id is None:
                 continue
             work.speculated = True
@@ -698,7 +719,7 @@ class Scheduler(Placer):
     def _feed_queued(self, kind: str) -> None:
         """Queued calls of a callable that ran out of memory ask for what its retry got."""
         for shape, queue in list(self._queues.items()):
-            moved = [w for w in queue if w.kind == kind and self._fed(w)]
+            moved = [w for w in queue if w.kind == kind and self.memory.feed(w)]
             if moved:
                 self._queues[shape] = deque(w for w in queue if w.shape == shape)
                 for work in moved:

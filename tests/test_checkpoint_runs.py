@@ -262,9 +262,7 @@ store.save({"generation": 2}, step=2)
 def test_s3_writer_killed_between_state_and_manifest(s3):
     location = s3.format("killed")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-    proc = subprocess.run(
-        [sys.executable, "-c", S3_WRITER_KILLED, location], timeout=120, env=env
-    )
+    proc = subprocess.run([sys.executable, "-c", S3_WRITER_KILLED, location], timeout=120, env=env)
     assert proc.returncode == 9
     store = DiskCheckpointStore(location, keep_last=None)
     assert [i.step for i in store.list()] == [1]  # step 2 has state objects, no manifest

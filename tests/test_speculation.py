@@ -183,7 +183,7 @@ def test_out_of_memory_retry_doubles_an_explicit_request(clock):
     assert "timeout" not in w.spec.options
     assert w.events[-1].memory_request == GiB
     for _ in range(3):  # at the cap it stays there
-        w.spec = h.sched._more_memory(w, "a")
+        w.spec = h.sched.memory.more_memory(w, "a")
     assert w.spec.options["memory"] == 8 * GiB
 
 
@@ -236,7 +236,7 @@ def test_a_node_whose_copy_lost_learns_its_pace_and_stands_back_until_it_is_old_
     _, backup = backed_up(h, clock)
     clock.advance(0.5)
     h.finish(backup.attempt_id, value=1)  # the loser on b ran 2 s: b's pace is >= 2 s
-    assert h.sched._runtime[("b", "f")] >= 2.0
+    assert h.sched.table.runtime[("b", "f")] >= 2.0
     for i in range(10, 18):  # the next batch: a and c clear it before b would finish one
         h.run(h.sched.submit(work(i)))
     assert "b" not in {a.node_id for a in h.running.values()}

@@ -109,10 +109,10 @@ class ManagerActor:
 
     def excluded_nodes(self, token: str | None = None) -> dict[str, Any] | None:
         """What executors must respect: excluded, failed, dead, degraded and HALF_OPEN
-        nodes; None when the caller's ``token`` is current (nothing changed: nothing sent)."""
+        nodes; None when the caller's ``token`` is current (nothing changed: nothing sent),
+        else only what changed since ``token`` (or the whole snapshot when it is too old)."""
         with self._lock:
-            snapshot = self.manager.exclusions_snapshot()
-        return None if token is not None and snapshot["token"] == token else snapshot
+            return self.manager.exclusions_since(token)
 
     def acquire_trial(self, node_id: str) -> bool:
         """Take one trial slot of a HALF_OPEN node; False when none is left."""
