@@ -306,10 +306,11 @@ def report_scheduler(results: dict[str, dict[int, tuple[float, float]]]) -> str:
     sizes = sorted(next(iter(results.values())))
     rows = []
     for scenario, by_n in results.items():
-        base = by_n[sizes[0]][0]
+        base, base_gc = by_n[sizes[0]]
         row: list[Any] = [scenario]
         row += [
-            f"{us:.0f} us ({us / base:.2f}x; GC {gc_us:.0f})"
+            f"{us:.0f} us ({us / base:.2f}x; GC {gc_us:.0f} us; "
+            f"{(us - gc_us) / max(base - base_gc, 1e-9):.2f}x without)"
             for us, gc_us in (by_n[n] for n in sizes)
         ]
         ok_1k = by_n.get(1000, (0.0, 0.0))[0] <= 1.5 * base

@@ -21,6 +21,7 @@ __all__ = [
     "Command",
     "Exclusions",
     "Launch",
+    "LaunchBatch",
     "ReleaseTrial",
     "Report",
     "Resolve",
@@ -58,6 +59,13 @@ class Launch:
     """Hand this attempt to Ray, pinned to ``attempt.node_id``."""
 
     attempt: Attempt
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LaunchBatch:
+    """Hand these attempts (one callable, one request) to Ray as one task on one node."""
+
+    attempts: tuple[Attempt, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,4 +107,4 @@ class ReleaseTrial:
     event: FailureEvent | None = None
 
 
-Command = Launch | Cancel | Resolve | Report | AcquireTrial | ReleaseTrial
+Command = Launch | LaunchBatch | Cancel | Resolve | Report | AcquireTrial | ReleaseTrial

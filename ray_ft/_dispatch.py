@@ -26,6 +26,7 @@ __all__ = [
     "callable_blob",
     "callable_identity",
     "trampoline",
+    "worker_callable",
 ]
 _BLOB_CACHE_SIZE = 256
 
@@ -83,13 +84,18 @@ def _run_blob(blob: bytes, /, *args: Any, **kwargs: Any) -> Any:
     """Run the pickled callable. The call's arguments are the task's own top-level
     arguments, so Ray resolves ObjectRefs among them (keyword ones too) as it would for
     ``f.remote(*args, **kwargs)``; refs nested in containers stay refs, as in Ray."""
+    return worker_callable(blob)(*args, **kwargs)
+
+
+def worker_callable(blob: bytes) -> Callable[..., Any]:
+    """The callable of ``blob`` in this worker, unpickled once (bounded cache)."""
     fn = _worker_fns.get(blob)
     if fn is None:
         fn = cloudpickle.loads(blob)
         _worker_fns[blob] = fn
         if len(_worker_fns) > _BLOB_CACHE_SIZE:
             _worker_fns.popitem(last=False)
-    return fn(*args, **kwargs)
+    return fn
 
 
 trampoline = ray.remote(max_retries=0)(_run_blob)

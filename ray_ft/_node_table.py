@@ -54,10 +54,11 @@ class _Index:
 class _ShapeIndex:
     """Capacity indexes of one shape."""
 
-    __slots__ = ("fits", "free", "memory")
+    __slots__ = ("fits", "free", "memory", "slots")
 
     def __init__(self) -> None:
         self.fits = 0  # usable live nodes with at least one slot of this shape
+        self.slots = 0  # slots of this shape on usable live nodes
         self.free = 0  # free slots of this shape on usable live nodes
         self.memory: list[tuple[float, str]] = []  # (-memory, node) of nodes that fit
 
@@ -185,16 +186,23 @@ class NodeTable:
             self._push_room(node_id, shape, kind)
 
     def learn(
-        self, node_id: str, kind: str, launched_at: float, queued_behind: bool, now: float
+        self,
+        node_id: str,
+        kind: str,
+        launched_at: float,
+        queued_behind: bool,
+        now: float,
+        members: int = 1,
     ) -> float:
-        """An attempt launched at ``launched_at`` finished now: fold its runtime into the
-        node's pace for this callable (EWMA); returns the runtime."""
+        """An attempt (a batch of ``members`` calls) launched at ``launched_at`` finished
+        now: fold its runtime per call into the node's pace for this callable (EWMA);
+        returns that runtime."""
         start = launched_at
         if queued_behind:  # it waited in Ray for a slot on its node
             start = max(start, self.last_done.get(node_id, start))
         if node_id in self.nodes:
             self.last_done[node_id] = now
-        runtime = max(0.0, now - start)
+        runtime = max(0.0, now - start) / members
         old = self.runtime.get((node_id, kind))
         self.set_pace(
             node_id, kind, runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime, now
@@ -323,6 +331,10 @@ class NodeTable:
         )
         return self._capacity(work.shape).fits - refused > 0
 
+    def total_slots(self, shape: Shape) -> int:
+        """Slots of this shape on the usable nodes, busy or not."""
+        return self._capacity(shape).slots
+
     def free_slots(self, shape: Shape) -> int:
         """Slots of this shape with nothing in them on the usable nodes."""
         return self._capacity(shape).free
@@ -381,6 +393,7 @@ class NodeTable:
             slots = shape.slots_on(resources)
             if slots > 0:
                 capacity.fits += sign
+                capacity.slots += sign * slots
                 capacity.free += sign * max(0, slots - self.load[(node_id, shape)])
         for (shape, kind), index in self._index.items():
             slots = shape.slots_on(resources)
@@ -452,6 +465,7 @@ class NodeTable:
             index.memory.append((-resources.get("memory", 0.0), node_id))
             if self.usable(node_id):
                 index.fits += 1
+                index.slots += slots
                 index.free += max(0, slots - self.load[(node_id, shape)])
         heapq.heapify(index.memory)
         self._shape_index[shape] = index

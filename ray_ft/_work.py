@@ -14,7 +14,7 @@ from typing import Any
 
 from ray_ft.failures import FailureEvent
 
-__all__ = ["Attempt", "CallSpec", "Shape", "Work"]
+__all__ = ["Attempt", "CallSpec", "Group", "Shape", "Work"]
 
 _OWN_OPTIONS = ("timeout", "name", "speculation")  # ray_ft's; never handed to Ray
 _UNBOUNDED_SLOTS = 1000  # a task that asks for no resource at all
@@ -115,6 +115,7 @@ class Work:
     speculated: bool = False  # a backup attempt was started (never a second one)
     stranded_since: float | None = None  # since when no usable node can take it at all
     kind: str = ""  # the callable's identity: paces, batches and memory are learned per kind
+    batch_cap: int | None = None  # most members of a batch it may join (chunksize, a split)
 
     def __post_init__(self) -> None:
         if not self.kind:
@@ -148,3 +149,14 @@ class Attempt:
     launched_at: float = 0.0
     queued_behind: bool = False  # launched while the node's slots were all taken
     backup: bool = False  # a speculative copy of a straggling attempt
+    group: Group | None = None  # the batch it runs in, one Ray task for all its members
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Group:
+    """Attempts of one callable launched together as one Ray task (a batch): they hold
+    one slot of their node, share one deadline and come back together."""
+
+    attempts: list[Attempt]
+    live: int = 0  # members still in flight (the slot is freed when none is)
+    runtime: float | None = None  # per member, learned once from the first result

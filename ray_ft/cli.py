@@ -269,13 +269,14 @@ def _show(store: Any, args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ray_ft.demo import DemoOptions, run_demo
 
-    if args.generations < 1 or args.population < 4 or args.nodes < 2:
-        raise CliError("pass --generations >= 1, --population >= 4 and --nodes >= 2")
+    if args.generations < 1 or args.population < 4 or args.nodes < 2 or not args.eval_ms > 0:
+        raise CliError("pass --generations >= 1, --population >= 4, --nodes >= 2 and --eval-ms > 0")
     opts = DemoOptions(
         generations=args.generations,
         population=args.population,
         nodes=args.nodes,
         seed=args.seed,
+        eval_ms=args.eval_ms,
         resume=args.resume,
         verify=args.verify,
         chaos=not args.no_chaos,
@@ -298,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--population", type=int, default=32)
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--eval-ms",
+        type=float,
+        default=20.0,
+        help="CPU time of one evaluation, calibrated on this machine (default 20)",
+    )
     demo.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     demo.add_argument(
         "--verify", action="store_true", help="compare with a fault-free reference run"

@@ -54,6 +54,7 @@ class FTConfig:
     speculation_min_runtime: float = 1.0
     speculation_max_fraction: float = 0.25
     oom_memory_multiplier: float = 2.0
+    batching: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -66,6 +67,12 @@ class FTConfig:
             msg = (
                 f"speculation={self.speculation!r} is not valid; pass True, False, or None "
                 "(off for the executor, on in optimize())"
+            )
+            raise ValueError(msg)
+        if not isinstance(self.batching, bool):
+            msg = (
+                f"batching={self.batching!r} is not valid; pass True (pack queued tiny calls "
+                "of one callable into one Ray task) or False (one task per call)"
             )
             raise ValueError(msg)
         for name in ("speculation_quantile", "speculation_max_fraction"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import shutil
 import sys
@@ -25,7 +26,7 @@ from ray_ft.config import FTConfig
 from ray_ft.optim.ga import GeneticAlgorithm
 from ray_ft.optim.run import GenerationReport, OptimizationResult, optimize
 
-__all__ = ["DemoOptions", "rastrigin", "run_demo"]
+__all__ = ["DemoOptions", "calibrate", "rastrigin", "run_demo"]
 
 DEMO_CONFIG = FTConfig(
     max_retries=8,
@@ -41,26 +42,41 @@ DEMO_CONFIG = FTConfig(
 )
 
 
-_BURN_ROUNDS = 400  # about 30 ms of numpy work on one core here
+_BURN_ROUNDS = 100  # rounds of work when not calibrated
+EVAL_TARGET_MS = 20.0  # CPU time of one demo evaluation, calibrated when the demo starts
 _SLOW_AT_S, _SLOW_FOR_S = 2.0, 8.0  # the slow-node drill: when, and for how long
 
 
-def rastrigin(x: Any) -> float:
+def rastrigin(x: Any, rounds: int = _BURN_ROUNDS) -> float:
     """10-D Rastrigin (minimum 0 at the origin) after real CPU work, as an evaluation does.
 
-    The work (matrix products seeded by ``x``) keeps the evaluating core at 100 % for tens
-    of milliseconds: a busy node must not be mistaken for a broken one.
+    The work (``rounds`` of element-wise numpy math seeded by ``x``, single-threaded, so a
+    worker and the driver take the same time) keeps the evaluating core at 100 %: a busy
+    node must not be mistaken for a broken one. The fitness does not depend on ``rounds``.
     """
     x = np.asarray(x, dtype=np.float64)
-    _burn(x, _BURN_ROUNDS)
+    _burn(x, rounds)
     return float(10 * x.size + np.sum(x**2 - 10 * np.cos(2 * np.pi * x)))
 
 
 def _burn(x: Any, rounds: int) -> float:
-    a = np.resize(np.outer(np.cos(x), np.sin(x)), (96, 96)) + np.eye(96)
+    a = np.resize(np.outer(np.cos(x), np.sin(x)), (96, 96)) + 1.0
     for _ in range(rounds):
-        a = np.tanh(a @ a / 96.0)
+        a = np.tanh(np.sqrt(a * a + 1.0) - 0.5)
     return float(a[0, 0])
+
+
+def calibrate(target_ms: float = EVAL_TARGET_MS, clock: Any = time.perf_counter) -> int:
+    """Rounds of work that take about ``target_ms`` on this machine (best of 3 timings)."""
+    x = np.linspace(-1.0, 1.0, 10)
+    probe = 50
+    _burn(x, probe)  # warm
+    best = float("inf")
+    for _ in range(3):
+        started = clock()
+        _burn(x, probe)
+        best = min(best, clock() - started)
+    return max(1, round(target_ms / 1e3 / max(best / probe, 1e-9)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +87,7 @@ class DemoOptions:
     population: int = 32
     nodes: int = 3
     seed: int = 0
+    eval_ms: float = EVAL_TARGET_MS
     resume: bool = False
     verify: bool = False
     chaos: bool = True
@@ -174,7 +191,12 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> int:
     if opts.resume and store.latest_step() is None:
         out.write(f"no checkpoint under {root} to resume from; starting from generation 0\n")
 
-    out.write(f"starting a local {opts.nodes}-node Ray cluster on 127.0.0.1 ...\n")
+    rounds = calibrate(opts.eval_ms)
+    objective = functools.partial(rastrigin, rounds=rounds)
+    out.write(
+        f"one evaluation: {rounds} rounds of numpy work (~{opts.eval_ms:g} ms of CPU here)\n"
+        f"starting a local {opts.nodes}-node Ray cluster on 127.0.0.1 ...\n"
+    )
     started = time.monotonic()
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
@@ -213,7 +235,7 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> int:
             run_started = time.monotonic()
             try:
                 result = optimize(
-                    rastrigin,
+                    objective,
                     _make_optimizer(opts),
                     generations=opts.generations,
                     executor=ex,
@@ -247,7 +269,7 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> int:
         return 130
     _summary(out, opts, result, stats, status, chaos_events, elapsed, time.monotonic() - started)
     if opts.verify:
-        reference = optimize(rastrigin, _make_optimizer(opts), generations=opts.generations)
+        reference = optimize(objective, _make_optimizer(opts), generations=opts.generations)
         same = (
             reference.history == result.history
             and reference.best is not None

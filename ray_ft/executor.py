@@ -29,12 +29,14 @@ import ray
 import ray.exceptions as ray_exc
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_ft._batch_task import batch_task, pack, unpack_outcome
 from ray_ft._commands import (
     AcquireTrial,
     Cancel,
     CapacityError,
     Command,
     Launch,
+    LaunchBatch,
     ReleaseTrial,
     Report,
     Resolve,
@@ -43,7 +45,7 @@ from ray_ft._dispatch import callable_blob, callable_identity, trampoline
 from ray_ft._manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
 from ray_ft._work import Attempt, CallSpec, Work
 from ray_ft.config import FTConfig
-from ray_ft.failures import FailureEvent, classify_failure
+from ray_ft.failures import FailureEvent, FailureType, classify_failure
 from ray_ft.manager import FaultToleranceManager
 from ray_ft.metrics import get_metrics
 from ray_ft.scheduler import Scheduler
@@ -90,6 +92,7 @@ class FaultTolerantExecutor(cf.Executor):
     """
 
     _cancel_kills_worker = False  # a Cancel stops one task, not its worker
+    _batches = True  # tiny calls may be packed into one Ray task (config.batching)
 
     def __init__(
         self,
@@ -132,9 +135,10 @@ class FaultTolerantExecutor(cf.Executor):
             max_in_flight=max_in_flight,
             metrics=get_metrics(),
             cancel_kills_worker=self._cancel_kills_worker,
+            batching=self._batches and self.config.batching,
         )
         self._refs: dict[int, Any] = {}  # attempt id -> ObjectRef
-        self._ids_of: dict[Any, int] = {}  # ObjectRef -> attempt id
+        self._ids_of: dict[Any, int | _Members] = {}  # ObjectRef -> attempt id(s)
         self._cancel_on_launch: set[int] = set()
         self._remote_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._specs: OrderedDict[tuple[Any, ...], CallSpec] = OrderedDict()
@@ -161,6 +165,17 @@ class FaultTolerantExecutor(cf.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; returns a Future. Unpicklable input raises here."""
         return self._submit(fn, args, kwargs, _NO_OPTIONS)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[Any]:
+        """Like Executor.map; every call is queued at once. ``chunksize=None`` packs tiny
+        calls by their pace (see README, batching); an int packs that many per Ray task."""
+        return self._map(fn, iterables, timeout, chunksize, _NO_OPTIONS)
 
     def options(self, **options: Any) -> _OptionsView:
         """A view whose submissions carry these Ray options and ``timeout`` (seconds)."""
@@ -199,6 +214,38 @@ class FaultTolerantExecutor(cf.Executor):
         kwargs: dict[str, Any],
         options: dict[str, Any],
     ) -> cf.Future[Any]:
+        return self._submit_all(fn, [(args, kwargs)], options, None, raise_launch=True)[0]
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int | None,
+        options: dict[str, Any],
+    ) -> Iterator[Any]:
+        if chunksize is not None and (
+            isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
+        ):
+            msg = f"chunksize={chunksize!r} is not valid; pass a positive int, or None (adaptive)"
+            raise ValueError(msg)
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (args, {}) for args in zip(*iterables)
+        ]
+        futures = self._submit_all(fn, calls, options, chunksize, raise_launch=False)
+        return _results(futures, timeout)
+
+    def _submit_all(
+        self,
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        options: dict[str, Any],
+        batch_cap: int | None,
+        *,
+        raise_launch: bool,
+    ) -> list[cf.Future[Any]]:
+        """Queue every call, then dispatch once (a map's calls are packed from the start);
+        with ``raise_launch`` a refused launch of the one call is raised here."""
         if not callable(fn):
             msg = f"{fn!r} is not callable; pass a function, e.g. submit(pow, 2, 3)"
             raise TypeError(msg)
@@ -208,7 +255,7 @@ class FaultTolerantExecutor(cf.Executor):
         spec = self._spec(options, fn._default_options if is_remote else None)  # type: ignore[attr-defined]
         name = spec.name or _callable_name(fn)
         remote_fn, blob = self._target(fn, is_remote)
-        future: cf.Future[Any] = cf.Future()
+        kind = f"{name}#{callable_identity(fn)}"
         polled: list[Any] = []
         if self._sched.idle:  # an idle executor follows neither the node table nor the manager
             if self._clock() - self._nodes_at >= self._refresh_s:
@@ -218,24 +265,29 @@ class FaultTolerantExecutor(cf.Executor):
             if self._shutdown:
                 msg = "cannot submit after shutdown(); create a new FaultTolerantExecutor"
                 raise RuntimeError(msg)
-            self._ids += 1
-            work = Work(
-                f"{name}-{self._ids}",
-                name,
-                remote_fn,
-                blob,
-                args,
-                kwargs,
-                spec,
-                future,
-                kind=f"{name}#{callable_identity(fn)}",
-            )
+            works = []
+            for args, kwargs in calls:
+                self._ids += 1
+                work = Work(
+                    f"{name}-{self._ids}",
+                    name,
+                    remote_fn,
+                    blob,
+                    args,
+                    kwargs,
+                    spec,
+                    cf.Future(),
+                    kind=kind,
+                    batch_cap=batch_cap,
+                )
+                works.append(work)
             _BUSY.add(self)  # kept alive until its work is done, even if the caller drops it
             commands = self._feed(polled)
-            commands.extend(self._sched.submit(work))
-        self._execute(commands, raise_for=work)
+            commands.extend(self._sched.submit_all(works))
+        raise_for = works[0] if raise_launch and len(works) == 1 else None
+        self._execute(commands, raise_for=raise_for)
         self._kick.set()
-        return future
+        return [w.future for w in works]
 
     def _target(self, fn: Callable[..., Any], is_remote: bool) -> tuple[Any, bytes | None]:
         """What a Work runs: a remote function as it is, any other callable pickled once."""
@@ -281,6 +333,8 @@ class FaultTolerantExecutor(cf.Executor):
                         follow_up.extend(more)
                         if error is not None and command.attempt.work is raise_for:
                             refused = error
+                    elif isinstance(command, LaunchBatch):
+                        follow_up.extend(self._launch_batch(command.attempts))
                     elif isinstance(command, Resolve):
                         resolves.append(command)
                     elif isinstance(command, Cancel):
@@ -341,6 +395,30 @@ class FaultTolerantExecutor(cf.Executor):
             self._cancel(attempt)
         return [], None
 
+    def _launch_batch(self, attempts: tuple[Attempt, ...]) -> list[Command]:
+        """Hand a batch to Ray as one task; if Ray refuses it, its members are split."""
+        ids = [a.attempt_id for a in attempts]
+        try:
+            members, refs = pack([a.work for a in attempts])
+            remote = self._remote_for(attempts[0].work, attempts[0].node_id, batch=True)
+            ref = remote.remote(attempts[0].work.blob, members, *refs)
+        except Exception as exc:
+            with self._lock:
+                self._cancel_on_launch.difference_update(ids)
+                return self._sched.batch_failed(
+                    ids, exc, FailureType.APPLICATION_ERROR, launch=True
+                )
+        with self._lock:
+            wanted = set(ids)
+            for attempt_id in ids:
+                self._refs[attempt_id] = ref
+            self._ids_of[ref] = _Members(attempts, wanted)
+            cancel_now = [a for a in attempts if a.attempt_id in self._cancel_on_launch]
+            self._cancel_on_launch.difference_update(ids)
+        for attempt in cancel_now:
+            self._cancel(attempt)
+        return []
+
     def _start_call(self, work: Work, node_id: str) -> Any:
         """Hand one attempt to Ray, pinned to ``node_id``; returns its ObjectRef."""
         remote = self._remote_for(work, node_id)
@@ -358,21 +436,28 @@ class FaultTolerantExecutor(cf.Executor):
             if ref is None:
                 self._cancel_on_launch.add(attempt.attempt_id)  # its launch is under way
                 return
+            owner = self._ids_of.get(ref)
+            if isinstance(owner, _Members):
+                owner.wanted.discard(attempt.attempt_id)
+                if owner.wanted:
+                    return  # other members still want the batch's result
             self._ids_of.pop(ref, None)
         try:
             self._stop_call(ref, attempt)
         except Exception as exc:
             log.debug("cancel of %s failed: %s", attempt.work.task_id, exc)
 
-    def _remote_for(self, work: Work, node_id: str) -> Any:
+    def _remote_for(self, work: Work, node_id: str, *, batch: bool = False) -> Any:
         """The remote function with this work's options, pinned to ``node_id`` (cached)."""
-        key = (node_id, work.name, work.spec.key, work.remote_fn)
+        key = (node_id, work.name, work.spec.key, work.remote_fn, batch)
         remote = self._remote_cache.get(key)
         if remote is None:
             base = work.remote_fn if work.remote_fn is not None else trampoline
+            if batch:
+                base = batch_task
             remote = base.options(
                 **work.spec.options,
-                name=work.name,
+                name=f"{work.name} (batch)" if batch else work.name,
                 max_retries=0,
                 retry_exceptions=False,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
@@ -441,11 +526,14 @@ class FaultTolerantExecutor(cf.Executor):
         try:
             with self._lock:
                 for ref, value, error in outcomes:
-                    attempt_id = self._ids_of.pop(ref, None)
-                    if attempt_id is None:
+                    owner = self._ids_of.pop(ref, None)
+                    if owner is None:
                         continue  # cancelled: its late result is dropped
-                    self._refs.pop(attempt_id, None)
-                    commands.extend(self._take_outcome(attempt_id, value, error))
+                    if isinstance(owner, _Members):
+                        commands.extend(self._take_batch(owner, value, error))
+                        continue
+                    self._refs.pop(owner, None)
+                    commands.extend(self._take_outcome(owner, value, error))
         finally:  # nothing popped is dropped: what was gathered is carried out
             self._execute(commands)
 
@@ -470,6 +558,43 @@ class FaultTolerantExecutor(cf.Executor):
         except Exception as exc:
             log.exception("ray_ft failed to take the outcome of attempt %s", attempt_id)
             return [] if attempt is None else self._sched.abort(attempt, exc)
+
+    def _take_batch(
+        self, members: _Members, value: Any, error: BaseException | None
+    ) -> list[Command]:
+        """A batch's outcome (under the lock): each wanted member's own result or
+        exception; a batch that died as a whole is split by the scheduler."""
+        wanted = [a for a in members.attempts if a.attempt_id in members.wanted]
+        for attempt in wanted:
+            self._refs.pop(attempt.attempt_id, None)
+        commands: list[Command] = []
+        try:
+            if error is not None:
+                return self._sched.batch_failed(
+                    [a.attempt_id for a in wanted],
+                    _unwrap(error),
+                    classify_failure(error),
+                    placement=isinstance(error, ray_exc.TaskUnschedulableError),
+                )
+            for index, attempt in enumerate(members.attempts):
+                if attempt.attempt_id not in members.wanted:
+                    continue
+                result, raised = unpack_outcome(value[index])
+                if raised is None:
+                    commands.extend(self._sched.attempt_done(attempt.attempt_id, value=result))
+                else:
+                    commands.extend(
+                        self._sched.attempt_done(
+                            attempt.attempt_id,
+                            error=raised,
+                            failure_type=FailureType.APPLICATION_ERROR,
+                        )
+                    )
+        except Exception as exc:
+            log.exception("ray_ft failed to take the outcome of a batch")
+            for attempt in wanted:
+                commands.extend(self._sched.abort(attempt, exc))
+        return commands
 
     def _worker_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
         """After the scheduler took an attempt's failure (under the lock): a hook for
@@ -534,6 +659,29 @@ def _loop(weak: weakref.ref[FaultTolerantExecutor], kick: threading.Event) -> No
             kick.clear()
 
 
+class _Members:
+    """The attempts of one batch task and those whose result is still wanted."""
+
+    __slots__ = ("attempts", "wanted")
+
+    def __init__(self, attempts: tuple[Attempt, ...], wanted: set[int]) -> None:
+        self.attempts = attempts
+        self.wanted = wanted
+
+
+def _results(futures: list[cf.Future[Any]], timeout: float | None) -> Iterator[Any]:
+    """Executor.map's iterator: results in order; the rest are cancelled if it is closed."""
+    end = None if timeout is None else time.monotonic() + timeout
+    pending = list(reversed(futures))
+    try:
+        while pending:
+            future = pending.pop()
+            yield future.result(None if end is None else max(0.0, end - time.monotonic()))
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def _resolve(command: Resolve) -> None:
     future = command.future
     if future.done():
@@ -567,10 +715,10 @@ class _OptionsView(cf.Executor):
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
     ) -> Iterator[Any]:
-        """Like Executor.map, with this view's options."""
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        """Like FaultTolerantExecutor.map, with this view's options."""
+        return self._parent._map(fn, iterables, timeout, chunksize, self._options)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """A view owns nothing; shut the parent executor down instead."""

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import ray
@@ -65,6 +65,7 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
     """
 
     _cancel_kills_worker = True  # an actor call cannot be cancelled: the actor is killed
+    _batches = False  # an actor runs its calls one by one: no packing
 
     def __init__(
         self,
@@ -132,6 +133,17 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         if self._broken is not None:
             raise self._broken
         return self._submit_method(name, args, kwargs)
+
+    def map(
+        self,
+        fn: Any,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[Any]:
+        """Like Executor.map over the pool's actors (each call checked as ``submit`` does;
+        an actor runs its calls one by one, so ``chunksize`` packs nothing)."""
+        return cf.Executor.map(self, fn, *iterables, timeout=timeout)
 
     def _submit_method(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -23,6 +23,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ray_ft._batching import batch_size, batchable
 from ray_ft._commands import (
     AcquireTrial,
     Cancel,
@@ -30,6 +31,7 @@ from ray_ft._commands import (
     Command,
     Exclusions,
     Launch,
+    LaunchBatch,
     ReleaseTrial,
     Report,
     Resolve,
@@ -37,7 +39,7 @@ from ray_ft._commands import (
 from ray_ft._memory import MemoryPolicy
 from ray_ft._node_table import NodeTable
 from ray_ft._placer import Placement
-from ray_ft._work import Attempt, Shape, Work
+from ray_ft._work import Attempt, Group, Shape, Work
 from ray_ft.attribution import Blame, CrashLedger, UserErrorRates
 from ray_ft.config import FTConfig
 from ray_ft.failures import (
@@ -74,8 +76,10 @@ class Scheduler:
         max_in_flight: int | None = None,
         metrics: Any = None,
         cancel_kills_worker: bool = False,
+        batching: bool = False,
     ) -> None:
         self.config = config
+        self.batching = batching  # pack queued tiny calls of one callable (ray_ft._batching)
         self.queue_depth = queue_depth
         self._clock = clock
         self.table = NodeTable(clock, queue_depth)
@@ -119,14 +123,19 @@ class Scheduler:
 
     def submit(self, work: Work) -> list[Command]:
         """A new call: queue it, and launch it at once where a node has room."""
-        self.stats["submitted"] += 1
-        speculation = work.spec.speculation
-        if speculation if speculation is not None else self.config.speculation:
-            work.speculate = True
-            work.batch = self._stragglers.submitted(work.kind)
-        if self.memory:
-            self.memory.feed(work)
-        self._queues.setdefault(work.shape, deque()).append(work)
+        return self.submit_all([work])
+
+    def submit_all(self, works: list[Work]) -> list[Command]:
+        """New calls (a map): queue them all, then launch where nodes have room."""
+        for work in works:
+            self.stats["submitted"] += 1
+            speculation = work.spec.speculation
+            if speculation if speculation is not None else self.config.speculation:
+                work.speculate = True
+                work.batch = self._stragglers.submitted(work.kind)
+            if self.memory:
+                self.memory.feed(work)
+            self._queues.setdefault(work.shape, deque()).append(work)
         return self._dispatch(self._clock())
 
     def attempt_done(
@@ -150,9 +159,7 @@ class Scheduler:
         if error is None:
             self.stats["succeeded"] += 1
             self._rates.finished(attempt.node_id, failed=False)
-            runtime = self.table.learn(
-                attempt.node_id, work.kind, attempt.launched_at, attempt.queued_behind, now
-            )
+            runtime = self._learn(attempt, now)
             if work.speculated:  # the first result wins; its twin is cancelled and dropped
                 out.extend(self._drop_twins(work))
                 self.stats["speculation_wins"] += attempt.backup
@@ -273,7 +280,12 @@ class Scheduler:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, attempt_id = heapq.heappop(self._deadlines)
             attempt = self.inflight.get(attempt_id)
-            if attempt is not None:
+            if attempt is not None and self._live_members(attempt.group) > 1:
+                assert attempt.group is not None
+                self.stats["timeouts"] += 1
+                error = TaskTimeoutError(attempt.deadline - attempt.launched_at, attempt.work.name)  # type: ignore[operator]
+                out.extend(self._split(attempt.group, error, cancel=True))
+            elif attempt is not None:
                 self.stats["timeouts"] += 1
                 self._drop(attempt)
                 out.extend(self._cancel(attempt))
@@ -349,6 +361,9 @@ class Scheduler:
             "speculated": self.stats["speculated"],
             "speculation_wins": self.stats["speculation_wins"],
             "replaced": self.stats["replaced"],
+            "batches": self.stats["batches"],
+            "batched_calls": self.stats["batched_calls"],
+            "batch_splits": self.stats["batch_splits"],
             "memory_raised": self.memory.raised(),
             "timeouts": self.stats["timeouts"],
             "failures_by_type": dict(self.failures_by_type),
@@ -393,6 +408,11 @@ class Scheduler:
                         self._finish(work)
                         continue  # cancelled while queued: consumed, nothing to run
                     work.started = True
+                if self.batching and not picked[1] and batchable(work):
+                    members = self._batch_members(work, queue, picked[0])
+                    if len(members) > 1:
+                        out.append(LaunchBatch(self._start_group(members, picked[0], now)))
+                        continue
                 out.append(Launch(self._start(work, picked[0], picked[1], now)))
             out.extend(self._check_capacity(shape, queue, now))
             if stranded:
@@ -402,15 +422,25 @@ class Scheduler:
         out.extend(self._ask_for_trials())
         return out
 
-    def _start(self, work: Work, node_id: str, trial: bool, now: float) -> Attempt:
+    def _start(
+        self, work: Work, node_id: str, trial: bool, now: float, group: Group | None = None
+    ) -> Attempt:
         attempt_id = next(self._ids)
         work.stranded_since = None
-        deadline = None if work.timeout is None else now + work.timeout
-        if deadline is not None:
+        first = group is None or not group.attempts  # a batch holds one slot, one deadline
+        members = 1 if group is None else group.live
+        deadline = None if work.timeout is None else now + work.timeout * members
+        if deadline is not None and first:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), attempt_id))
-        slots = work.shape.slots_on(self.nodes.get(node_id, {}))
-        queued_behind = self.table.load[(node_id, work.shape)] >= slots
+        if first:
+            slots = work.shape.slots_on(self.nodes.get(node_id, {}))
+            queued_behind = self.table.load[(node_id, work.shape)] >= slots
+        else:
+            queued_behind = group.attempts[0].queued_behind  # type: ignore[union-attr]
         attempt = Attempt(work, node_id, deadline, trial, attempt_id, now, queued_behind)
+        attempt.group = group
+        if group is not None:
+            group.attempts.append(attempt)
         if trial:
             self.table.leases[node_id] -= 1
             if self.table.leases[node_id] <= 0:
@@ -420,7 +450,8 @@ class Scheduler:
         self._on_node.setdefault(node_id, {})[attempt_id] = attempt
         if work.speculate:  # only a call that may get a backup can have a twin
             self._copies.setdefault(work, {})[attempt_id] = attempt
-        self.table.add_load(node_id, work.shape, +1)
+        if first:
+            self.table.add_load(node_id, work.shape, +1)
         self.table.started(node_id, work.kind, attempt_id, now)
         self._speculative += work.speculate
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
@@ -487,6 +518,113 @@ class Scheduler:
                 out.append(AcquireTrial(node_id))
         return out
 
+    # -- batches -------------------------------------------------------------------------
+
+    def batch_failed(
+        self,
+        attempt_ids: list[int],
+        error: BaseException,
+        failure_type: FailureType,
+        *,
+        placement: bool = False,
+        launch: bool = False,
+    ) -> list[Command]:
+        """A batch died as a whole (its worker, its node, Ray refused it): its members are
+        split in halves and run again, charging nobody, so a poison member ends up alone
+        and fails by itself; a lone member's failure is an ordinary one."""
+        live = [a for a in (self.inflight.get(i) for i in attempt_ids) if a is not None]
+        if not live:
+            return []
+        if len(live) == 1:
+            if launch:
+                return self.launch_failed(live[0].attempt_id, error)
+            return self.attempt_done(
+                live[0].attempt_id, error=error, failure_type=failure_type, placement=placement
+            )
+        assert live[0].group is not None
+        out = self._split(live[0].group, error, cancel=False)
+        out.extend(self._dispatch(self._clock()))
+        return out
+
+    def _split(self, group: Group, error: BaseException, *, cancel: bool) -> list[Command]:
+        """Run a dead or timed-out batch's members again in two halves, first in line."""
+        live = [a for a in group.attempts if self.inflight.get(a.attempt_id) is a]
+        self.stats["batch_splits"] += 1
+        half = (len(live) + 1) // 2
+        out: list[Command] = []
+        for attempt in live:
+            self._drop(attempt)
+            if cancel:
+                out.append(Cancel(attempt))
+        out.extend(self._on_record(live[0], error, FailureType.APPLICATION_ERROR, Blame.NONE))
+        for attempt in reversed(live):
+            attempt.work.batch_cap = half
+            self._queues.setdefault(attempt.work.shape, deque()).appendleft(attempt.work)
+        return out
+
+    def _live_members(self, group: Group | None) -> int:
+        return 0 if group is None else group.live
+
+    def _batch_members(self, head: Work, queue: deque[Work], node_id: str) -> list[Work]:
+        """The head call and the queued calls packed with it: the same callable and
+        request, as many as its pace asks for (``ray_ft._batching.batch_size``)."""
+        size = batch_size(
+            self.table.runtime.get((node_id, head.kind)),
+            len(queue) + 1,
+            self.table.total_slots(head.shape),
+            head.batch_cap,
+        )
+        if self.max_in_flight is not None:
+            size = min(size, self.max_in_flight - len(self.inflight))
+        members = [head]
+        while queue and len(members) < size:
+            work = queue[0]
+            same = work.kind == head.kind and work.batch_cap == head.batch_cap
+            if not (same and (work.blob is head.blob or work.blob == head.blob)):
+                break
+            if work.spec is not head.spec and work.spec != head.spec:
+                break
+            if node_id in work.avoid or node_id in work.unplaceable:
+                break
+            queue.popleft()
+            if work.started and work.future.done():  # ended elsewhere (abort)
+                self._finish(work)
+                continue
+            if not work.started:
+                if not work.future.set_running_or_notify_cancel():
+                    self.stats["cancelled"] += 1
+                    self._finish(work)
+                    continue
+                work.started = True
+            members.append(work)
+        return members
+
+    def _start_group(self, members: list[Work], node_id: str, now: float) -> tuple[Attempt, ...]:
+        group = Group([], live=len(members))
+        for work in members:
+            self._start(work, node_id, False, now, group)
+        self.stats["batches"] += 1
+        self.stats["batched_calls"] += len(members)
+        return tuple(group.attempts)
+
+    def _learn(self, attempt: Attempt, now: float) -> float:
+        """The attempt's runtime per call, folded into its node's pace (a batch once)."""
+        group = attempt.group
+        if group is not None and group.runtime is not None:
+            return group.runtime
+        members = 1 if group is None else len(group.attempts)
+        runtime = self.table.learn(
+            attempt.node_id,
+            attempt.work.kind,
+            attempt.launched_at,
+            attempt.queued_behind,
+            now,
+            members,
+        )
+        if group is not None:
+            group.runtime = runtime
+        return runtime
+
     # -- outcomes ------------------------------------------------------------------------
 
     def _drop(self, attempt: Attempt) -> None:
@@ -497,7 +635,11 @@ class Scheduler:
         if attempt.work.speculate:
             _pop_entry(self._copies, attempt.work, attempt.attempt_id)
         self.table.stopped(attempt.node_id, attempt.work.kind, attempt.attempt_id)
-        self.table.add_load(attempt.node_id, attempt.work.shape, -1)
+        group = attempt.group
+        if group is not None:
+            group.live -= 1
+        if group is None or group.live == 0:  # a batch frees its slot with its last member
+            self.table.add_load(attempt.node_id, attempt.work.shape, -1)
         if attempt.trial:
             self._trials_running[attempt.node_id] -= 1
         self._speculative -= attempt.work.speculate
@@ -694,6 +836,8 @@ class Scheduler:
         out: list[Command] = []
         for attempt in list(self.inflight.values()):
             work = attempt.work
+            if attempt.group is not None:
+                continue  # a batched member is short by construction: its batch has a timeout
             if not work.speculate or work.speculated or attempt.trial or work.batch is None:
                 continue
             threshold = work.batch.threshold(self.config)

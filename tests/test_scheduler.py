@@ -21,6 +21,7 @@ from ray_ft._commands import (
     CapacityError,
     Exclusions,
     Launch,
+    LaunchBatch,
     ReleaseTrial,
     Report,
     Resolve,
@@ -58,10 +59,15 @@ class Harness:
         self.trial_requests: list[str] = []
         self.fail_launches = 0  # the next launches fail to execute (Ray refuses them)
         self.fail_acquires = 0  # the next trial requests cannot be sent
+        self.batches: list[tuple] = []  # every LaunchBatch's attempts
 
     def run(self, commands) -> None:
         for command in commands:
-            if isinstance(command, Launch):
+            if isinstance(command, LaunchBatch):
+                self.batches.append(command.attempts)
+                assert len({a.node_id for a in command.attempts}) == 1
+                self.run([Launch(a) for a in command.attempts])
+            elif isinstance(command, Launch):
                 attempt = command.attempt
                 excluded = self.sched.exclusions.excluded | {
                     n for n, _ in self.sched.exclusions.half_open

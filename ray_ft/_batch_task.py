@@ -1,0 +1,82 @@
+"""The batch task (Ray side of ``ray_ft._batching``): run every member, catch per member."""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from typing import Any
+
+import ray
+from ray import cloudpickle
+
+from ray_ft._dispatch import worker_callable
+from ray_ft._work import Work
+
+__all__ = ["batch_task", "pack", "unpack_outcome"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Ref:
+    """Stands for the batch task's ``index``-th extra argument (an ObjectRef Ray resolves)."""
+
+    index: int
+
+
+def pack(works: list[Work]) -> tuple[list[tuple[tuple[Any, ...], dict[str, Any]]], list[Any]]:
+    """The members' arguments, top-level ObjectRefs swapped for ``_Ref`` placeholders, and
+    the refs themselves (to pass as the batch task's own top-level arguments)."""
+    refs: list[Any] = []
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, ray.ObjectRef):
+            refs.append(value)
+            return _Ref(len(refs) - 1)
+        return value
+
+    members = [
+        (tuple(swap(a) for a in w.args), {k: swap(v) for k, v in w.kwargs.items()}) for w in works
+    ]
+    return members, refs
+
+
+def _run_batch(
+    blob: bytes, members: list[tuple[tuple[Any, ...], dict[str, Any]]], *resolved: Any
+) -> list[tuple[bool, Any]]:
+    """Run every member; each one's outcome is ``(True, value)`` or ``(False, exception)``."""
+    fn = worker_callable(blob)
+
+    def put(value: Any) -> Any:
+        return resolved[value.index] if isinstance(value, _Ref) else value
+
+    outcomes: list[tuple[bool, Any]] = []
+    for args, kwargs in members:
+        try:
+            value = fn(*(put(a) for a in args), **{k: put(v) for k, v in kwargs.items()})
+        except Exception as exc:
+            outcomes.append((False, _shippable(exc)))
+        else:
+            outcomes.append((True, value))
+    return outcomes
+
+
+def _shippable(exc: Exception) -> Exception:
+    """The member's exception with its traceback as a note; one that does not pickle is
+    replaced by a RuntimeError that names it (the member still fails with its message)."""
+    text = "".join(traceback.format_exception(exc))
+    exc.add_note(f"remote traceback (in a batch):\n{text}")
+    try:
+        cloudpickle.dumps(exc)
+    except Exception:
+        stand_in = RuntimeError(f"{type(exc).__name__}: {exc} (the exception does not pickle)")
+        stand_in.add_note(f"remote traceback (in a batch):\n{text}")
+        return stand_in
+    return exc
+
+
+def unpack_outcome(outcome: Any) -> tuple[Any, BaseException | None]:
+    """One member's (value, error) from what the batch task returned for it."""
+    ok, payload = outcome
+    return (payload, None) if ok else (None, payload)
+
+
+batch_task = ray.remote(max_retries=0)(_run_batch)

@@ -1,0 +1,199 @@
+"""Adaptive batching in the pure scheduler (fake clock, no Ray): tiny calls of one callable
+are packed, each member ends on its own, a batch that dies is split until a poison member
+is alone, slow calls are never packed."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from ray_ft._batching import BATCH_TARGET_S, batch_size
+from ray_ft._work import CallSpec
+from ray_ft.config import FTConfig
+from ray_ft.failures import FailureType, TaskFailedError
+from ray_ft.scheduler import Scheduler
+from tests.test_scheduler import Harness, work
+
+ONE_CPU = {"a": {"CPU": 1.0}, "b": {"CPU": 1.0}, "c": {"CPU": 1.0}}
+CONFIG = FTConfig(max_retries=3, retry_delay=0.1, jitter="none", capacity_wait_timeout=30)
+
+
+def make(clock, **kwargs) -> Harness:
+    h = Harness(Scheduler(CONFIG, clock=clock, batching=True, **kwargs), clock)
+    h.run(h.sched.nodes_changed(ONE_CPU))
+    return h
+
+
+def finish_all(h: Harness, runtime: float, outcome=lambda a: {"value": a.work.args[0]}) -> None:
+    """Finish every running attempt (a batch's members together) after ``runtime`` per
+    member, oldest batch first, until nothing runs."""
+    while h.running:
+        first = h.running[min(h.running)]
+        members = [first] if first.group is None else list(first.group.attempts)
+        h.clock.advance(runtime * len(members))
+        for attempt in members:
+            if attempt.attempt_id in h.running:
+                h.finish(attempt.attempt_id, **outcome(attempt))
+
+
+def test_batch_size_follows_the_pace_and_spreads_the_queue():
+    assert batch_size(None, 1000, 3, None) == 1  # pace unknown: learn it first
+    assert batch_size(1.0, 1000, 3, None) == 1  # slow calls are never packed
+    assert batch_size(0.001, 1000, 3, None) == int(BATCH_TARGET_S / 0.001)
+    assert batch_size(1e-6, 30, 3, None) == 10  # every slot gets a share of the queue
+    assert batch_size(1e-6, 1, 3, None) == 1  # a lone call goes alone
+    assert batch_size(None, 100, 3, 8) == 8  # an explicit chunksize, whatever the pace
+
+
+def test_a_lone_call_goes_at_once_and_tiny_queued_calls_are_packed(clock):
+    h = make(clock)
+    lone = work(0)
+    h.run(h.sched.submit(lone))
+    assert len(h.running) == 1 and not h.batches  # no linger, no batch of one
+    finish_all(h, 0.0005)
+    assert lone.future.result() == 0
+    works = [work(i) for i in range(1, 301)]
+    h.run(h.sched.submit_all(works))
+    finish_all(h, 0.0005)
+    assert [w.future.result() for w in works] == list(range(1, 301))
+    summary = h.sched.summary()
+    assert summary["batches"] >= 3 and summary["batched_calls"] >= 250
+    assert all(len({a.work.kind for a in b}) == 1 for b in h.batches)
+    assert max(len(b) for b in h.batches) <= 100  # the queue spread over 3 slots
+    assert h.sched.table.load == {}  # every batch gave its slot back once
+
+
+def test_slow_calls_are_never_packed(clock):
+    h = make(clock)
+    works = [work(i) for i in range(30)]
+    h.run(h.sched.submit_all(works))
+    finish_all(h, 1.0)
+    assert [w.future.result() for w in works] == list(range(30))
+    assert h.sched.summary()["batches"] == 0 and not h.batches
+
+
+def test_a_members_exception_is_its_own(clock):
+    h = make(clock)
+    h.run(h.sched.submit(work(0)))
+    finish_all(h, 0.0005)  # learn the pace
+    works = [work(i) for i in range(1, 61)]
+    h.run(h.sched.submit_all(works))
+
+    def outcome(attempt):
+        i = attempt.work.args[0]
+        return {"error": KeyError(i)} if i == 7 else {"value": i}
+
+    finish_all(h, 0.0005, outcome)
+    assert isinstance(works[6].future.exception(), KeyError)
+    assert [w.future.result() for w in works if w.future.exception() is None] == [
+        i for i in range(1, 61) if i != 7
+    ]
+    assert h.sched.stats["retries"] == 0  # an application error is not retried by default
+
+
+def test_a_poison_member_ends_alone_and_the_rest_succeed(clock):
+    """A batch dies as a whole whenever the poison member is in it (its worker exits):
+    halves are retried, charging nobody, until the poison runs alone and fails by itself."""
+    h = make(clock)
+    h.run(h.sched.submit(work(0)))
+    finish_all(h, 0.0005)
+    works = [work(i) for i in range(1, 65)]
+    poison = works[40]
+    h.run(h.sched.submit_all(works))
+    crashed = FailureType.WORKER_CRASH
+    sizes: list[int] = []  # of the batches the poison was in when they died
+    for _ in range(200):
+        if not h.running:
+            h.clock.advance(1.0)  # retry timers
+            h.run(h.sched.tick())
+            if not h.running:
+                break
+        first = h.running[min(h.running)]
+        members = [first] if first.group is None else list(first.group.attempts)
+        h.clock.advance(0.0005 * len(members))
+        ids = [a.attempt_id for a in members if a.attempt_id in h.running]
+        for attempt_id in ids:
+            h.running.pop(attempt_id)
+        if any(a.work is poison for a in members):
+            sizes.append(len(ids))
+            h.run(h.sched.batch_failed(ids, RuntimeError("worker died"), crashed))
+        else:
+            for attempt_id, attempt in zip(ids, members, strict=True):
+                h.run(h.sched.attempt_done(attempt_id, value=attempt.work.args[0]))
+    assert all(w.future.done() for w in works)
+    assert [w.future.result() for w in works if w is not poison] == [
+        i for i in range(1, 65) if i != 41
+    ]
+    error = poison.future.exception()
+    assert isinstance(error, TaskFailedError) and error.attempts == CONFIG.max_retries
+    assert sizes[0] > 8 and sizes == sorted(sizes, reverse=True)  # halved each time
+    assert sizes[-CONFIG.max_retries :] == [1] * CONFIG.max_retries  # it failed alone
+    assert all(w.attempts == 0 for w in works if w is not poison)  # splits charge nobody
+    assert not any(e.blame == "node" for e in h.reports)
+    assert h.sched.table.load == {}
+
+
+def test_a_batch_times_out_after_timeout_per_member_and_is_split(clock):
+    h = make(clock)
+    timed = CallSpec.of({"timeout": 1.0}, None)
+    first = work(0)
+    first.spec = timed
+    h.run(h.sched.submit(first))
+    finish_all(h, 0.0005)
+    works = [work(i) for i in range(1, 31)]
+    for w in works:
+        w.spec = timed
+    h.run(h.sched.submit_all(works))
+    batch = h.batches[-1]
+    assert batch[0].deadline == pytest.approx(batch[0].launched_at + 1.0 * len(batch))
+    h.clock.advance(1.0 * len(batch) + 0.01)
+    h.run(h.sched.tick())
+    assert h.sched.stats["batch_splits"] == 1
+    assert all(a.attempt_id not in h.running for a in batch)  # cancelled, run again
+    finish_all(h, 0.0005)
+    h.clock.advance(1.0)  # single attempts launched beside the batch timed out: retried
+    h.run(h.sched.tick())
+    finish_all(h, 0.0005)
+    assert [w.future.result() for w in works] == list(range(1, 31))
+    assert all(a.work.attempts == 0 for a in batch)  # the split charged none of them
+
+
+def test_an_explicit_chunksize_is_honoured(clock):
+    h = make(clock)
+    works = [work(i) for i in range(40)]
+    for w in works:
+        w.batch_cap = 8
+    h.run(h.sched.submit_all(works))
+    finish_all(h, 1.0)  # even slow calls: the caller asked for chunks
+    assert {len(b) for b in h.batches} == {8}
+    assert [w.future.result() for w in works] == list(range(40))
+
+
+def test_a_failed_node_reruns_its_batches_members_and_frees_its_slot(clock):
+    h = make(clock)
+    h.run(h.sched.submit(work(0)))
+    finish_all(h, 0.0005)
+    works = [work(i) for i in range(1, 91)]
+    h.run(h.sched.submit_all(works))
+    on_a = [a for b in h.batches for a in b if a.node_id == "a"]
+    assert on_a
+    h.run(h.sched.nodes_changed({n: r for n, r in ONE_CPU.items() if n != "a"}))
+    assert all(a.attempt_id not in h.running for a in on_a)
+    finish_all(h, 0.0005)
+    assert [w.future.result() for w in works] == list(range(1, 91))
+    assert h.sched.stats["retries"] == 0 and h.sched.table.load == {}
+
+
+def test_batch_outcomes_and_placeholders_pickle():
+    from ray_ft._batch_task import _Ref, _run_batch, _shippable
+
+    assert pickle.loads(pickle.dumps(_Ref(3))) == _Ref(3)
+    err = pickle.loads(pickle.dumps(_shippable(ValueError("x"))))
+    assert isinstance(err, ValueError) and "remote traceback" in err.__notes__[0]
+    from ray_ft._dispatch import callable_blob
+
+    blob = callable_blob(lambda x, y=0: 10 // x + y)
+    out = _run_batch(blob, [((1,), {}), ((0,), {}), ((_Ref(0),), {"y": _Ref(1)})], 5, 7)
+    assert out[0] == (True, 10) and out[2] == (True, 9)
+    assert out[1][0] is False and isinstance(out[1][1], ZeroDivisionError)

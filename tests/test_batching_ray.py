@@ -1,0 +1,89 @@
+"""Batching on a real 3-node cluster: per-member results and exceptions, a poison member
+whose worker exits fails alone, workers SIGKILLed under batches lose nothing."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import ray
+
+from ray_ft import FaultTolerantExecutor, TaskFailedError, chaos, get_manager
+from tests.raytools import wait_for_probes
+
+
+def small(i: int) -> float:
+    """A couple of milliseconds of numpy work (no sleep)."""
+    x = np.random.default_rng(i).random(2_000)
+    for _ in range(10):
+        x = np.sqrt(x * x + 1.0) % 7.0
+    return float(x[0])
+
+
+def poisoned(i: int) -> float:
+    if i == 40:
+        os._exit(1)  # the worker process dies with the whole batch
+    return small(i)
+
+
+def picky(i: int) -> float:
+    if i % 10 == 3:
+        raise LookupError(f"no item {i}")
+    return small(i)
+
+
+def test_members_end_on_their_own_and_batching_can_be_turned_off(cluster):
+    with FaultTolerantExecutor(manager=False) as ex:
+        futures = [ex.submit(picky, i) for i in range(200)]
+        for i, future in enumerate(futures):
+            if i % 10 == 3:
+                with pytest.raises(LookupError, match=f"no item {i}"):
+                    future.result(timeout=120)
+            else:
+                assert future.result(timeout=120) == small(i)
+        stats = ex.stats()
+    assert stats["batches"] > 0 and stats["batched_calls"] > stats["batches"]
+    assert stats["retries"] == 0 and stats["user_errors"] == {}
+    with FaultTolerantExecutor({"batching": False}, manager=False) as ex:
+        assert list(ex.map(small, range(100))) == [small(i) for i in range(100)]
+        assert ex.stats()["batches"] == 0
+
+
+def test_a_poison_member_fails_alone_and_no_node_is_excluded(cluster, tmp_path):
+    manager = get_manager(state_dir=str(tmp_path))
+    wait_for_probes(manager, cluster, timeout=60)
+    config = {"max_retries": 2, "retry_delay": 0.1}
+    with FaultTolerantExecutor(config) as ex:
+        assert list(ex.map(poisoned, range(41, 71))) == [small(i) for i in range(41, 71)]
+        futures = [ex.submit(poisoned, i) for i in range(64)]
+        for i, future in enumerate(futures):
+            if i == 40:
+                with pytest.raises(TaskFailedError, match="worker_crash"):
+                    future.result(timeout=180)
+            else:
+                assert future.result(timeout=180) == small(i)
+        stats = ex.stats()
+    assert stats["batch_splits"] >= 1, stats  # it was packed with others, then split
+    assert stats["failed"] == 1 and stats["succeeded"] == 30 + 63
+    assert ray.get(manager.excluded_nodes.remote())["excluded"] == []
+
+
+def test_workers_killed_under_batches_lose_nothing(cluster):
+    expected = [small(i) for i in range(600)]
+    monkey = chaos.ChaosMonkey(
+        interval_s=2.0,
+        actions=("kill_worker",),
+        seed=5,
+        max_events=4,
+        max_duration_s=90,
+        name_part="batch",
+    )
+    with FaultTolerantExecutor({"max_retries": 5, "retry_delay": 0.1}, manager=False) as ex:
+        list(ex.map(small, range(50)))  # learn the pace: the rounds below are packed
+        with monkey:
+            rounds = [list(ex.map(small, range(600))) for _ in range(6)]
+        stats = ex.stats()
+    assert all(r == expected for r in rounds)
+    assert stats["failed"] == 0 and stats["batches"] > 0
+    assert stats["succeeded"] == 50 + 6 * 600
