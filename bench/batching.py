@@ -224,8 +224,10 @@ def run(repeats: int = REPEATS) -> str:
         + f". Batching executor over the whole run: {counts['batches']:,} batches, "
         f"{counts['batched_calls']:,} calls in them.",
         table(["client library", "batching on", "off", "speed-up", "result"], libraries),
-        "Driver CPU per call by function, 3,000 trivial calls via submit() (cProfile of the "
-        "caller's thread and the executor's loop thread; profiling slows both alike):",
+        "Driver time per call by function, 3,000 trivial calls via submit() (cProfile, wall "
+        "clock, of the caller's thread and the executor's loop thread; `acquire` is the "
+        "caller blocked on results, `wait` the loop blocked in `ray.wait`, `invocation` "
+        "Ray's `.remote()`; profiling slows both alike):",
         table(
             ["batching on: function", "us/call", "batching off: function", "us/call"],
             [

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import math
 import threading
 import time
 import weakref
@@ -30,6 +29,7 @@ import ray.exceptions as ray_exc
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_ft._batch_task import batch_task, pack, unpack_outcome
+from ray_ft._batching import MAX_BATCH
 from ray_ft._commands import (
     AcquireTrial,
     Cancel,
@@ -43,6 +43,15 @@ from ray_ft._commands import (
 )
 from ray_ft._dispatch import callable_blob, callable_identity, trampoline
 from ray_ft._manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
+from ray_ft._options import (
+    PASSTHROUGH,
+    callable_name,
+    check_options,
+    check_remote_function,
+    check_values,
+    options_key,
+    unwrap,
+)
 from ray_ft._work import Attempt, CallSpec, Work
 from ray_ft.config import FTConfig
 from ray_ft.failures import FailureEvent, FailureType, classify_failure
@@ -54,16 +63,6 @@ __all__ = ["CapacityError", "FaultTolerantExecutor", "WorkerGoneError"]
 
 log = logging.getLogger(__name__)
 
-_PASSTHROUGH = {
-    "num_cpus",
-    "num_gpus",
-    "memory",
-    "resources",
-    "accelerator_type",
-    "runtime_env",
-    "name",
-}
-_OWNED = {"max_retries", "retry_exceptions", "scheduling_strategy", "max_calls"}
 _NODE_REFRESH_S = 1.0
 _TICK_S = 0.05  # longest a busy loop goes without a full scheduler tick
 _BUSY_WAIT_S = 0.1  # longest a busy loop waits before it picks up refs launched meanwhile
@@ -105,7 +104,7 @@ class FaultTolerantExecutor(cf.Executor):
         **task_options: Any,
     ) -> None:
         self.config = FTConfig.coerce(config)
-        self._task_options = _check_options(task_options)
+        self._task_options = check_options(task_options)
         if max_in_flight is not None and max_in_flight < 1:
             msg = f"max_in_flight={max_in_flight!r} is not valid; pass a positive int or None"
             raise ValueError(msg)
@@ -179,7 +178,14 @@ class FaultTolerantExecutor(cf.Executor):
 
     def options(self, **options: Any) -> _OptionsView:
         """A view whose submissions carry these Ray options and ``timeout`` (seconds)."""
-        return _OptionsView(self, _check_options(options))
+        return _OptionsView(self, check_options(options))
+
+    @property
+    def _max_workers(self) -> int:
+        """How many calls to keep submitted, for libraries that size their work by it as
+        for a pool (``dask.compute(scheduler=ex)``): ``max_in_flight``, or enough queued
+        calls for tiny ones to be packed (the executor queues and places the rest)."""
+        return self.max_in_flight or MAX_BATCH
 
     def for_generations(self) -> cf.Executor:
         """The executor as ``optimize()`` uses it: a generation waits for its slowest
@@ -251,9 +257,9 @@ class FaultTolerantExecutor(cf.Executor):
             raise TypeError(msg)
         is_remote = isinstance(fn, ray.remote_function.RemoteFunction)
         if is_remote:
-            _check_remote_function(fn)
+            check_remote_function(fn)
         spec = self._spec(options, fn._default_options if is_remote else None)  # type: ignore[attr-defined]
-        name = spec.name or _callable_name(fn)
+        name = spec.name or callable_name(fn)
         remote_fn, blob = self._target(fn, is_remote)
         kind = f"{name}#{callable_identity(fn)}"
         polled: list[Any] = []
@@ -300,9 +306,9 @@ class FaultTolerantExecutor(cf.Executor):
         then the executor's, then the call's. Bounded LRU cache keyed by value."""
         if options is _NO_OPTIONS and not remote_defaults:
             return self._default_spec
-        own = {k: v for k, v in (remote_defaults or {}).items() if k in _PASSTHROUGH}
-        _check_values(own)
-        key = (_options_key(own), _options_key(options))
+        own = {k: v for k, v in (remote_defaults or {}).items() if k in PASSTHROUGH}
+        check_values(own)
+        key = (options_key(own), options_key(options))
         with self._lock:
             spec = self._specs.get(key)
             if spec is not None:
@@ -548,7 +554,7 @@ class FaultTolerantExecutor(cf.Executor):
                 return self._sched.attempt_done(attempt_id, value=value)
             commands = self._sched.attempt_done(
                 attempt_id,
-                error=_unwrap(error),
+                error=unwrap(error),
                 failure_type=classify_failure(error),
                 placement=isinstance(error, ray_exc.TaskUnschedulableError),
             )
@@ -572,7 +578,7 @@ class FaultTolerantExecutor(cf.Executor):
             if error is not None:
                 return self._sched.batch_failed(
                     [a.attempt_id for a in wanted],
-                    _unwrap(error),
+                    unwrap(error),
                     classify_failure(error),
                     placement=isinstance(error, ray_exc.TaskUnschedulableError),
                 )
@@ -708,7 +714,7 @@ class _OptionsView(cf.Executor):
 
     def options(self, **options: Any) -> _OptionsView:
         """A view with more options layered on these."""
-        return _OptionsView(self._parent, {**self._options, **_check_options(options)})
+        return _OptionsView(self._parent, {**self._options, **check_options(options)})
 
     def map(
         self,
@@ -720,94 +726,10 @@ class _OptionsView(cf.Executor):
         """Like FaultTolerantExecutor.map, with this view's options."""
         return self._parent._map(fn, iterables, timeout, chunksize, self._options)
 
+    @property
+    def _max_workers(self) -> int:
+        """The parent's (see FaultTolerantExecutor._max_workers)."""
+        return self._parent._max_workers
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """A view owns nothing; shut the parent executor down instead."""
-
-
-def _check_options(options: dict[str, Any]) -> dict[str, Any]:
-    for key, value in options.items():
-        if key in _OWNED:
-            msg = (
-                f"option {key!r} is managed by ray_ft; configure retries through FTConfig "
-                "(max_retries, retry_on, retry_exceptions) and let ray_ft place tasks"
-            )
-            raise ValueError(msg)
-        if key == "timeout":
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
-            ):
-                msg = f"timeout={value!r} is not valid; pass seconds > 0 or None"
-                raise ValueError(msg)
-            continue
-        if key == "speculation":
-            if value is not None and not isinstance(value, bool):
-                msg = f"speculation={value!r} is not valid; pass True, False or None"
-                raise ValueError(msg)
-            continue
-        if key not in _PASSTHROUGH:
-            msg = (
-                f"unknown task option {key!r}; pass one of "
-                f"{', '.join(sorted(_PASSTHROUGH | {'timeout', 'speculation'}))}"
-            )
-            raise ValueError(msg)
-    _check_values(options)
-    return dict(options)
-
-
-def _check_values(options: dict[str, Any]) -> None:
-    """Resource amounts are finite numbers >= 0, as Ray requires; say which one is not."""
-    amounts: dict[str, Any] = {
-        k: options[k] for k in ("num_cpus", "num_gpus", "memory") if k in options
-    }
-    resources = options.get("resources")
-    if resources is not None:
-        if not isinstance(resources, dict):
-            msg = f"resources={resources!r} is not valid; pass a dict such as {{'TPU': 1}}"
-            raise ValueError(msg)
-        amounts.update({f"resources[{name!r}]": v for name, v in resources.items()})
-    for key, value in amounts.items():
-        if value is None:
-            continue
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value < 0:
-            msg = f"{key}={value!r} is not valid; pass a finite number >= 0"
-            raise ValueError(msg)
-
-
-def _check_remote_function(fn: Any) -> None:
-    """Refuse what one result per call cannot carry: several returns, or a generator."""
-    num_returns = fn._default_options.get("num_returns", 1)
-    if getattr(fn, "_is_generator", False) or num_returns not in (1, None):
-        what = (
-            "a generator"
-            if getattr(fn, "_is_generator", False)
-            else (f"num_returns={num_returns!r}")
-        )
-        msg = (
-            f"{_callable_name(fn)} is a remote function with {what}; the executor gives one "
-            "result per call: return a tuple or list from a function with num_returns=1"
-        )
-        raise ValueError(msg)
-
-
-def _options_key(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, repr(v)) for k, v in options.items()))
-
-
-def _callable_name(fn: Callable[..., Any]) -> str:
-    inner = getattr(fn, "func", None)  # functools.partial
-    target = inner if inner is not None else fn
-    remote_name = getattr(getattr(target, "_function", None), "__name__", None)
-    return str(remote_name or getattr(target, "__name__", None) or type(target).__name__)
-
-
-def _unwrap(error: BaseException) -> BaseException:
-    """The user's own exception inside a RayTaskError, with the remote traceback as a note."""
-    if isinstance(error, ray_exc.RayTaskError) and error.cause is not None:
-        cause = error.cause
-        add_note = getattr(cause, "add_note", None)
-        notes = getattr(cause, "__notes__", [])
-        if add_note is not None and not any(n.startswith("remote traceback") for n in notes):
-            add_note(f"remote traceback:\n{error}")
-        return cause
-    return error

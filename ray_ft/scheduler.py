@@ -36,6 +36,7 @@ from ray_ft._commands import (
     Report,
     Resolve,
 )
+from ray_ft._inflight import InFlight
 from ray_ft._memory import MemoryPolicy
 from ray_ft._node_table import NodeTable
 from ray_ft._placer import Placement
@@ -96,10 +97,7 @@ class Scheduler:
         self._rates = UserErrorRates()
         self._queues: dict[Shape, deque[Work]] = {}
         self._timers: list[tuple[float, int, Work]] = []
-        self._deadlines: list[tuple[float, int, int]] = []
-        self.inflight: dict[int, Attempt] = {}
-        self._on_node: dict[str, dict[int, Attempt]] = {}  # in flight, per node
-        self._copies: dict[Work, dict[int, Attempt]] = {}  # in flight, per call (twins)
+        self.inflight = InFlight()
         self.exclusions = Exclusions()
         self._asked: set[str] = set()  # trial leases requested, no answer yet
         self._trials_running: Counter[str] = Counter()
@@ -227,7 +225,7 @@ class Scheduler:
         for node_id in [n for n in self.nodes if n not in incoming]:
             self._rates.forget(node_id)
             out.extend(self._abandon_node(node_id, "is dead (Ray)"))
-            self._on_node.pop(node_id, None)
+            self.inflight.forget_node(node_id)
         self.table.set_nodes(incoming)
         out.extend(self._dispatch(self._clock()))
         return out
@@ -240,7 +238,7 @@ class Scheduler:
         self._retired.add(node_id)
         self._rates.forget(node_id)
         out = self._abandon_node(node_id, reason)
-        self._on_node.pop(node_id, None)
+        self.inflight.forget_node(node_id)
         self.table.remove(node_id)
         return out
 
@@ -277,8 +275,7 @@ class Scheduler:
         while self._timers and self._timers[0][0] <= now:
             _, _, work = heapq.heappop(self._timers)
             self._queues.setdefault(work.shape, deque()).appendleft(work)
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, attempt_id = heapq.heappop(self._deadlines)
+        for attempt_id in self.inflight.due(now):
             attempt = self.inflight.get(attempt_id)
             if attempt is not None and self._live_members(attempt.group) > 1:
                 assert attempt.group is not None
@@ -346,7 +343,11 @@ class Scheduler:
 
     def next_wakeup(self) -> float | None:
         """Clock time of the next timer or deadline, None when there is none."""
-        times = [heap[0][0] for heap in (self._timers, self._deadlines) if heap]
+        times = [
+            t
+            for t in (self._timers[0][0] if self._timers else None, self.inflight.next_deadline())
+            if t is not None
+        ]
         return min(times) if times else None
 
     def pending(self) -> int:
@@ -430,8 +431,6 @@ class Scheduler:
         first = group is None or not group.attempts  # a batch holds one slot, one deadline
         members = 1 if group is None else group.live
         deadline = None if work.timeout is None else now + work.timeout * members
-        if deadline is not None and first:
-            heapq.heappush(self._deadlines, (deadline, next(self._seq), attempt_id))
         if first:
             slots = work.shape.slots_on(self.nodes.get(node_id, {}))
             queued_behind = self.table.load[(node_id, work.shape)] >= slots
@@ -446,10 +445,7 @@ class Scheduler:
             if self.table.leases[node_id] <= 0:
                 del self.table.leases[node_id]
             self._trials_running[node_id] += 1
-        self.inflight[attempt_id] = attempt
-        self._on_node.setdefault(node_id, {})[attempt_id] = attempt
-        if work.speculate:  # only a call that may get a backup can have a twin
-            self._copies.setdefault(work, {})[attempt_id] = attempt
+        self.inflight.add(attempt, timed=first)
         if first:
             self.table.add_load(node_id, work.shape, +1)
         self.table.started(node_id, work.kind, attempt_id, now)
@@ -628,12 +624,7 @@ class Scheduler:
     # -- outcomes ------------------------------------------------------------------------
 
     def _drop(self, attempt: Attempt) -> None:
-        self.inflight.pop(attempt.attempt_id, None)
-        on_node = self._on_node.get(attempt.node_id)
-        if on_node is not None:
-            on_node.pop(attempt.attempt_id, None)  # emptied when its node leaves
-        if attempt.work.speculate:
-            _pop_entry(self._copies, attempt.work, attempt.attempt_id)
+        self.inflight.remove(attempt)
         self.table.stopped(attempt.node_id, attempt.work.kind, attempt.attempt_id)
         group = attempt.group
         if group is not None:
@@ -644,19 +635,12 @@ class Scheduler:
             self._trials_running[attempt.node_id] -= 1
         self._speculative -= attempt.work.speculate
         self._backups -= attempt.backup
-        if len(self._deadlines) > 2 * len(self.inflight) + 64:  # a heap cannot remove
-            self._deadlines = [
-                (a.deadline, next(self._seq), i)
-                for i, a in self.inflight.items()
-                if a.deadline is not None
-            ]
-            heapq.heapify(self._deadlines)
 
     def _abandon_node(self, node_id: str, reason: str) -> list[Command]:
         """Rerun a failed node's attempts elsewhere at once: ray_ft's own verdict, so it
         charges nobody (neither the node's breaker nor the task's retries)."""
         out: list[Command] = []
-        for attempt in list(self._on_node.get(node_id, {}).values()):
+        for attempt in self.inflight.on_node(node_id):
             self._drop(attempt)
             out.append(Cancel(attempt))
             out.extend(self._requeue(attempt, NodeFailedError(node_id, reason), "abandoned"))
@@ -818,12 +802,12 @@ class Scheduler:
     # -- stragglers and hungry tasks -------------------------------------------------------
 
     def _twin_running(self, work: Work) -> bool:
-        return bool(self._copies.get(work))
+        return self.inflight.has_twin(work)
 
     def _drop_twins(self, work: Work) -> list[Command]:
         """The work is done: cancel its other copy; its late result is dropped."""
         out: list[Command] = []
-        for twin in list(self._copies.get(work, {}).values()):
+        for twin in self.inflight.twins(work):
             self.table.learn_lower_bound(twin.node_id, work.kind, twin.launched_at, self._clock())
             self._drop(twin)
             out.extend(self._cancel(twin))
@@ -834,7 +818,7 @@ class Scheduler:
     def _speculate(self, now: float) -> list[Command]:
         """One backup on another node, in a free slot, for each straggling attempt."""
         out: list[Command] = []
-        for attempt in list(self.inflight.values()):
+        for attempt in self.inflight.candidates():  # first attempts that may get a backup
             work = attempt.work
             if attempt.group is not None:
                 continue  # a batched member is short by construction: its batch has a timeout
@@ -874,12 +858,3 @@ def _is_pickling_error(error: BaseException) -> bool:
     """Ray could not pickle the call's arguments (or the callable)."""
     text = f"{type(error).__name__}: {error}".lower()
     return isinstance(error, pickle.PicklingError) or "pickl" in text or "serializ" in text
-
-
-def _pop_entry(table: dict[Any, dict[int, Attempt]], key: Any, attempt_id: int) -> None:
-    """Remove one attempt from a per-key index, and the key once it holds none."""
-    entries = table.get(key)
-    if entries is not None:
-        entries.pop(attempt_id, None)
-        if not entries:
-            del table[key]

@@ -52,8 +52,12 @@ def test_dask_compute_with_the_executor_as_scheduler(ex):
     pairs = [dask.delayed(sum)(parts[i : i + 2]) for i in range(0, 2_000, 2)]
     total = dask.delayed(sum)(pairs)
     (expected,) = dask.compute(total, scheduler="sync")
+    before = ex.stats()["batched_calls"]
     (got,) = dask.compute(total, scheduler=ex)
     assert got == expected == sum(range(1, 2_001))
+    # dask sizes its submissions by the executor's _max_workers: enough for tiny tasks
+    # to queue up and be packed
+    assert ex.stats()["batched_calls"] > before
 
 
 def test_deap_ea_simple_with_the_executor_map(ex):

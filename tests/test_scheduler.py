@@ -436,6 +436,70 @@ SchedulerMachine.TestCase.settings = settings(
 TestSchedulerMachine = SchedulerMachine.TestCase
 
 
+class BatchingMachine(SchedulerMachine):
+    """The same rules with batching on, plus bursts of tiny calls and batches that die."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sched.batching = True
+
+    @precondition(lambda self: not self.shut)
+    @rule(size=st.integers(2, 12))
+    def burst(self, size):
+        """Tiny calls of one callable, queued at once (a map): packed once paced."""
+        batch = [work(len(self.works) + i, name="t") for i in range(size)]
+        self.works.extend(batch)
+        self.h.run(self.sched.submit_all(batch))
+        self.clock.advance(0.001)
+        for attempt_id in sorted(self.h.running)[:2]:
+            self.h.finish(attempt_id, value=attempt_id)
+
+    @precondition(lambda self: any(a.group for a in self.h.running.values()))
+    @rule(data=st.data(), how=st.sampled_from(["crash", "placement", "launch"]))
+    def batch_dies(self, data, how):
+        grouped = sorted(i for i, a in self.h.running.items() if a.group is not None)
+        first = self.h.running[data.draw(st.sampled_from(grouped))]
+        ids = [a.attempt_id for a in first.group.attempts if a.attempt_id in self.h.running]
+        for attempt_id in ids:
+            self.h.running.pop(attempt_id)
+        self.h.run(
+            self.sched.batch_failed(
+                ids,
+                RuntimeError(how),
+                FailureType.WORKER_CRASH,
+                placement=how == "placement",
+                launch=how == "launch",
+            )
+        )
+
+    @invariant()
+    def capacity_and_attempts(self):
+        slots = Counter()  # a batch holds one slot, whatever its members
+        for key in {
+            (a.node_id, a.work.shape, id(a.group or a)) for a in self.sched.inflight.values()
+        }:
+            slots[key[:2]] += 1
+        for (node, shape), count in slots.items():
+            assert count <= shape.slots_on(self.sched.nodes.get(node, {})) * 3
+        assert len(self.sched.inflight) <= 6
+        for group in {
+            id(a.group): a.group for a in self.sched.inflight.values() if a.group
+        }.values():
+            live = [a for a in group.attempts if self.sched.inflight.get(a.attempt_id) is a]
+            assert group.live == len(live) and len({a.work.kind for a in live}) <= 1
+        for w in self.works:
+            assert w.attempts <= CONFIG.max_retries
+
+
+BatchingMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestBatchingMachine = BatchingMachine.TestCase
+
+
 def test_a_call_no_node_can_take_waits_aside_and_fails_after_capacity_wait(clock):
     """A call Ray refused on the one node left that fits must not hold up the calls behind
     it; it fails with CapacityError after capacity_wait_timeout unless a node returns."""
