@@ -3,6 +3,7 @@ machine holds), the same CPU-bound calls through the executor (issue "Scale", it
 
 Every scheduler entry point is wrapped with a thread-CPU timer, so the figure is ray_ft's
 own decisions per call, not Ray's threads or the workers sharing the machine's 2 cores.
+Batching is off (one task per call) so both clusters run the same decisions.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def _timed(method: Any, spent: list[float]) -> Any:
 
 def scheduler_cpu(n_nodes: int, calls: int = CALLS) -> dict[str, float]:
     """Scheduler CPU per call (us) and wall time on ``n_nodes`` one-CPU raylets."""
-    with local_cluster(n_nodes), FaultTolerantExecutor(manager=False) as ex:
+    # batching off: on 12 raylets sharing 2 cores a 2 ms call takes over 12.5 ms of wall
+    # time, so it would be packed on 3 nodes and not on 12, and the figure would compare
+    # batches with single calls instead of the cost of more nodes
+    config = {"batching": False}
+    with local_cluster(n_nodes), FaultTolerantExecutor(config, manager=False) as ex:
         list(ex.map(evaluate, range(20)))  # warm workers on every node
         spent = [0.0]
         for name in _ENTRY_POINTS:

@@ -28,33 +28,6 @@ from common import machine  # noqa: E402
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 
 MISSED = """\
-- **Scale, figure 16** (goal: 1,000 nodes <= 1.5x the 3-node CPU per call, 10,000 <= 2x).
-  The decisions no longer scan the cluster (before: 3,500x at 1,000 nodes); what still
-  grows is CPython's garbage collector walking the 2N calls in flight (with it off the
-  ratios measured 1.26x and 1.35x).
-- **Overhead, 3,000 trivial tasks** (goal 0.95; issue "pure scheduler"). The executor keeps
-  at most `queue_depth` attempts per slot pinned in Ray (adaptive: 1 until a node's pace is
-  known, up to 4 for millisecond tasks), so it can move work off failing and slow nodes; raw
-  Ray submits all 3,000 at once and pipelines them inside the core worker. Where the time
-  goes (measured in this session, 3,000 trivial tasks on this machine): the driver process
-  spends about 620 us of CPU per task through the executor against about 330 us for raw
-  Ray, on a machine whose 2 cores the workers need too; py-spy `--gil` shows the driver's
-  Python holding the GIL only about 24 % of the time (loop thread 18 %: `.remote()` 30 % of
-  that, resolving futures 13 %, `ray.get` and deserializing 10 %, scheduler 25 %), so the
-  rest of the gap is Ray's own cost of bounded, pinned submission (the core worker's
-  threads, lease requests). The loop collects 1.3 results per round. The second table of
-  figure 1 measures the ceiling directly: a bare loop with no bookkeeping at all that keeps
-  12 pinned attempts in flight reaches about 0.77 of raw Ray; 48 pinned reached 0.90 in one
-  run and 0.96 in another (noisy: 0.88-1.15 within a run); 48 not pinned about 1.0. So a
-  shallow pinned queue costs about 20 % before any ray_ft code runs, and the executor
-  (0.80-0.85) sits at or above the bare loop with its own bound of 12. Raising
-  `queue_depth` (8, 16, 32, 64, i.e. up to 192 in flight) did not move the executor
-  (0.72-0.90 across runs, within noise of depth 4): its loop thread, not the bound, sets
-  the pace once the queue is deeper (one O(depth) scan per placement was found and
-  removed). A loop round runs the full scheduler tick only when something is due (an A/B
-  in one cluster when that came in: 0.80 -> 0.84 of raw, within this machine's run-to-run
-  noise: a later figure 1 gave 0.79 with the bare loops lower too). Worth measuring next:
-  launches taken off the loop thread. For tasks of 10 ms the ratio is 1.07-1.1.
 - **Killed node** (goal 10x). After SIGKILL the node's attempts are rerun within about 2 s;
   the remaining time is the work itself: twelve 1-second tasks on the two surviving 1-CPU
   nodes take at least 6 s, so no scheduler can finish in under about 6 s while plain Ray
@@ -177,9 +150,11 @@ def main() -> None:
     section(
         "16. Scale: simulated nodes, fake clock",
         "Pure (no Ray): the scheduler's CPU per call at 3 to 10,000 nodes (N nodes of 4 "
-        "CPUs, 2N calls in flight, attempts done after their node's runtime), retained "
-        "memory over 100 generations of 1,000 nodes replaced, a liveness round over "
-        "simulated probes and a storm of failure reports into one manager.",
+        "CPUs, 2N calls in flight, attempts done after their node's runtime; then 20,000 "
+        "calls alive at every size), with the garbage collector's share (`gc.callbacks`) "
+        "and the ratio without it; retained memory over 100 generations of 1,000 nodes "
+        "replaced, a liveness round over simulated probes, a storm of failure reports into "
+        "one manager and what 50 drivers' polls send after 5 more nodes are excluded.",
         scale.run,
     )
 
