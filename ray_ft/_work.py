@@ -160,3 +160,4 @@ class Group:
     attempts: list[Attempt]
     live: int = 0  # members still in flight (the slot is freed when none is)
     runtime: float | None = None  # per member, learned once from the first result
+    expected: float | None = None  # seconds the whole batch should take, from the pace

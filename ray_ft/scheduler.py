@@ -280,7 +280,8 @@ class Scheduler:
             if attempt is not None and self._live_members(attempt.group) > 1:
                 assert attempt.group is not None
                 self.stats["timeouts"] += 1
-                error = TaskTimeoutError(attempt.deadline - attempt.launched_at, attempt.work.name)  # type: ignore[operator]
+                waited = (attempt.deadline or now) - attempt.launched_at
+                error = TaskTimeoutError(waited, attempt.work.name)
                 out.extend(self._split(attempt.group, error, cancel=True))
             elif attempt is not None:
                 self.stats["timeouts"] += 1
@@ -429,8 +430,7 @@ class Scheduler:
         attempt_id = next(self._ids)
         work.stranded_since = None
         first = group is None or not group.attempts  # a batch holds one slot, one deadline
-        members = 1 if group is None else group.live
-        deadline = None if work.timeout is None else now + work.timeout * members
+        deadline = None if work.timeout is None else now + self._timeout_of(work, group)
         if first:
             slots = work.shape.slots_on(self.nodes.get(node_id, {}))
             queued_behind = self.table.load[(node_id, work.shape)] >= slots
@@ -595,8 +595,21 @@ class Scheduler:
             members.append(work)
         return members
 
+    def _timeout_of(self, work: Work, group: Group | None) -> float:
+        """A call's timeout; a batch's is one call's timeout beyond twice its expected run
+        (members x pace), so one hanging member is found about as soon as alone."""
+        timeout = work.timeout or 0.0
+        if group is None:
+            return timeout
+        if group.expected is not None:
+            return timeout + 2.0 * group.expected
+        return timeout * group.live  # an explicit chunksize, pace unknown
+
     def _start_group(self, members: list[Work], node_id: str, now: float) -> tuple[Attempt, ...]:
         group = Group([], live=len(members))
+        pace = self.table.runtime.get((node_id, members[0].kind))
+        if pace is not None:
+            group.expected = pace * len(members)
         for work in members:
             self._start(work, node_id, False, now, group)
         self.stats["batches"] += 1
