@@ -50,6 +50,19 @@ def test_members_end_on_their_own_and_batching_can_be_turned_off(cluster):
         assert ex.stats()["batches"] == 0
 
 
+def scaled(values, factor: int, *, offset=0) -> float:
+    return float(np.sum(values) * factor + offset)
+
+
+def test_object_ref_arguments_are_resolved_for_every_member(cluster):
+    values = ray.put(np.arange(10.0))
+    offset = ray.put(0.5)
+    with FaultTolerantExecutor(manager=False) as ex:
+        futures = [ex.submit(scaled, values, i, offset=offset) for i in range(300)]
+        assert [f.result(timeout=120) for f in futures] == [45.0 * i + 0.5 for i in range(300)]
+        assert ex.stats()["batched_calls"] > 0
+
+
 def test_a_poison_member_fails_alone_and_no_node_is_excluded(cluster, tmp_path):
     manager = get_manager(state_dir=str(tmp_path))
     wait_for_probes(manager, cluster, timeout=60)
