@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import traceback
 from typing import Any
 
@@ -12,7 +13,11 @@ from ray import cloudpickle
 from ray_ft._dispatch import worker_callable
 from ray_ft._work import Work
 
-__all__ = ["batch_task", "pack", "unpack_outcome"]
+__all__ = ["RESULT_BUDGET", "batch_task", "pack", "unpack_outcome"]
+
+# results a batch holds in its worker before it returns: the members not run by then go
+# back to the driver (run again, uncharged, in smaller batches)
+RESULT_BUDGET = 64 * 2**20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,22 +46,40 @@ def pack(works: list[Work]) -> tuple[list[tuple[tuple[Any, ...], dict[str, Any]]
 
 def _run_batch(
     blob: bytes, members: list[tuple[tuple[Any, ...], dict[str, Any]]], *resolved: Any
-) -> list[tuple[bool, Any]]:
-    """Run every member; each one's outcome is ``(True, value)`` or ``(False, exception)``."""
+) -> list[tuple[bool | None, Any]]:
+    """Run the members; each one's outcome is ``(True, value)``, ``(False, exception)``,
+    or ``(None, None)`` for a member not run because the results held reached
+    ``RESULT_BUDGET`` (a batch never holds much more than that in its worker)."""
     fn = worker_callable(blob)
 
     def put(value: Any) -> Any:
         return resolved[value.index] if isinstance(value, _Ref) else value
 
-    outcomes: list[tuple[bool, Any]] = []
+    outcomes: list[tuple[bool | None, Any]] = []
+    held = 0
     for args, kwargs in members:
+        if held > RESULT_BUDGET:
+            outcomes.append((None, None))
+            continue
         try:
             value = fn(*(put(a) for a in args), **{k: put(v) for k, v in kwargs.items()})
         except Exception as exc:
             outcomes.append((False, _shippable(exc)))
         else:
             outcomes.append((True, value))
+            held += _size(value)
     return outcomes
+
+
+def _size(value: Any) -> int:
+    """Bytes a result holds, roughly: an array's buffer, else the object's own size."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    try:
+        return sys.getsizeof(value)
+    except TypeError:
+        return 0
 
 
 def _shippable(exc: Exception) -> Exception:
@@ -73,10 +96,12 @@ def _shippable(exc: Exception) -> Exception:
     return exc
 
 
-def unpack_outcome(outcome: Any) -> tuple[Any, BaseException | None]:
-    """One member's (value, error) from what the batch task returned for it."""
+def unpack_outcome(outcome: Any) -> tuple[bool, Any, BaseException | None]:
+    """One member's (ran, value, error) from what the batch task returned for it."""
     ok, payload = outcome
-    return (payload, None) if ok else (None, payload)
+    if ok is None:
+        return False, None, None
+    return (True, payload, None) if ok else (True, None, payload)
 
 
 batch_task = ray.remote(max_retries=0)(_run_batch)

@@ -582,11 +582,14 @@ class FaultTolerantExecutor(cf.Executor):
                     classify_failure(error),
                     placement=isinstance(error, ray_exc.TaskUnschedulableError),
                 )
+            unrun: list[int] = []
             for index, attempt in enumerate(members.attempts):
                 if attempt.attempt_id not in members.wanted:
                     continue
-                result, raised = unpack_outcome(value[index])
-                if raised is None:
+                ran, result, raised = unpack_outcome(value[index])
+                if not ran:
+                    unrun.append(attempt.attempt_id)
+                elif raised is None:
                     commands.extend(self._sched.attempt_done(attempt.attempt_id, value=result))
                 else:
                     commands.extend(
@@ -596,6 +599,8 @@ class FaultTolerantExecutor(cf.Executor):
                             failure_type=FailureType.APPLICATION_ERROR,
                         )
                     )
+            if unrun:
+                commands.extend(self._sched.batch_unrun(unrun, len(members.attempts) - len(unrun)))
         except Exception as exc:
             log.exception("ray_ft failed to take the outcome of a batch")
             for attempt in wanted:

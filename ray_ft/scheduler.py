@@ -366,6 +366,7 @@ class Scheduler:
             "batches": self.stats["batches"],
             "batched_calls": self.stats["batched_calls"],
             "batch_splits": self.stats["batch_splits"],
+            "batch_unrun": self.stats["batch_unrun"],
             "memory_raised": self.memory.raised(),
             "timeouts": self.stats["timeouts"],
             "failures_by_type": dict(self.failures_by_type),
@@ -541,6 +542,18 @@ class Scheduler:
         out = self._split(live[0].group, error, cancel=False)
         out.extend(self._dispatch(self._clock()))
         return out
+
+    def batch_unrun(self, attempt_ids: list[int], ran: int) -> list[Command]:
+        """Members a batch did not run (its results filled its memory budget): first in
+        line again, uncharged, in batches no bigger than the part that ran."""
+        live = [a for a in (self.inflight.get(i) for i in attempt_ids) if a is not None]
+        self.stats["batch_unrun"] += len(live)
+        for attempt in live:
+            self._drop(attempt)
+        for attempt in reversed(live):
+            attempt.work.batch_cap = max(1, ran)
+            self._queues.setdefault(attempt.work.shape, deque()).appendleft(attempt.work)
+        return self._dispatch(self._clock())
 
     def _split(self, group: Group, error: BaseException, *, cancel: bool) -> list[Command]:
         """Run a dead or timed-out batch's members again in two halves, first in line."""

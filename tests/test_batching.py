@@ -199,3 +199,40 @@ def test_batch_outcomes_and_placeholders_pickle():
     out = _run_batch(blob, [((1,), {}), ((0,), {}), ((_Ref(0),), {"y": _Ref(1)})], 5, 7)
     assert out[0] == (True, 10) and out[2] == (True, 9)
     assert out[1][0] is False and isinstance(out[1][1], ZeroDivisionError)
+
+
+def test_a_batch_stops_at_its_result_budget_and_the_rest_run_again(monkeypatch):
+    import numpy as np
+
+    from ray_ft import _batch_task
+    from ray_ft._dispatch import callable_blob
+
+    monkeypatch.setattr(_batch_task, "RESULT_BUDGET", 2_000_000)
+    blob = callable_blob(lambda i: np.full(100_000, i, dtype=np.float64))  # 800 kB each
+    out = _batch_task._run_batch(blob, [((i,), {}) for i in range(6)])
+    ran = [o for o in out if o[0] is not None]
+    assert len(ran) == 3 and all(o == (None, None) for o in out[3:])
+    assert _batch_task.unpack_outcome(out[4]) == (False, None, None)
+
+
+def test_members_a_batch_did_not_run_go_again_uncharged_in_smaller_batches(clock):
+    h = make(clock)
+    h.run(h.sched.submit(work(0)))
+    finish_all(h, 0.0005)
+    works = [work(i) for i in range(1, 61)]
+    h.run(h.sched.submit_all(works))
+    batch = max(h.batches, key=len)
+    first = [a for a in batch if a.attempt_id in h.running]
+    ran, unrun = first[:3], first[3:]
+    for attempt in first:
+        h.running.pop(attempt.attempt_id)
+    for attempt in ran:
+        h.run(h.sched.attempt_done(attempt.attempt_id, value=attempt.work.args[0]))
+    before = len(h.batches)
+    h.run(h.sched.batch_unrun([a.attempt_id for a in unrun], len(ran)))
+    assert h.sched.summary()["batch_unrun"] == len(unrun)
+    again = [b for b in h.batches[before:] if any(a.work is unrun[0].work for a in b)]
+    assert again and all(len(b) <= 3 for b in again)
+    finish_all(h, 0.0005)
+    assert [w.future.result() for w in works] == list(range(1, 61))
+    assert all(w.attempts == 0 for w in works) and h.sched.table.load == {}

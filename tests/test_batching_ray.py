@@ -69,7 +69,11 @@ def test_a_poison_member_fails_alone_and_no_node_is_excluded(cluster, tmp_path):
     config = {"max_retries": 2, "retry_delay": 0.1}
     with FaultTolerantExecutor(config) as ex:
         assert list(ex.map(poisoned, range(41, 71))) == [small(i) for i in range(41, 71)]
-        futures = [ex.submit(poisoned, i) for i in range(64)]
+        # the issue's case, made exact: one batch of 64 (as map(..., chunksize=64) would
+        # ask), so the poison is packed with 63 good ones whatever the pace
+        futures = ex._submit_all(
+            poisoned, [((i,), {}) for i in range(64)], {}, 64, raise_launch=False
+        )
         for i, future in enumerate(futures):
             if i == 40:
                 with pytest.raises(TaskFailedError, match="worker_crash"):
@@ -105,3 +109,18 @@ def test_workers_killed_under_batches_lose_nothing(cluster):
     assert all(r == expected for r in rounds)
     assert stats["failed"] == 0 and stats["batches"] > 0
     assert stats["succeeded"] == 50 + len(rounds) * 600
+
+
+def block(i: int):
+    """A fast call with a large result (8 MB): a batch of them must not hold them all."""
+    return np.full(1_000_000, i, dtype=np.float64)
+
+
+def test_large_results_keep_a_batch_within_its_memory_budget(cluster):
+    with FaultTolerantExecutor(manager=False) as ex:
+        results = list(ex.map(block, range(40), chunksize=40))  # one batch asked for
+        stats = ex.stats()
+    assert all(r[0] == i and r.shape == (1_000_000,) for i, r in enumerate(results))
+    assert stats["failed"] == 0 and stats["retries"] == 0
+    # 64 MB per batch: after 9 results of 8 MB the rest went back, uncharged
+    assert stats["batch_unrun"] >= 40 - 9, stats
