@@ -223,9 +223,8 @@ class Scheduler:
         incoming = {n: r for n, r in nodes.items() if n not in self._retired}
         out: list[Command] = []
         for node_id in [n for n in self.nodes if n not in incoming]:
-            self._rates.forget(node_id)
             out.extend(self._abandon_node(node_id, "is dead (Ray)"))
-            self.inflight.forget_node(node_id)
+            self._forget_node(node_id)
         self.table.set_nodes(incoming)
         out.extend(self._dispatch(self._clock()))
         return out
@@ -236,11 +235,17 @@ class Scheduler:
         if node_id not in self.nodes:
             return []
         self._retired.add(node_id)
-        self._rates.forget(node_id)
         out = self._abandon_node(node_id, reason)
-        self.inflight.forget_node(node_id)
+        self._forget_node(node_id)
         self.table.remove(node_id)
         return out
+
+    def _forget_node(self, node_id: str) -> None:
+        """A node left: the scheduler's own per-node tables drop it (the table's too)."""
+        self._rates.forget(node_id)
+        self.inflight.forget_node(node_id)
+        self._asked.discard(node_id)
+        self._trials_running.pop(node_id, None)
 
     def exclusions_changed(self, snapshot: Exclusions) -> list[Command]:
         """A new manager snapshot: failed or dead nodes lose their attempts; HALF_OPEN
@@ -659,6 +664,8 @@ class Scheduler:
             self.table.add_load(attempt.node_id, attempt.work.shape, -1)
         if attempt.trial:
             self._trials_running[attempt.node_id] -= 1
+            if self._trials_running[attempt.node_id] <= 0:
+                del self._trials_running[attempt.node_id]
         self._speculative -= attempt.work.speculate
         self._backups -= attempt.backup
 

@@ -394,6 +394,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         table = self.sched.table
         assert {n for n, _ in table.load} <= live and {n for n, _ in table.runtime} <= live
         assert {n for n, _ in table.running} <= live and set(table.last_done) <= live
+        assert set(table.leases) <= live and set(self.sched._trials_running) <= live
+        assert (
+            self.sched._asked <= live
+            and set(self.sched.inflight.sizes())
+            and all(a.node_id in live for a in self.sched.inflight.values())
+        )
 
     @invariant()
     def capacity_and_attempts(self):
