@@ -398,7 +398,44 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.sched._asked <= live
         assert all(a.node_id in live for a in self.sched.inflight.values())
 
+    @invariant()
+    def capacity_and_attempts(self):
+        load = Counter((a.node_id, a.work.shape) for a in self.sched.inflight.values())
+        for (node, shape), count in load.items():
+            assert count <= shape.slots_on(self.sched.nodes.get(node, {})) * 3
+        assert len(self.sched.inflight) <= 6
+        copies = Counter(id(a.work) for a in self.sched.inflight.values())
+        assert max(copies.values(), default=0) <= 2  # an attempt and at most one backup
+        for a in self.sched.inflight.values():
+            if a.backup:
+                twins = [b for b in self.sched.inflight.values() if b.work is a.work]
+                assert len({b.node_id for b in twins}) == len(twins)  # on another node
+        for w in self.works:
+            assert w.attempts <= CONFIG.max_retries
 
+    def teardown(self):
+        # drain: everything heals, every attempt succeeds, time passes
+        self.h.run(self.sched.nodes_changed(NODES))
+        self.h.run(self.sched.exclusions_changed(Exclusions()))
+        for _ in range(300):
+            self.clock.advance(1.0)  # every node has the same pace: none may stand back
+            for attempt_id in sorted(self.h.running):
+                self.h.finish(attempt_id, value=0)
+            self.h.run(self.sched.tick())
+            if self.sched.idle and not self.h.running:
+                break
+        for w in self.works:  # every future ends exactly once: resolved, or cancelled
+            assert w.future.done(), w.task_id
+            assert self.h.resolved[w.future] == (0 if w.future.cancelled() else 1)
+        assert len(self.sched._ledger) == 0
+
+
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 TestSchedulerMachine = SchedulerMachine.TestCase
 
 
