@@ -16,10 +16,19 @@ top-level arguments of the batch task, so Ray resolves them as it would for one 
 from __future__ import annotations
 
 import math
+from collections import deque
 
-from ray_ft._work import Work
+from ray_ft._work import Group, Work
 
-__all__ = ["BATCH_BELOW_S", "BATCH_TARGET_S", "MAX_BATCH", "batch_size", "batchable"]
+__all__ = [
+    "BATCH_BELOW_S",
+    "BATCH_TARGET_S",
+    "MAX_BATCH",
+    "batch_size",
+    "batch_timeout",
+    "batchable",
+    "take_members",
+]
 
 BATCH_TARGET_S = 0.05  # a batch long enough to hide ~1 ms of per-task cost (2 %)
 BATCH_BELOW_S = BATCH_TARGET_S / 4  # calls this fast or faster are packed (4 or more)
@@ -41,3 +50,42 @@ def batch_size(pace: float | None, queued: int, slots: int, cap: int | None) -> 
 def batchable(work: Work) -> bool:
     """A plain callable (pickled once), not a Ray remote function with its own options."""
     return work.blob is not None
+
+
+def take_members(
+    head: Work, queue: deque[Work], node_id: str, size: int
+) -> tuple[list[Work], list[Work]]:
+    """Pop the calls packed with ``head`` from the front of ``queue``: the same callable
+    (identity and pickled code), request and cap, allowed on ``node_id``, up to ``size`` in
+    all. Returns the members (marked running) and the calls popped that had already ended
+    (cancelled while queued, or ended elsewhere): the caller finishes those."""
+    members, ended = [head], []
+    while queue and len(members) < size:
+        work = queue[0]
+        same = work.kind == head.kind and work.batch_cap == head.batch_cap
+        if not (same and (work.blob is head.blob or work.blob == head.blob)):
+            break
+        if work.spec is not head.spec and work.spec != head.spec:
+            break
+        if node_id in work.avoid or node_id in work.unplaceable:
+            break
+        queue.popleft()
+        if work.started and work.future.done():  # ended elsewhere (abort)
+            ended.append(work)
+        elif not work.started and not work.future.set_running_or_notify_cancel():
+            ended.append(work)  # cancelled while it waited
+        else:
+            work.started = True
+            members.append(work)
+    return members, ended
+
+
+def batch_timeout(timeout: float, group: Group | None) -> float:
+    """Seconds an attempt may run: a call's ``timeout``; a batch's is one call's timeout
+    beyond twice its expected run (members x pace), so a hanging member is found about as
+    soon as alone (``timeout`` x members when the pace is unknown: an explicit chunksize)."""
+    if group is None:
+        return timeout
+    if group.expected is not None:
+        return timeout + 2.0 * group.expected
+    return timeout * group.live

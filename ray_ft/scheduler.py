@@ -23,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ray_ft._batching import batch_size, batchable
+from ray_ft._batching import batch_size, batch_timeout, batchable, take_members
 from ray_ft._commands import (
     AcquireTrial,
     Cancel,
@@ -40,6 +40,7 @@ from ray_ft._inflight import InFlight
 from ray_ft._memory import MemoryPolicy
 from ray_ft._node_table import NodeTable
 from ray_ft._placer import Placement
+from ray_ft._trials import TrialLeases
 from ray_ft._work import Attempt, Group, Shape, Work
 from ray_ft.attribution import Blame, CrashLedger, UserErrorRates
 from ray_ft.config import FTConfig
@@ -99,8 +100,7 @@ class Scheduler:
         self._timers: list[tuple[float, int, Work]] = []
         self.inflight = InFlight()
         self.exclusions = Exclusions()
-        self._asked: set[str] = set()  # trial leases requested, no answer yet
-        self._trials_running: Counter[str] = Counter()
+        self.trials = TrialLeases(self.table, config.half_open_max_calls)
         self._stragglers = Stragglers(config)
         self._speculative = 0  # attempts in flight whose work may get a backup
         self._backups = 0  # backup attempts in flight
@@ -244,8 +244,7 @@ class Scheduler:
         """A node left: the scheduler's own per-node tables drop it (the table's too)."""
         self._rates.forget(node_id)
         self.inflight.forget_node(node_id)
-        self._asked.discard(node_id)
-        self._trials_running.pop(node_id, None)
+        self.trials.forget(node_id)
 
     def exclusions_changed(self, snapshot: Exclusions) -> list[Command]:
         """A new manager snapshot: failed or dead nodes lose their attempts; HALF_OPEN
@@ -256,21 +255,19 @@ class Scheduler:
         out: list[Command] = []
         for node_id in (snapshot.failed | snapshot.dead) - before:
             out.extend(self._abandon_node(node_id, "was declared failed by the manager"))
-        half_open = dict(snapshot.half_open)
-        for node_id in list(self.table.leases):
-            if node_id not in half_open:  # the breaker moved on: the lease is void
-                del self.table.leases[node_id]
+        self.trials.void_except(n for n, _ in snapshot.half_open)
         out.extend(self._dispatch(self._clock()))
         return out
 
     def trial_granted(self, node_id: str, granted: bool) -> list[Command]:
         """The manager's answer to an AcquireTrial."""
-        self._asked.discard(node_id)
         if not granted:
+            self.trials.answered(node_id, False)
             return []
         if node_id not in dict(self.exclusions.half_open) or not self._queued():
+            self.trials.answered(node_id, False)
             return [ReleaseTrial(node_id, False)]  # nothing to try any more: give it back
-        self.table.leases[node_id] += 1
+        self.trials.answered(node_id, True)
         return self._dispatch(self._clock())
 
     def tick(self) -> list[Command]:
@@ -332,13 +329,7 @@ class Scheduler:
 
     def release_leases(self) -> list[Command]:
         """Give back every trial lease held but not used (shutdown, or an idle executor)."""
-        out: list[Command] = [
-            ReleaseTrial(node_id, False)
-            for node_id, n in self.table.leases.items()
-            for _ in range(n)
-        ]
-        self.table.leases.clear()
-        return out
+        return [ReleaseTrial(node_id, False) for node_id in self.trials.release_all()]
 
     # -- questions -----------------------------------------------------------------------
 
@@ -436,7 +427,7 @@ class Scheduler:
         attempt_id = next(self._ids)
         work.stranded_since = None
         first = group is None or not group.attempts  # a batch holds one slot, one deadline
-        deadline = None if work.timeout is None else now + self._timeout_of(work, group)
+        deadline = None if work.timeout is None else now + batch_timeout(work.timeout, group)
         if first:
             slots = work.shape.slots_on(self.nodes.get(node_id, {}))
             queued_behind = self.table.load[(node_id, work.shape)] >= slots
@@ -447,10 +438,7 @@ class Scheduler:
         if group is not None:
             group.attempts.append(attempt)
         if trial:
-            self.table.leases[node_id] -= 1
-            if self.table.leases[node_id] <= 0:
-                del self.table.leases[node_id]
-            self._trials_running[node_id] += 1
+            self.trials.use(node_id)
         self.inflight.add(attempt, timed=first)
         if first:
             self.table.add_load(node_id, work.shape, +1)
@@ -507,18 +495,7 @@ class Scheduler:
         """Lease requests for HALF_OPEN nodes, only while work is queued that could use them."""
         if not self.exclusions.half_open or not self._queued():
             return []
-        out: list[Command] = []
-        for node_id, available in self.exclusions.half_open:
-            busy = self.table.leases[node_id] + self._trials_running[node_id]
-            if (
-                available > 0
-                and node_id in self.nodes
-                and node_id not in self._asked
-                and busy < self.config.half_open_max_calls
-            ):
-                self._asked.add(node_id)
-                out.append(AcquireTrial(node_id))
-        return out
+        return [AcquireTrial(n) for n in self.trials.to_ask(self.exclusions.half_open)]
 
     # -- batches -------------------------------------------------------------------------
 
@@ -590,38 +567,11 @@ class Scheduler:
         )
         if self.max_in_flight is not None:
             size = min(size, self.max_in_flight - len(self.inflight))
-        members = [head]
-        while queue and len(members) < size:
-            work = queue[0]
-            same = work.kind == head.kind and work.batch_cap == head.batch_cap
-            if not (same and (work.blob is head.blob or work.blob == head.blob)):
-                break
-            if work.spec is not head.spec and work.spec != head.spec:
-                break
-            if node_id in work.avoid or node_id in work.unplaceable:
-                break
-            queue.popleft()
-            if work.started and work.future.done():  # ended elsewhere (abort)
-                self._finish(work)
-                continue
-            if not work.started:
-                if not work.future.set_running_or_notify_cancel():
-                    self.stats["cancelled"] += 1
-                    self._finish(work)
-                    continue
-                work.started = True
-            members.append(work)
+        members, ended = take_members(head, queue, node_id, size)
+        for work in ended:
+            self.stats["cancelled"] += work.future.cancelled()
+            self._finish(work)
         return members
-
-    def _timeout_of(self, work: Work, group: Group | None) -> float:
-        """A call's timeout; a batch's is one call's timeout beyond twice its expected run
-        (members x pace), so one hanging member is found about as soon as alone."""
-        timeout = work.timeout or 0.0
-        if group is None:
-            return timeout
-        if group.expected is not None:
-            return timeout + 2.0 * group.expected
-        return timeout * group.live  # an explicit chunksize, pace unknown
 
     def _start_group(self, members: list[Work], node_id: str, now: float) -> tuple[Attempt, ...]:
         group = Group([], live=len(members))
@@ -663,9 +613,7 @@ class Scheduler:
         if group is None or group.live == 0:  # a batch frees its slot with its last member
             self.table.add_load(attempt.node_id, attempt.work.shape, -1)
         if attempt.trial:
-            self._trials_running[attempt.node_id] -= 1
-            if self._trials_running[attempt.node_id] <= 0:
-                del self._trials_running[attempt.node_id]
+            self.trials.ended(attempt.node_id)
         self._speculative -= attempt.work.speculate
         self._backups -= attempt.backup
 

@@ -48,3 +48,26 @@ def test_memory_policy_remembers_a_bounded_number_of_callables(clock):
     assert len(policy.raised()) <= 256
     fresh = work(kind="f999", memory=1e9)
     assert policy.feed(fresh) and float(fresh.spec.options["memory"]) > 1e9
+
+
+def test_trial_leases_ask_once_admit_the_breakers_limit_and_leave_with_their_node(clock):
+    from ray_ft._trials import TrialLeases
+
+    table = NodeTable(clock, queue_depth=4)
+    table.set_nodes({"a": {"CPU": 1.0}, "b": {"CPU": 1.0}})
+    trials = TrialLeases(table, max_calls=1)
+    assert trials.to_ask([("a", 1), ("b", 0), ("gone", 1)]) == ["a"]
+    assert trials.to_ask([("a", 1)]) == []  # asked already, no answer yet
+    trials.answered("a", True)
+    assert trials.to_ask([("a", 1)]) == []  # one lease held: the breaker's limit
+    trials.use("a")
+    assert dict(table.leases) == {} and trials.running["a"] == 1
+    trials.ended("a")
+    assert "a" not in trials.running  # no zero entries left behind
+    trials.answered("a", True)
+    trials.void_except([])  # the breaker closed: the held lease is void
+    assert trials.release_all() == []
+    trials.to_ask([("b", 1)])
+    table.set_nodes({"a": {"CPU": 1.0}})
+    trials.forget("b")
+    assert trials.asked == set()

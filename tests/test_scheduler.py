@@ -394,8 +394,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         table = self.sched.table
         assert {n for n, _ in table.load} <= live and {n for n, _ in table.runtime} <= live
         assert {n for n, _ in table.running} <= live and set(table.last_done) <= live
-        assert set(table.leases) <= live and set(self.sched._trials_running) <= live
-        assert self.sched._asked <= live
+        assert set(table.leases) <= live and set(self.sched.trials.running) <= live
+        assert self.sched.trials.asked <= live
         assert all(a.node_id in live for a in self.sched.inflight.values())
 
     @invariant()
