@@ -4,6 +4,7 @@ whose worker exits fails alone, workers SIGKILLed under batches lose nothing."""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -89,18 +90,21 @@ def test_a_poison_member_fails_alone_and_no_node_is_excluded(cluster, tmp_path):
 def test_workers_killed_under_batches_lose_nothing(cluster):
     expected = [small(i) for i in range(600)]
     monkey = chaos.ChaosMonkey(
-        interval_s=2.0,
+        interval_s=1.0,
         actions=("kill_worker",),
         seed=5,
-        max_events=4,
+        max_events=10,
         max_duration_s=90,
         name_part="batch",
     )
     with FaultTolerantExecutor({"max_retries": 5, "retry_delay": 0.1}, manager=False) as ex:
         list(ex.map(small, range(50)))  # learn the pace: the rounds below are packed
         rounds = []
+        deadline = time.monotonic() + 60  # rounds go on until a batch worker was killed
         with monkey:
-            while len(rounds) < 6 or (len(monkey.events) < 2 and len(rounds) < 40):
+            while len(rounds) < 6 or (
+                not any(e.pids for e in monkey.events) and time.monotonic() < deadline
+            ):
                 rounds.append(list(ex.map(small, range(600))))
         stats = ex.stats()
     kills = [e for e in monkey.events if e.pids]
