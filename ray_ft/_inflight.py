@@ -103,13 +103,3 @@ class InFlight(Mapping[int, Attempt]):
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
-
-    def sizes(self) -> dict[str, int]:
-        """Entries per index (bounded-state checks)."""
-        return {
-            "in_flight": len(self._by_id),
-            "nodes": len(self._on_node),
-            "calls": len(self._copies),
-            "candidates": len(self._candidates),
-            "deadlines": len(self._deadlines),
-        }

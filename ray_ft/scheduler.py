@@ -279,8 +279,7 @@ class Scheduler:
             self._queues.setdefault(work.shape, deque()).appendleft(work)
         for attempt_id in self.inflight.due(now):
             attempt = self.inflight.get(attempt_id)
-            if attempt is not None and self._live_members(attempt.group) > 1:
-                assert attempt.group is not None
+            if attempt is not None and attempt.group is not None and attempt.group.live > 1:
                 self.stats["timeouts"] += 1
                 waited = (attempt.deadline or now) - attempt.launched_at
                 error = TaskTimeoutError(waited, attempt.work.name)
@@ -552,9 +551,6 @@ class Scheduler:
             attempt.work.batch_cap = half
             self._queues.setdefault(attempt.work.shape, deque()).appendleft(attempt.work)
         return out
-
-    def _live_members(self, group: Group | None) -> int:
-        return 0 if group is None else group.live
 
     def _batch_members(self, head: Work, queue: deque[Work], node_id: str) -> list[Work]:
         """The head call and the queued calls packed with it: the same callable and

@@ -430,12 +430,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert len(self.sched._ledger) == 0
 
 
-SchedulerMachine.TestCase.settings = settings(
+MACHINE_SETTINGS = settings(
     max_examples=150,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+SchedulerMachine.TestCase.settings = MACHINE_SETTINGS
 TestSchedulerMachine = SchedulerMachine.TestCase
 
 
@@ -494,12 +495,7 @@ class BatchingMachine(SchedulerMachine):
             assert w.attempts <= CONFIG.max_retries
 
 
-BatchingMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+BatchingMachine.TestCase.settings = MACHINE_SETTINGS
 TestBatchingMachine = BatchingMachine.TestCase
 
 
