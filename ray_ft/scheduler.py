@@ -264,9 +264,10 @@ class Scheduler:
         if not granted:
             self.trials.answered(node_id, False)
             return []
-        if node_id not in dict(self.exclusions.half_open) or not self._queued():
+        half_open = dict(self.exclusions.half_open)
+        if node_id not in half_open or node_id not in self.nodes or not self._queued():
             self.trials.answered(node_id, False)
-            return [ReleaseTrial(node_id, False)]  # nothing to try any more: give it back
+            return [ReleaseTrial(node_id, False)]  # nothing (or nowhere) to try: give it back
         self.trials.answered(node_id, True)
         return self._dispatch(self._clock())
 

@@ -530,3 +530,14 @@ def test_a_call_no_node_can_take_waits_aside_and_fails_after_capacity_wait(clock
     h.run(h.sched.tick())
     with pytest.raises(CapacityError, match="special"):
         first.future.result(0)
+
+
+def test_a_trial_granted_after_its_node_left_is_given_back(harness):
+    harness.run(harness.sched.exclusions_changed(Exclusions(half_open=(("b", 1),))))
+    for i in range(8):
+        harness.run(harness.sched.submit(work(i)))
+    assert "b" in harness.trial_requests
+    harness.run(harness.sched.nodes_changed({n: r for n, r in NODES.items() if n != "b"}))
+    commands = harness.sched.trial_granted("b", True)
+    assert [type(c).__name__ for c in commands] == ["ReleaseTrial"]
+    assert "b" not in harness.sched.table.leases and not harness.sched.trials.asked
