@@ -10,7 +10,7 @@ from typing import Any
 import ray
 from ray import cloudpickle
 
-from ray_ft._dispatch import worker_callable
+from ray_ft._dispatch import run_setup, worker_callable
 from ray_ft._work import Work
 
 __all__ = ["RESULT_BUDGET", "batch_task", "pack", "unpack_outcome"]
@@ -45,11 +45,17 @@ def pack(works: list[Work]) -> tuple[list[tuple[tuple[Any, ...], dict[str, Any]]
 
 
 def _run_batch(
-    blob: bytes, members: list[tuple[tuple[Any, ...], dict[str, Any]]], *resolved: Any
+    blob: bytes,
+    setup: bytes | None,
+    members: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    *resolved: Any,
 ) -> list[tuple[bool | None, Any]]:
     """Run the members; each one's outcome is ``(True, value)``, ``(False, exception)``,
     or ``(None, None)`` for a member not run because the results held reached
-    ``RESULT_BUDGET`` (a batch never holds much more than that in its worker)."""
+    ``RESULT_BUDGET`` (a batch never holds much more than that in its worker).
+    ``setup``: the executor's initializer, run once per worker process first."""
+    if setup is not None:
+        run_setup(setup)
     fn = worker_callable(blob)
 
     def put(value: Any) -> Any:

@@ -24,7 +24,7 @@ class InFlight(Mapping[int, Attempt]):
     def __init__(self) -> None:
         self._by_id: dict[int, Attempt] = {}
         self._on_node: dict[str, dict[int, Attempt]] = {}
-        self._copies: dict[Work, dict[int, Attempt]] = {}  # only calls that may get a backup
+        self._copies: dict[Work, dict[int, Attempt]] = {}  # per call: one, or it and its backup
         self._candidates: dict[int, Attempt] = {}  # attempts a straggler check looks at
         self._deadlines: list[tuple[float, int, int]] = []
         self._seq = itertools.count()
@@ -47,10 +47,10 @@ class InFlight(Mapping[int, Attempt]):
         attempt_id = attempt.attempt_id
         self._by_id[attempt_id] = attempt
         self._on_node.setdefault(attempt.node_id, {})[attempt_id] = attempt
-        if attempt.work.speculate:
-            self._copies.setdefault(attempt.work, {})[attempt_id] = attempt
-            if attempt.group is None and not attempt.trial and not attempt.backup:
-                self._candidates[attempt_id] = attempt
+        self._copies.setdefault(attempt.work, {})[attempt_id] = attempt
+        work = attempt.work
+        if work.speculate and attempt.group is None and not attempt.trial and not attempt.backup:
+            self._candidates[attempt_id] = attempt
         if timed and attempt.deadline is not None:
             heapq.heappush(self._deadlines, (attempt.deadline, next(self._seq), attempt_id))
 

@@ -116,6 +116,7 @@ class Work:
     stranded_since: float | None = None  # since when no usable node can take it at all
     kind: str = ""  # the callable's identity: paces, batches and memory are learned per kind
     batch_cap: int | None = None  # most members of a batch it may join (chunksize, a split)
+    given_up: bool = False  # the caller gave it up (Scheduler.give_up): never run again
 
     def __post_init__(self) -> None:
         if not self.kind:

@@ -55,6 +55,7 @@ class FTConfig:
     speculation_max_fraction: float = 0.25
     oom_memory_multiplier: float = 2.0
     batching: bool = True
+    exit_timeout: float | None = 600.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -150,7 +151,7 @@ class FTConfig:
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FTConfig))
 
 # None turns these off (a utilisation threshold is an opt-in: busy is not broken)
-_OPTIONAL = frozenset({"task_timeout", "cpu_threshold", "gpu_memory_threshold"})
+_OPTIONAL = frozenset({"task_timeout", "cpu_threshold", "gpu_memory_threshold", "exit_timeout"})
 
 #: Settings that are the cluster's, not one driver's: they are fixed when the manager actor
 #: is created, and a later driver with other values is warned instead of overwriting them.
@@ -201,6 +202,7 @@ _NUMERIC: dict[str, tuple[type, float, bool]] = {
     "speculation_min_runtime": (float, 0.0, True),
     "speculation_max_fraction": (float, 0.0, False),
     "oom_memory_multiplier": (float, 1.0, True),
+    "exit_timeout": (float, 0.0, True),
 }
 
 

@@ -15,6 +15,7 @@ is collected, while one with work in flight is kept alive until the work is done
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import logging
 import threading
@@ -41,7 +42,13 @@ from ray_ft._commands import (
     Report,
     Resolve,
 )
-from ray_ft._dispatch import callable_blob, callable_identity, trampoline
+from ray_ft._dispatch import (
+    call_arguments,
+    callable_blob,
+    callable_identity,
+    initializer_blob,
+    trampoline,
+)
 from ray_ft._manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
 from ray_ft._options import (
     PASSTHROUGH,
@@ -88,6 +95,11 @@ class FaultTolerantExecutor(cf.Executor):
     slot are handed to Ray at once on a node that finishes work quickly (one on a slow
     node, one for timed attempts, so their clock starts when they run). Other keyword
     arguments are Ray task options.
+
+    The stdlib pools' arguments mean what they mean there: ``max_workers`` is how many
+    calls run at once (``max_in_flight``; None: as many as the cluster has room for),
+    ``initializer(*initargs)`` runs once in each Ray worker process before its first call
+    of this executor, and ``thread_name_prefix`` names the executor's thread.
     """
 
     _cancel_kills_worker = False  # a Cancel stops one task, not its worker
@@ -101,13 +113,22 @@ class FaultTolerantExecutor(cf.Executor):
         max_in_flight: int | None = None,
         queue_depth: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        max_workers: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        thread_name_prefix: str = "",
         **task_options: Any,
     ) -> None:
+        if isinstance(config, int) and not isinstance(config, bool):
+            msg = (
+                f"FaultTolerantExecutor({config!r}): the first argument is the config; "
+                f"pass max_workers={config!r} for that many calls at once"
+            )
+            raise TypeError(msg)
         self.config = FTConfig.coerce(config)
         self._task_options = check_options(task_options)
-        if max_in_flight is not None and max_in_flight < 1:
-            msg = f"max_in_flight={max_in_flight!r} is not valid; pass a positive int or None"
-            raise ValueError(msg)
+        max_in_flight = _max_in_flight(max_in_flight, max_workers)
+        self._setup = initializer_blob(initializer, initargs)
         if queue_depth < 1:
             msg = f"queue_depth={queue_depth!r} is not valid; pass a positive int"
             raise ValueError(msg)
@@ -149,13 +170,18 @@ class FaultTolerantExecutor(cf.Executor):
         self._shutdown = False
         self._kick = threading.Event()
         self._ticked_at = -float("inf")
-        self._idle_now = threading.Event()
+        self._idle_now = threading.Event()  # set while nothing is queued or in flight
+        self._idle_now.set()
+        self._given_up: collections.deque[Work] = collections.deque()  # see _give_up
         self._refresh_nodes()
         first = self._client.fetch(timeout=_FIRST_SNAPSHOT_S)  # never place blind
         self._apply([*self._poll_manager(), *([("exclusions", first)] if first else [])])
         weakref.finalize(self, self._kick.set)  # a dropped idle executor ends its thread
         self._thread = threading.Thread(
-            target=_loop, args=(weakref.ref(self), self._kick), name="ray_ft-executor", daemon=True
+            target=_loop,
+            args=(weakref.ref(self), self._kick),
+            name=f"{thread_name_prefix}ray_ft-executor",
+            daemon=True,
         )
         self._thread.start()
 
@@ -204,6 +230,16 @@ class FaultTolerantExecutor(cf.Executor):
         if wait and self._thread is not threading.current_thread():
             self._thread.join()
 
+    def _give_up(self, works: list[Work]) -> None:
+        """The caller will not take these calls' results (its map() iterator was closed,
+        collected or timed out): a queued call is cancelled here, a running one is stopped
+        by the loop (this may run in a garbage collector's finalizer on any thread, so it
+        takes no executor lock: the loop picks the calls up)."""
+        running = [w for w in works if not w.future.cancel() and not w.future.done()]
+        if running:
+            self._given_up.extend(running)
+            self._kick.set()
+
     def stats(self) -> dict[str, Any]:
         """Counts of this executor's work: submitted, succeeded, failed, retries, and more."""
         if self._sched.idle:  # an idle loop does not poll: look at the manager here
@@ -238,8 +274,8 @@ class FaultTolerantExecutor(cf.Executor):
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (args, {}) for args in zip(*iterables)
         ]
-        futures = self._submit_all(fn, calls, options, chunksize, raise_launch=False)
-        return _results(futures, timeout)
+        works = self._queue_all(fn, calls, options, chunksize, raise_launch=False)
+        return _MapResults(self, works, timeout)
 
     def _submit_all(
         self,
@@ -250,6 +286,19 @@ class FaultTolerantExecutor(cf.Executor):
         *,
         raise_launch: bool,
     ) -> list[cf.Future[Any]]:
+        """Queue every call, then dispatch once; the calls' futures."""
+        works = self._queue_all(fn, calls, options, batch_cap, raise_launch=raise_launch)
+        return [w.future for w in works]
+
+    def _queue_all(
+        self,
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        options: dict[str, Any],
+        batch_cap: int | None,
+        *,
+        raise_launch: bool,
+    ) -> list[Work]:
         """Queue every call, then dispatch once (a map's calls are packed from the start);
         with ``raise_launch`` a refused launch of the one call is raised here."""
         if not callable(fn):
@@ -258,6 +307,19 @@ class FaultTolerantExecutor(cf.Executor):
         is_remote = isinstance(fn, ray.remote_function.RemoteFunction)
         if is_remote:
             check_remote_function(fn)
+            if self._setup is not None:
+                msg = (
+                    f"{callable_name(fn)} is a Ray remote function, which runs without the "
+                    "executor's initializer; pass the plain Python function instead"
+                )
+                raise ValueError(msg)
+            if any("self" in kwargs for _, kwargs in calls):
+                msg = (
+                    f"a keyword argument named 'self' cannot reach the Ray remote function "
+                    f"{callable_name(fn)} (Ray's .remote() takes that name); pass the plain "
+                    "Python function, which gets every keyword"
+                )
+                raise ValueError(msg)
         spec = self._spec(options, fn._default_options if is_remote else None)  # type: ignore[attr-defined]
         name = spec.name or callable_name(fn)
         remote_fn, blob = self._target(fn, is_remote)
@@ -288,12 +350,13 @@ class FaultTolerantExecutor(cf.Executor):
                 )
                 works.append(work)
             _BUSY.add(self)  # kept alive until its work is done, even if the caller drops it
+            self._idle_now.clear()
             commands = self._feed(polled)
             commands.extend(self._sched.submit_all(works))
         raise_for = works[0] if raise_launch and len(works) == 1 else None
         self._execute(commands, raise_for=raise_for)
         self._kick.set()
-        return [w.future for w in works]
+        return works
 
     def _target(self, fn: Callable[..., Any], is_remote: bool) -> tuple[Any, bytes | None]:
         """What a Work runs: a remote function as it is, any other callable pickled once."""
@@ -407,7 +470,7 @@ class FaultTolerantExecutor(cf.Executor):
         try:
             members, refs = pack([a.work for a in attempts])
             remote = self._remote_for(attempts[0].work, attempts[0].node_id, batch=True)
-            ref = remote.remote(attempts[0].work.blob, members, *refs)
+            ref = remote.remote(attempts[0].work.blob, self._setup, members, *refs)
         except Exception as exc:
             with self._lock:
                 self._cancel_on_launch.difference_update(ids)
@@ -430,7 +493,8 @@ class FaultTolerantExecutor(cf.Executor):
         remote = self._remote_for(work, node_id)
         if work.remote_fn is not None:
             return remote.remote(*work.args, **work.kwargs)
-        return remote.remote(work.blob, *work.args, **work.kwargs)
+        assert work.blob is not None
+        return remote.remote(*call_arguments(work.blob, self._setup, work.args, work.kwargs))
 
     def _stop_call(self, ref: Any, attempt: Attempt) -> None:
         """Stop a running attempt (timeout, abandonment, cancel)."""
@@ -485,6 +549,9 @@ class FaultTolerantExecutor(cf.Executor):
         try:
             with self._lock:
                 commands = self._feed(polled)
+                if self._given_up:
+                    given_up = [self._given_up.popleft() for _ in range(len(self._given_up))]
+                    commands.extend(self._sched.give_up(given_up))
                 due = self._sched.next_wakeup()
                 if commands or now - self._ticked_at >= _TICK_S or (due is not None and due <= now):
                     # completions and submits dispatch by themselves: a round ticks only when
@@ -500,8 +567,9 @@ class FaultTolerantExecutor(cf.Executor):
             self._execute(commands)
         if idle:
             with self._lock:  # a submit may have raced in: then it stays
-                if self._sched.idle:
+                if self._sched.idle and not self._given_up:
                     _BUSY.discard(self)
+                    self._idle_now.set()
             return "done" if self._shutdown else "idle"
         timeout = _BUSY_WAIT_S if wakeup is None else max(0.0, min(_BUSY_WAIT_S, wakeup - now))
         if not refs:
@@ -680,17 +748,98 @@ class _Members:
         self.wanted = wanted
 
 
-def _results(futures: list[cf.Future[Any]], timeout: float | None) -> Iterator[Any]:
-    """Executor.map's iterator: results in order; the rest are cancelled if it is closed."""
-    end = None if timeout is None else time.monotonic() + timeout
-    pending = list(reversed(futures))
-    try:
-        while pending:
-            future = pending.pop()
-            yield future.result(None if end is None else max(0.0, end - time.monotonic()))
-    finally:
-        for future in pending:
-            future.cancel()
+class _MapResults(Iterator[Any]):
+    """Executor.map's iterator: results in order. It holds no result it has yielded
+    (CPython issue 14406). When it is closed (before its first item too), collected, or
+    ends by a timeout or a call's error, the calls not yet taken are given up, the one it
+    was waiting on included (gh-95166): none runs on for nobody."""
+
+    __slots__ = ("_end", "_owner", "_works")
+
+    def __init__(
+        self, owner: FaultTolerantExecutor, works: list[Work], timeout: float | None
+    ) -> None:
+        works.reverse()
+        self._owner = owner
+        self._works = works
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def __iter__(self) -> _MapResults:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._works:
+            raise StopIteration
+        work = self._works.pop()
+        try:
+            left = None if self._end is None else max(0.0, self._end - time.monotonic())
+            try:
+                return work.future.result(left)
+            finally:
+                if not work.future.done():  # timed out or interrupted: nobody takes it
+                    self._owner._give_up([work])
+        except BaseException:
+            self.close()  # as a generator's would, the iterator ends with its error
+            raise
+        finally:
+            del work
+
+    def close(self) -> None:
+        """Give up the calls whose results were not taken."""
+        works, self._works = self._works, []
+        if works:
+            self._owner._give_up(works)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _max_in_flight(max_in_flight: int | None, max_workers: int | None) -> int | None:
+    """``max_in_flight``, or the stdlib pools' ``max_workers`` (the same thing)."""
+    if max_workers is not None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            msg = f"max_workers={max_workers!r} is not valid; pass a positive int or None"
+            raise TypeError(msg)
+        if max_workers <= 0:
+            msg = "max_workers must be greater than 0"  # the stdlib pools' own words
+            raise ValueError(msg)
+        if max_in_flight is not None and max_in_flight != max_workers:
+            msg = (
+                f"max_workers={max_workers!r} and max_in_flight={max_in_flight!r} are one "
+                "setting (calls at once); pass only one of them"
+            )
+            raise ValueError(msg)
+        return max_workers
+    if max_in_flight is not None and (
+        isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1
+    ):
+        msg = f"max_in_flight={max_in_flight!r} is not valid; pass a positive int or None"
+        raise ValueError(msg)
+    return max_in_flight
+
+
+def _wait_at_exit() -> None:
+    """Before the interpreter exits, let pending calls finish, as the stdlib pools do
+    (their program "will not exit until all pending futures are done executing"), within
+    each executor's ``exit_timeout``; said once at WARNING. Runs before Ray's own atexit
+    handler disconnects the driver (threading's exit hooks come first)."""
+    busy = [e for e in list(_BUSY) if not e._idle_now.is_set()]
+    if not busy or not ray.is_initialized():
+        return
+    bounds = [e.config.exit_timeout for e in busy]
+    bound = None if None in bounds else max(b for b in bounds if b is not None)
+    log.warning(
+        "ray_ft: Python is exiting with %d call(s) unfinished; waiting for them %s, as "
+        "concurrent.futures pools do (shutdown(cancel_futures=True) drops them instead)",
+        sum(e._sched.pending() + len(e._sched.inflight) for e in busy),
+        "without a bound" if bound is None else f"at most {bound:g} s",
+    )
+    start = time.monotonic()
+    for executor in busy:
+        limit = executor.config.exit_timeout
+        left = None if limit is None else max(0.0, start + limit - time.monotonic())
+        if not executor._idle_now.wait(left):
+            log.warning("ray_ft: exiting with unfinished calls after %g s", limit or 0.0)
 
 
 def _resolve(command: Resolve) -> None:
@@ -738,3 +887,6 @@ class _OptionsView(cf.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """A view owns nothing; shut the parent executor down instead."""
+
+
+threading._register_atexit(_wait_at_exit)  # type: ignore[attr-defined]

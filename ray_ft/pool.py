@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 _ONE_SLOT = {"CPU": 1.0}  # each actor runs one call at a time
 _CALL_OPTIONS = {"num_cpus": 1}
 _NODE_TABLE_S = 1.0
+# the stdlib pools' arguments and what an actor pool takes instead
+_STDLIB_INSTEAD = {
+    "max_workers": "size= (the number of actors, each running one call at a time)",
+    "initializer": "the set-up in the class's constructor (it runs once per actor)",
+    "initargs": "args= and kwargs= (the constructor's arguments)",
+}
 
 
 @dataclasses.dataclass(slots=True)
@@ -49,6 +55,20 @@ class _Actor:
     node_id: str | None = None
     pid: int | None = None
     dead: bool = False
+
+
+def _call_method(instance: Any, name: str, names: tuple[str, ...], *values: Any) -> Any:
+    """Call ``instance.name`` with keywords of any name (the last ``len(names)`` values).
+    Ray wraps an actor's methods in a tracing shim whose first parameter is ``self``; the
+    user's own function under it (one step, marked by Ray) takes the keywords instead."""
+    cut = len(values) - len(names)
+    args, kwargs = values[:cut], dict(zip(names, values[cut:]))
+    method = inspect.getattr_static(type(instance), name)
+    if isinstance(method, (staticmethod, classmethod)):
+        return getattr(instance, name)(*args, **kwargs)
+    if getattr(method, "__ray_tracing_wrapped__", False):
+        method = method.__wrapped__
+    return method(instance, *args, **kwargs)
 
 
 def _whereabouts(_self: Any) -> tuple[str, int]:
@@ -79,6 +99,10 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         clock: Callable[[], float] = time.monotonic,
         **actor_options: Any,
     ) -> None:
+        for key, instead in _STDLIB_INSTEAD.items():
+            if key in actor_options:
+                msg = f"{key}= is a process pool's argument; for an actor pool pass {instead}"
+                raise TypeError(msg)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             msg = f"size={size!r} is not valid; pass the number of actors, an int >= 1"
             raise ValueError(msg)
@@ -187,6 +211,11 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         if actor is None or actor.dead:  # killed or dropped since the scheduler chose it
             msg = f"{node_id} is gone"
             raise WorkerGoneError(msg)
+        if "self" in work.kwargs:  # Ray's .remote(self, ...) would take it: pass it on
+            names, values = tuple(work.kwargs), tuple(work.kwargs.values())
+            return actor.handle.__ray_call__.remote(
+                _call_method, work.remote_fn.name, names, *work.args, *values
+            )
         return getattr(actor.handle, work.remote_fn.name).remote(*work.args, **work.kwargs)
 
     def _stop_call(self, ref: Any, attempt: Attempt) -> None:

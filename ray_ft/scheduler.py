@@ -311,6 +311,35 @@ class Scheduler:
             out.extend(self._end_cancelled(work))
         return [*out, *self.release_leases()]
 
+    def give_up(self, works: list[Work]) -> list[Command]:
+        """The caller will not take these calls' results (their map() iterator was closed
+        or timed out): a queued call is cancelled, a running one's attempts are stopped,
+        and it ends with CancelledError; nobody is charged."""
+        out: list[Command] = []
+        waiting = False  # some call waits out a retry delay: its timer goes too
+        for work in works:
+            if work.future.done() or work.given_up:
+                continue
+            if not work.started:
+                work.future.cancel()  # its queue entry is consumed by the next dispatch
+                continue
+            work.given_up = True
+            attempts = self.inflight.twins(work)
+            waiting = waiting or not attempts
+            for attempt in attempts:
+                self._drop(attempt)
+                out.extend(self._cancel(attempt))
+                if attempt.trial:
+                    out.append(ReleaseTrial(attempt.node_id, False))
+            self.stats["cancelled"] += 1
+            out.extend(self._finish(work))
+            msg = f"{work.name} was given up: the map() iterator waiting for it was closed"
+            out.append(Resolve(work.future, error=cf.CancelledError(msg)))
+        if waiting:  # one pass for the whole set (a closed map gives up many at once)
+            self._timers = [t for t in self._timers if not t[2].given_up]
+            heapq.heapify(self._timers)
+        return [*out, *self._dispatch(self._clock())]
+
     def fail_queued(self, error: BaseException) -> list[Command]:
         """Fail every queued or waiting call with ``error`` (the workers cannot start)."""
         out: list[Command] = []
@@ -390,7 +419,7 @@ class Scheduler:
                 if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
                     break
                 work = queue[0]
-                if work.started and work.future.done():  # ended elsewhere (abort): drop it
+                if work.started and (work.given_up or work.future.done()):  # ended elsewhere
                     queue.popleft()
                     out.extend(self._finish(work))
                     continue

@@ -196,7 +196,7 @@ def test_batch_outcomes_and_placeholders_pickle():
     from ray_ft._dispatch import callable_blob
 
     blob = callable_blob(lambda x, y=0: 10 // x + y)
-    out = _run_batch(blob, [((1,), {}), ((0,), {}), ((_Ref(0),), {"y": _Ref(1)})], 5, 7)
+    out = _run_batch(blob, None, [((1,), {}), ((0,), {}), ((_Ref(0),), {"y": _Ref(1)})], 5, 7)
     assert out[0] == (True, 10) and out[2] == (True, 9)
     assert out[1][0] is False and isinstance(out[1][1], ZeroDivisionError)
 
@@ -209,7 +209,7 @@ def test_a_batch_stops_at_its_result_budget_and_the_rest_run_again(monkeypatch):
 
     monkeypatch.setattr(_batch_task, "RESULT_BUDGET", 2_000_000)
     blob = callable_blob(lambda i: np.full(100_000, i, dtype=np.float64))  # 800 kB each
-    out = _batch_task._run_batch(blob, [((i,), {}) for i in range(6)])
+    out = _batch_task._run_batch(blob, None, [((i,), {}) for i in range(6)])
     ran = [o for o in out if o[0] is not None]
     assert len(ran) == 3 and all(o == (None, None) for o in out[3:])
     assert _batch_task.unpack_outcome(out[4]) == (False, None, None)

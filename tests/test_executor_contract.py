@@ -1,0 +1,272 @@
+"""The concurrent.futures.Executor contract to the letter, on a real local Ray.
+
+Written for this project after the cases of CPython's own executor tests
+(Lib/test/test_concurrent_futures.py) that a Ray-backed pool broke: keyword names,
+references freed (CPython issues 16284 and 14406), map() timing out (gh-95166), exit
+with pending work (gh-83386), and the stdlib pools' constructor arguments.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import weakref
+
+import pytest
+import ray
+
+from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor
+from tests.raytools import cluster_session, wait_for
+
+pytestmark = pytest.mark.cluster
+
+FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with cluster_session(2) as c:
+        yield c
+
+
+@pytest.fixture
+def ex(cluster):
+    executor = FaultTolerantExecutor(FAST, manager=False)
+    yield executor
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def echo(*args, **kwargs):
+    return args, kwargs
+
+
+class Box:
+    """A result, or a callable's instance, that takes a weak reference."""
+
+    def __init__(self, value=0):
+        self.value = value
+
+    def times(self, x):
+        return self.value * x
+
+
+def make_box(value):
+    return Box(value)
+
+
+def sleep_then_touch(path, seconds):
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("done")
+    return seconds
+
+
+_INIT_VALUE = None
+
+
+def remember(path, value):
+    global _INIT_VALUE
+    _INIT_VALUE = value
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def initialized(_):
+    return _INIT_VALUE
+
+
+# -- keywords of any name ------------------------------------------------------------------
+
+
+def test_keywords_of_any_name_reach_the_callable(ex):
+    assert ex.submit(echo, 1, self=2, fn=3).result(timeout=60) == ((1,), {"self": 2, "fn": 3})
+    ref = ray.put(41)
+    # an ObjectRef given by keyword is resolved, as Ray does for f.remote(x=ref)
+    assert ex.submit(echo, self=ref, blob=1).result(timeout=60) == ((), {"self": 41, "blob": 1})
+    # many tiny calls are packed into batch tasks: the names survive there too
+    futures = [ex.submit(echo, i, self=i, head=-i) for i in range(200)]
+    assert [f.result(timeout=120) for f in futures] == [
+        ((i,), {"self": i, "head": -i}) for i in range(200)
+    ]
+
+
+class Keywords:
+    def echo(this, *args, **kwargs):
+        return args, kwargs
+
+
+def test_keywords_of_any_name_reach_an_actor_method(cluster):
+    with FaultTolerantActorPool(Keywords, size=1, config=FAST, manager=False) as pool:
+        assert pool.submit(Keywords.echo, 1, self=2).result(timeout=60) == ((1,), {"self": 2})
+        assert pool.submit("echo", fn=3).result(timeout=60) == ((), {"fn": 3})
+
+
+def test_a_remote_function_cannot_take_self_and_says_why(ex):
+    remote = ray.remote(echo)
+    with pytest.raises(ValueError, match="plain Python function"):
+        ex.submit(remote, self=1)
+
+
+# -- references are freed -------------------------------------------------------------------
+
+
+def test_a_callable_is_not_kept_alive_after_its_call(ex):
+    box = Box(3)
+    instance = weakref.ref(box)
+    assert ex.submit(box.times, 2).result(timeout=60) == 6  # a bound method: its instance
+    held = Box(5)
+    closure = weakref.ref(held)
+
+    def captures(x):
+        return held.value + x  # a closure: what it captured
+
+    assert ex.submit(captures, 1).result(timeout=60) == 6
+    del box, held, captures
+    gc.collect()
+    assert instance() is None
+    assert closure() is None
+
+
+def test_the_callable_cache_still_hits_for_a_live_callable(ex):
+    from ray_ft import _dispatch
+
+    box = Box(2)
+    assert _dispatch.callable_blob(box.times) is _dispatch.callable_blob(box.times)
+    other = Box(2)
+    assert _dispatch.callable_blob(other.times) is not _dispatch.callable_blob(box.times)
+
+
+def test_map_holds_no_result_it_has_yielded(ex):
+    results = ex.map(make_box, range(3), timeout=120)
+    first = next(results)
+    ref = weakref.ref(first)
+    assert first.value == 0
+    del first
+    gc.collect()
+    assert ref() is None
+    assert [b.value for b in results] == [1, 2]
+
+
+def test_map_that_times_out_stops_the_call_it_waited_on(ex, tmp_path):
+    path = tmp_path / "finished"
+    results = ex.map(sleep_then_touch, [str(path)], [30], timeout=0.5)
+    wait_for(lambda: ex.stats()["submitted"] == 1, timeout=30)
+    start = time.monotonic()
+    with pytest.raises(cf.TimeoutError):
+        next(results)
+    ex.shutdown(wait=True)  # does not wait the 30 s out: the call was stopped
+    assert time.monotonic() - start < 25
+    assert ex.stats()["cancelled"] == 1
+    assert not path.exists()
+
+
+def test_a_closed_map_gives_up_its_calls(ex, tmp_path):
+    paths = [str(tmp_path / f"f{i}") for i in range(3)]
+    results = ex.map(sleep_then_touch, paths, [30] * 3)
+    wait_for(lambda: ex.stats()["submitted"] == 3, timeout=30)
+    results.close()
+    ex.shutdown(wait=True)
+    stats = ex.stats()
+    assert stats["cancelled"] == 3
+    assert stats["succeeded"] == 0
+    assert not any(os.path.exists(p) for p in paths)
+
+
+# -- exit waits for pending work -----------------------------------------------------------
+
+_SCRIPT = """
+import sys, time
+import ray
+sys.path.insert(0, {root!r})
+from ray_ft import FaultTolerantExecutor
+from tests.test_executor_contract import sleep_then_touch
+
+ray.init(address={address!r}, namespace="ray_ft_exit_test")
+ex = FaultTolerantExecutor({{"batching": False}}, manager=False)
+future = ex.submit(sleep_then_touch, {path!r}, 3)
+while not future.running():
+    time.sleep(0.05)
+{ending}
+print("script ends", flush=True)
+"""
+
+_SHUTDOWN_NO_WAIT = """
+start = time.monotonic()
+ex.shutdown(wait=False)
+print(f"shutdown returned after {time.monotonic() - start:.3f} s", flush=True)
+assert not future.done()
+"""
+
+
+@pytest.mark.parametrize("ending", ["shutdown(wait=False)", "no shutdown"])
+def test_a_script_that_ends_lets_its_pending_calls_finish(cluster, tmp_path, ending):
+    path = tmp_path / "side-effect"
+    script = _SCRIPT.format(
+        root=_ROOT,
+        address=cluster.address,
+        path=str(path),
+        ending=_SHUTDOWN_NO_WAIT if ending.startswith("shutdown") else "",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": _ROOT},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "script ends" in proc.stdout
+    assert path.read_text() == "done"  # the call ran to its end before the driver left
+    assert "waiting for them at most 600 s" in proc.stderr  # said once
+    assert proc.stderr.count("ray_ft: Python is exiting") == 1
+    if ending.startswith("shutdown"):
+        returned = float(proc.stdout.split("shutdown returned after ")[1].split()[0])
+        assert returned < 1.0  # at once, while the 3 s call still runs
+
+
+# -- the stdlib pools' constructor arguments ----------------------------------------------
+
+
+def test_max_workers_is_max_in_flight(cluster):
+    with FaultTolerantExecutor(FAST, manager=False, max_workers=4) as executor:
+        assert executor.max_in_flight == 4
+        assert executor._max_workers == 4
+        assert list(executor.map(abs, [-1, -2, -3])) == [1, 2, 3]
+
+
+def test_stdlib_argument_errors():
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        FaultTolerantExecutor(max_workers=0)
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        FaultTolerantExecutor(max_workers=-1)
+    with pytest.raises(ValueError, match="pass only one of them"):
+        FaultTolerantExecutor(max_workers=2, max_in_flight=3)
+    with pytest.raises(TypeError, match="pass max_workers=4"):
+        FaultTolerantExecutor(4)
+    with pytest.raises(TypeError, match="initializer=.* is not callable"):
+        FaultTolerantExecutor(initializer=3)
+    with pytest.raises(TypeError, match="size="):
+        FaultTolerantActorPool(Box, size=1, max_workers=2)
+    with pytest.raises(TypeError, match="constructor"):
+        FaultTolerantActorPool(Box, size=1, initializer=print)
+
+
+def test_initializer_runs_once_per_worker_process(cluster, tmp_path):
+    log = tmp_path / "init.log"
+    with FaultTolerantExecutor(
+        FAST, manager=False, initializer=remember, initargs=(str(log), "loaded")
+    ) as executor:
+        assert [executor.submit(initialized, i).result(timeout=60) for i in range(5)] == [
+            "loaded"
+        ] * 5
+        assert list(executor.map(initialized, range(300))) == ["loaded"] * 300  # batched too
+        with pytest.raises(ValueError, match="initializer"):
+            executor.submit(ray.remote(initialized), 1)
+    pids = log.read_text().split()
+    assert len(pids) == len(set(pids))  # once per worker process
