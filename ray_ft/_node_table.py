@@ -42,12 +42,14 @@ class _Index:
     __slots__ = ("fast", "parked", "parked_at", "rate", "room")
 
     def __init__(self) -> None:
-        self.room: list[tuple[float, str]] = []  # (-room, node): the roomiest node on top
+        # (tier, -room, node): the roomiest ok node on top, degraded nodes (tier 1) after
+        # every ok node with room
+        self.room: list[tuple[int, float, str]] = []
         self.fast: list[tuple[float, str]] = []  # (runtime, node): the fastest node on top
         self.rate = 0.0  # sum of slots / runtime over usable nodes with a known pace
         # nodes found too slow: out of the room heap for _PARK_S, so that a slow node with
         # much room is not looked at again by every placement in between
-        self.parked: list[tuple[float, str]] = []
+        self.parked: list[tuple[int, float, str]] = []
         self.parked_at = 0.0
 
 
@@ -71,6 +73,9 @@ class NodeTable:
         self.queue_depth = queue_depth
         self.nodes: dict[str, dict[str, float]] = {}
         self.unusable: frozenset[str] | set[str] = frozenset()
+        # usable but under pressure (a degraded health verdict): a last resort, taking
+        # work only when no ok node has room, and never more than a slot's worth
+        self.degraded: frozenset[str] | set[str] = frozenset()
         self.load: Counter[tuple[str, Shape]] = Counter()
         self.runtime: dict[tuple[str, str], float] = {}
         self.learned_at: dict[tuple[str, str], float] = {}
@@ -113,6 +118,8 @@ class NodeTable:
         self.last_done.pop(node_id, None)
         self.leases.pop(node_id, None)
         self._slots.pop(node_id, None)
+        if node_id in self.degraded:
+            self.degraded = self.degraded - {node_id}
 
     def set_unusable(self, unusable: frozenset[str] | set[str]) -> None:
         """Excluded or HALF_OPEN nodes take no ordinary work (O(changes))."""
@@ -123,6 +130,15 @@ class NodeTable:
         self.unusable = unusable
         for node_id in changed:
             self._account(node_id, +1)
+
+    def set_degraded(self, degraded: frozenset[str] | set[str]) -> None:
+        """Degraded nodes: placed last (O(changes x indexes)); the stale heap entries of a
+        node whose tier changed are corrected when they reach the top."""
+        changed = (set(self.degraded) ^ set(degraded)) & self.nodes.keys()
+        self.degraded = degraded
+        for node_id in changed:
+            for shape, kind in list(self._index):
+                self._push_room(node_id, shape, kind)
 
     def add_load(self, node_id: str, shape: Shape, delta: int) -> None:
         """An attempt of this shape started (+1) or ended (-1) on the node."""
@@ -145,6 +161,11 @@ class NodeTable:
             for index_shape, kind in list(self._index):
                 if index_shape == shape:
                     self._push_room(node_id, shape, kind)
+
+    def unpick(self, node_id: str, shape: Shape, kind: str) -> None:
+        """A node ``roomiest`` chose was not launched on after all (the call had been
+        cancelled): its room, taken off the heap by the pick, goes back on it."""
+        self._push_room(node_id, shape, kind)
 
     def started(self, node_id: str, kind: str, attempt_id: int, now: float) -> None:
         """An attempt of this callable was launched on the node."""
@@ -224,8 +245,9 @@ class NodeTable:
 
     def depth(self, node_id: str, shape: Shape, kind: str) -> int:
         """Attempts per slot handed to Ray at once on this node, from its pace."""
-        if shape.timed:
-            return 1  # a timed attempt's clock must start when it runs
+        if shape.timed or node_id in self.degraded:
+            return 1  # a timed attempt's clock must start when it runs; a degraded node
+            # gets no queue beyond its free slots
         key = (node_id, kind)
         runtime = self.runtime.get(key)
         if runtime is None:
@@ -267,17 +289,18 @@ class NodeTable:
             for entry in index.parked:
                 heapq.heappush(heap, entry)
             index.parked = []
-        aside: list[tuple[float, str]] = []
-        fallback: tuple[float, str] | None = None
-        chosen: tuple[float, str] | None = None
+        aside: list[tuple[int, float, str]] = []
+        fallback: tuple[int, float, str] | None = None
+        chosen: tuple[int, float, str] | None = None
         while heap:
-            key, node_id = heap[0]
+            tier, key, node_id = heap[0]
             room = self.room(node_id, shape, kind) if self.usable(node_id) else 0
             if room <= 0:
                 heapq.heappop(heap)  # comes back with an event that gives it room
                 continue
-            if -key != room:
-                heapq.heapreplace(heap, (-room, node_id))  # it had less room than listed
+            current = self._tier(node_id)
+            if -key != room or tier != current:  # less room than listed, or tier changed
+                heapq.heapreplace(heap, (current, -room, node_id))
                 continue
             entry = heapq.heappop(heap)
             if node_id not in work.unplaceable and not acceptable(node_id):
@@ -300,11 +323,15 @@ class NodeTable:
             chosen, fallback = fallback, None
         if fallback is not None:
             aside.append(fallback)
-        if chosen is not None and -chosen[0] > 1:  # the caller launches there: one less room
-            aside.append((chosen[0] + 1, chosen[1]))
+        if chosen is not None and -chosen[1] > 1:  # the caller launches there: one less room
+            aside.append((chosen[0], chosen[1] + 1, chosen[2]))
         for entry in aside:
             heapq.heappush(heap, entry)
-        return None if chosen is None else chosen[1]
+        return None if chosen is None else chosen[2]
+
+    def _tier(self, node_id: str) -> int:
+        """0 for an ok node, 1 for a degraded one (placed after every ok node with room)."""
+        return 1 if node_id in self.degraded else 0
 
     def fastest(self, shape: Shape, kind: str) -> float:
         """The lowest pace for this callable among usable live nodes that fit the shape."""
@@ -411,7 +438,7 @@ class NodeTable:
             return
         room = self.room(node_id, shape, kind)
         if room > 0:
-            heapq.heappush(index.room, (-room, node_id))
+            heapq.heappush(index.room, (self._tier(node_id), -room, node_id))
             if len(index.room) > 4 * len(self.nodes) + 64:  # stale entries: compact
                 self._index[(shape, kind)] = self._build(shape, kind)
 
@@ -435,7 +462,7 @@ class NodeTable:
                 continue
             room = self.room(node_id, shape, kind)
             if room > 0:
-                index.room.append((-room, node_id))
+                index.room.append((self._tier(node_id), -room, node_id))
             runtime = self.runtime.get((node_id, kind))
             if runtime is not None:
                 index.fast.append((runtime, node_id))

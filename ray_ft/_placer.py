@@ -105,6 +105,8 @@ class Placement:
         for node_id, resources in table.nodes.items():
             if node_id == running_on or node_id in work.avoid or node_id in work.unplaceable:
                 continue
+            if node_id in table.degraded:
+                continue  # a backup is optional: never on a node under pressure
             pace = table.runtime.get((node_id, work.kind), 0.0)
             free = work.shape.slots_on(resources) - table.load[(node_id, work.shape)]
             if table.usable(node_id) and free > 0 and pace <= threshold:

@@ -185,6 +185,10 @@ def _print_status(status: dict[str, Any], ray_nodes: dict[str, Any]) -> None:
         f"breaker transitions: {len(status['breaker_transitions'])}; "
         f"excluded now: {len(status['excluded'])}; probe rounds: {status['probe_rounds']}"
     )
+    if status.get("degraded"):
+        mass = status.get("mass_degraded")
+        shared = f"; most nodes at once: {mass}" if mass else ""
+        print(f"degraded now: {len(status['degraded'])} (placed last, still taking work){shared}")
     ckpt = status.get("last_checkpoint")
     if ckpt:
         age = time.time() - ckpt["created_at"]

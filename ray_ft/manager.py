@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 _MASS_FAILURE_MIN = 3  # a majority of at least this many nodes failing at once: suspect us
+_TAKES_WORK = frozenset({"alive", "degraded"})  # WorkerStatus values that take new work
 NODE_FAULTS = frozenset(
     {
         FailureType.WORKER_CRASH,
@@ -56,7 +58,8 @@ class WorkerStatus:
     """String constants for WorkerInfo.status."""
 
     ALIVE = "alive"
-    DEGRADED = "degraded"  # a degraded health verdict: no new work, running work stays
+    DEGRADED = "degraded"  # a degraded health verdict: placed last (work only where no ok
+    # node has room), running work stays
     FAILED = "failed"  # stopped answering, or a fatal health verdict: may come back
     DEAD = "dead"  # Ray says the node is gone
 
@@ -113,6 +116,10 @@ class FaultToleranceManager:
         self.breaker_transitions: list[dict[str, Any]] = []
         self._trial_leases: dict[str, list[float]] = {}
         self.observer_suspect = False  # most nodes look failed at once: the mass-failure guard
+        self._degraded: set[str] = set()  # nodes whose status is DEGRADED (kept per event)
+        # what most nodes share while most are degraded at once ("disk above 95% on 3 of 3
+        # nodes"), else None: said once at WARNING, shown by `ray-ft status`
+        self.mass_degraded: str | None = None
         # what executors fetch, rebuilt only when it changed: a poll costs O(1), not O(nodes)
         self.epoch = uuid.uuid4().hex[:8]  # a new manager (restart, new config) starts over
         self.version = 0
@@ -333,6 +340,7 @@ class FaultToleranceManager:
             self._dead_since[worker_id] = self._clock()
             self._set_count(worker_id, None)  # a dead node is nobody's peer
             self.version += 1
+            self._note_degraded(worker_id, info)
 
     def prune_departed(self, after: float) -> list[str]:
         """Forget nodes Ray has reported gone for ``after`` seconds: every per-node table
@@ -350,6 +358,7 @@ class FaultToleranceManager:
             self.health_severity.pop(worker_id, None)
             self.liveness_failures.pop(worker_id, None)
             self._trial_leases.pop(worker_id, None)
+            self._degraded.discard(worker_id)
         if gone:
             self.version += 1
         return gone
@@ -362,17 +371,19 @@ class FaultToleranceManager:
         return reasons + self.health_reasons.get(worker_id, [])
 
     def excluded_workers(self) -> set[str]:
-        """Nodes that must receive no new task: dead, failed, degraded, or OPEN breaker."""
-        excluded = {w for w, info in self.workers.items() if info.status != WorkerStatus.ALIVE}
+        """Nodes that must receive no new task: dead, failed, or OPEN breaker. A degraded
+        node is not excluded: it is placed last (``degraded`` in the snapshot)."""
+        excluded = {w for w, info in self.workers.items() if info.status not in _TAKES_WORK}
         excluded.update(w for w, b in self.circuit_breakers.items() if b.is_open())
         return excluded
 
     def half_open_workers(self) -> dict[str, int]:
         """HALF_OPEN nodes and the trial calls each still admits."""
         result = {}
-        not_alive = self._not_alive()
         for worker_id, breaker in self.circuit_breakers.items():
-            if breaker.state is BreakerState.HALF_OPEN and worker_id not in not_alive:
+            info = self.workers.get(worker_id)
+            taking = info is not None and info.status in _TAKES_WORK
+            if breaker.state is BreakerState.HALF_OPEN and taking:
                 result[worker_id] = breaker.trials_available()
         return result
 
@@ -380,7 +391,7 @@ class FaultToleranceManager:
         """What executors must respect, as plain data (the actor and local client share it).
 
         ``failed`` and ``dead`` nodes have their running attempts rerun elsewhere;
-        ``degraded`` nodes only take no new work; ``half_open`` nodes take trials only.
+        ``degraded`` nodes are placed last; ``half_open`` nodes take trials only.
         Rebuilt only when something changed (or an OPEN breaker is due to turn HALF_OPEN);
         ``token`` names this version, so an executor that has it needs nothing sent.
         """
@@ -631,6 +642,37 @@ class FaultToleranceManager:
         self._settle_status(worker_id, info)
         if info.status != before:
             self.version += 1
+            self._note_degraded(worker_id, info)
+
+    def _note_degraded(self, worker_id: str, info: WorkerInfo) -> None:
+        """Keep the degraded set (O(1) per change) and say once when most nodes, at least
+        three, are degraded at once, naming what they share, and when that ends."""
+        if info.status == WorkerStatus.DEGRADED:
+            self._degraded.add(worker_id)
+        else:
+            self._degraded.discard(worker_id)
+        live = len(self.workers) - len(self._dead_since)
+        mass = len(self._degraded) >= _MASS_FAILURE_MIN and len(self._degraded) > live / 2
+        if mass and self.mass_degraded is None:
+            self.mass_degraded = self._shared_reason(live)  # O(degraded), once per episode
+            log.warning(
+                "%s: most nodes are degraded at once; they keep taking work (ok nodes first) "
+                "instead of the job stalling",
+                self.mass_degraded,
+            )
+        elif not mass and self.mass_degraded is not None:
+            self.mass_degraded = None
+            log.warning("fewer nodes are degraded (%d of %d)", len(self._degraded), live)
+
+    def _shared_reason(self, live: int) -> str:
+        """The reason most degraded nodes share, e.g. 'disk above 95% on 3 of 3 nodes'."""
+        kinds: collections.Counter[str] = collections.Counter()
+        for worker_id in self._degraded:
+            kinds.update({_reason_kind(r) for r in self.health_reasons.get(worker_id, ())})
+        if not kinds:
+            return f"{len(self._degraded)} of {live} nodes degraded"
+        kind, count = kinds.most_common(1)[0]
+        return f"{kind} on {count} of {live} nodes"
 
     def _settle_status(self, worker_id: str, info: WorkerInfo) -> None:
         severity = self.health_severity.get(worker_id)
@@ -663,6 +705,15 @@ class FaultToleranceManager:
             }
         )
         del self.breaker_transitions[:-_HISTORY_LIMIT]
+
+
+def _reason_kind(reason: str) -> str:
+    """A health reason without this node's own reading: 'disk at 97.2% exceeds 95%' ->
+    'disk above 95%' (so that nodes' reasons compare)."""
+    match = re.fullmatch(r"(.+) at [\d.]+ ?(%|C) exceeds ([\d.]+ ?(?:%|C))", reason)
+    if match:
+        return f"{match[1]} above {match[3]}"
+    return re.sub(r"\d+(\.\d+)?", "N", reason)
 
 
 def _median_without(counts: list[int], mine: int | None) -> float | None:

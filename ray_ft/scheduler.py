@@ -251,7 +251,9 @@ class Scheduler:
         nodes get a trial lease request when queued work could use one."""
         before = self.exclusions.failed | self.exclusions.dead
         self.exclusions = snapshot
-        self.table.set_unusable(snapshot.excluded | {n for n, _ in snapshot.half_open})
+        unusable = snapshot.excluded | {n for n, _ in snapshot.half_open}
+        self.table.set_unusable(unusable)
+        self.table.set_degraded(snapshot.degraded - unusable)  # placed last, not excluded
         out: list[Command] = []
         for node_id in (snapshot.failed | snapshot.dead) - before:
             out.extend(self._abandon_node(node_id, "was declared failed by the manager"))
@@ -397,6 +399,7 @@ class Scheduler:
             "failures_by_type": dict(self.failures_by_type),
             "user_errors": dict(self.user_errors),
             "excluded_nodes": sorted(self.exclusions.excluded),
+            "degraded_nodes": sorted(self.exclusions.degraded),
             "in_flight": len(self.inflight),
             "max_in_flight_seen": self.max_in_flight_seen,
             "pending": self.pending(),
@@ -434,6 +437,9 @@ class Scheduler:
                     if not work.future.set_running_or_notify_cancel():
                         self.stats["cancelled"] += 1
                         self._finish(work)
+                        # the pick took the node's heap entry: give it back, or the node
+                        # would get no more of this work until its next event
+                        self.table.unpick(picked[0], work.shape, work.kind)
                         continue  # cancelled while queued: consumed, nothing to run
                     work.started = True
                 if self.batching and not picked[1] and batchable(work):

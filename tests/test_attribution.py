@@ -145,14 +145,41 @@ def test_reassign_with_no_eligible_worker_keeps_tasks_queued(clock):
 # -- severities ----------------------------------------------------------------------------
 
 
-def test_degraded_pauses_new_work_without_failing_or_opening(clock):
+def test_degraded_is_placed_last_not_excluded_and_never_opens(clock):
     m = manager(clock)
     m.update_health("a", "degraded", ["memory at 97%"])
     snap = m.exclusions_snapshot()
-    assert snap["degraded"] == ["a"] and snap["failed"] == [] and "a" in snap["excluded"]
+    assert snap["degraded"] == ["a"] and snap["failed"] == [] and snap["excluded"] == []
     assert m.breaker("a").state is BreakerState.CLOSED
     m.update_health("a", "ok", [])
     assert m.workers["a"].status == WorkerStatus.ALIVE and m.excluded_workers() == set()
+    assert m.exclusions_snapshot()["degraded"] == []
+
+
+def test_a_degraded_node_with_an_open_breaker_is_excluded_then_gets_trials(clock):
+    m = manager(clock, breaker_timeout=10.0)
+    m.update_health("a", "degraded", ["disk at 97.0% exceeds 95%"])
+    m.breaker("a").open()
+    assert m.exclusions_snapshot()["excluded"] == ["a"]
+    clock.advance(11.0)
+    assert m.exclusions_snapshot()["half_open"] == {"a": 1}  # degraded still takes trials
+
+
+def test_most_nodes_degraded_at_once_is_said_once_with_the_shared_reason(clock, caplog):
+    m = manager(clock)
+    for node, value in (("a", 97.2), ("b", 96.0)):
+        m.update_health(node, "degraded", [f"disk at {value}% exceeds 1%"])
+    m.update_health("c", "ok", [])
+    assert m.mass_degraded is None  # 2 of 3: a minority of at least three is not "most"
+    with caplog.at_level("WARNING", logger="ray_ft.manager"):
+        m.update_health("c", "degraded", ["disk at 99.1% exceeds 1%", "memory at 97% exceeds 95%"])
+        m.update_health("c", "degraded", ["disk at 99.3% exceeds 1%"])  # no second warning
+    assert m.mass_degraded == "disk above 1% on 3 of 3 nodes"
+    assert caplog.text.count("most nodes are degraded at once") == 1
+    assert "disk above 1% on 3 of 3 nodes" in caplog.text
+    assert m.excluded_workers() == set()
+    m.update_health("a", "ok", [])
+    assert m.mass_degraded is None and "fewer nodes are degraded (2 of 3)" in caplog.text
 
 
 def test_fatal_health_and_lost_liveness_fail_the_node(clock):

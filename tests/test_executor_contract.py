@@ -116,18 +116,20 @@ def test_a_remote_function_cannot_take_self_and_says_why(ex):
 # -- references are freed -------------------------------------------------------------------
 
 
+def _closure_over(held):
+    def captures(x):
+        return held.value + x  # a closure: what it captured
+
+    return captures, weakref.ref(held)
+
+
 def test_a_callable_is_not_kept_alive_after_its_call(ex):
     box = Box(3)
     instance = weakref.ref(box)
     assert ex.submit(box.times, 2).result(timeout=60) == 6  # a bound method: its instance
-    held = Box(5)
-    closure = weakref.ref(held)
-
-    def captures(x):
-        return held.value + x  # a closure: what it captured
-
+    captures, closure = _closure_over(Box(5))
     assert ex.submit(captures, 1).result(timeout=60) == 6
-    del box, held, captures
+    del box, captures
     gc.collect()
     assert instance() is None
     assert closure() is None
@@ -249,7 +251,7 @@ def test_stdlib_argument_errors():
         FaultTolerantExecutor(max_workers=2, max_in_flight=3)
     with pytest.raises(TypeError, match="pass max_workers=4"):
         FaultTolerantExecutor(4)
-    with pytest.raises(TypeError, match="initializer=.* is not callable"):
+    with pytest.raises(TypeError, match=r"initializer=.* is not callable"):
         FaultTolerantExecutor(initializer=3)
     with pytest.raises(TypeError, match="size="):
         FaultTolerantActorPool(Box, size=1, max_workers=2)

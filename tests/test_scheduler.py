@@ -348,16 +348,28 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.h.run(self.sched.tick())
 
     @rule(
-        node=st.sampled_from(sorted(NODES)), how=st.sampled_from(["fail", "open", "half", "clear"])
+        node=st.sampled_from(sorted(NODES)),
+        how=st.sampled_from(["fail", "open", "half", "degraded", "all_degraded", "clear"]),
     )
     def verdict(self, node, how):
         snapshot = {
             "fail": Exclusions(excluded=frozenset({node}), failed=frozenset({node})),
             "open": Exclusions(excluded=frozenset({node})),
             "half": Exclusions(half_open=((node, 1),)),
+            "degraded": Exclusions(degraded=frozenset({node})),  # placed last, not excluded
+            "all_degraded": Exclusions(degraded=frozenset(NODES)),
             "clear": Exclusions(),
         }[how]
         self.h.run(self.sched.exclusions_changed(snapshot))
+
+    @precondition(lambda self: any(not w.future.done() for w in self.works))
+    @rule(data=st.data())
+    def give_up(self, data):
+        """A map() iterator closed: its calls are given up, queued, running or waiting."""
+        pending = [w for w in self.works if not w.future.done()]
+        chosen = data.draw(st.lists(st.sampled_from(pending), min_size=1, max_size=3))
+        self.h.run(self.sched.give_up(chosen))
+        assert all(w.future.done() for w in chosen)
 
     @precondition(lambda self: self.h.trial_requests)
     @rule(granted=st.booleans())
@@ -541,3 +553,18 @@ def test_a_trial_granted_after_its_node_left_is_given_back(harness):
     commands = harness.sched.trial_granted("b", True)
     assert [type(c).__name__ for c in commands] == ["ReleaseTrial"]
     assert "b" not in harness.sched.table.leases and not harness.sched.trials.asked
+
+
+def test_a_call_cancelled_while_queued_does_not_take_its_nodes_room_with_it(clock):
+    """Regression: the pick for a queued call whose future was cancelled took the node's
+    room off the heap without a launch, so the next queued call waited for good."""
+    sched = Scheduler(CONFIG, clock=clock, queue_depth=1)
+    h = Harness(sched, clock)
+    h.run(sched.nodes_changed({"a": {"CPU": 1.0}}))
+    first, *cancelled, last = (work(i) for i in range(5))
+    for w in (first, *cancelled, last):
+        h.run(sched.submit(w))
+    assert all(w.future.cancel() for w in cancelled)
+    clock.advance(1.0)
+    h.finish(next(iter(h.running)), value=0)
+    assert [a.work for a in h.running.values()] == [last]

@@ -225,6 +225,8 @@ class ManagerActor:
                 "state_version": self._state_version,
                 "state_written_version": self._written_version,
                 "observer_suspect": m.observer_suspect,
+                "degraded": sorted(m._degraded),
+                "mass_degraded": m.mass_degraded,
             }
 
     def get_state(self) -> dict[str, Any]:
