@@ -33,7 +33,7 @@ from ray_ft.liveness import LivenessBook, PhiAccrualDetector
 from ray_ft.manager import FaultToleranceManager
 from ray_ft.scheduler import Scheduler
 
-SCENARIOS = ("uniform", "slow 1/100", "10% excluded", "mixed shapes")
+SCENARIOS = ("uniform", "slow 1/100", "10% excluded", "10% degraded", "mixed shapes")
 
 
 class FakeClock:
@@ -90,6 +90,9 @@ def scheduler_cpu_per_call(
     if scenario == "10% excluded":
         excluded = frozenset(names[: max(1, n // 10)]) if n >= 10 else frozenset()
         sched.exclusions_changed(Exclusions(excluded=excluded))
+    if scenario == "10% degraded":  # placed last: taking work only where no ok node has room
+        degraded = frozenset(names[: max(1, n // 10)]) if n >= 10 else frozenset()
+        sched.exclusions_changed(Exclusions(degraded=degraded))
     slow = {name for i, name in enumerate(names) if scenario == "slow 1/100" and i % 100 == 7}
     completions: list[tuple[float, int]] = []
     batch = max(1, n // 4)

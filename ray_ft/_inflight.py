@@ -24,7 +24,9 @@ class InFlight(Mapping[int, Attempt]):
     def __init__(self) -> None:
         self._by_id: dict[int, Attempt] = {}
         self._on_node: dict[str, dict[int, Attempt]] = {}
-        self._copies: dict[Work, dict[int, Attempt]] = {}  # per call: one, or it and its backup
+        # per call that may get a backup: its attempt and backup (any other call's one
+        # attempt in flight is Work.running: no table entry, no dict per call)
+        self._copies: dict[Work, dict[int, Attempt]] = {}
         self._candidates: dict[int, Attempt] = {}  # attempts a straggler check looks at
         self._deadlines: list[tuple[float, int, int]] = []
         self._seq = itertools.count()
@@ -47,10 +49,13 @@ class InFlight(Mapping[int, Attempt]):
         attempt_id = attempt.attempt_id
         self._by_id[attempt_id] = attempt
         self._on_node.setdefault(attempt.node_id, {})[attempt_id] = attempt
-        self._copies.setdefault(attempt.work, {})[attempt_id] = attempt
         work = attempt.work
-        if work.speculate and attempt.group is None and not attempt.trial and not attempt.backup:
-            self._candidates[attempt_id] = attempt
+        if work.speculate:
+            self._copies.setdefault(work, {})[attempt_id] = attempt
+            if attempt.group is None and not attempt.trial and not attempt.backup:
+                self._candidates[attempt_id] = attempt
+        else:
+            work.running = attempt  # no backups: at most one attempt in flight
         if timed and attempt.deadline is not None:
             heapq.heappush(self._deadlines, (attempt.deadline, next(self._seq), attempt_id))
 
@@ -62,6 +67,8 @@ class InFlight(Mapping[int, Attempt]):
         on_node = self._on_node.get(attempt.node_id)
         if on_node is not None:
             on_node.pop(attempt_id, None)  # the node's entry goes when the node does
+        if attempt.work.running is attempt:
+            attempt.work.running = None
         copies = self._copies.get(attempt.work)
         if copies is not None:
             copies.pop(attempt_id, None)
@@ -87,6 +94,8 @@ class InFlight(Mapping[int, Attempt]):
 
     def twins(self, work: Work) -> list[Attempt]:
         """The call's attempts in flight (a first attempt and its backup)."""
+        if work.running is not None:
+            return [work.running]
         return list(self._copies.get(work, {}).values())
 
     def has_twin(self, work: Work) -> bool:

@@ -117,6 +117,7 @@ class Work:
     kind: str = ""  # the callable's identity: paces, batches and memory are learned per kind
     batch_cap: int | None = None  # most members of a batch it may join (chunksize, a split)
     given_up: bool = False  # the caller gave it up (Scheduler.give_up): never run again
+    running: Attempt | None = None  # its one attempt in flight, for a call without backups
 
     def __post_init__(self) -> None:
         if not self.kind:
