@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test lint typecheck pytest bench clean
+.PHONY: setup demo test test-fast lint typecheck pytest bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ray_ft tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy ray_ft
@@ -29,6 +30,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# the pure tests only (no Ray cluster): seconds, for everyday work
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not cluster"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

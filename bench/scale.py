@@ -25,13 +25,13 @@ from common import table
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ray_ft._commands import Exclusions, Launch
-from ray_ft._work import CallSpec, Work
 from ray_ft.config import FTConfig
+from ray_ft.core.commands import Exclusions, Launch
+from ray_ft.core.scheduler import Scheduler
+from ray_ft.core.work import CallSpec, Work
 from ray_ft.failures import FailureEvent, FailureType
-from ray_ft.liveness import LivenessBook, PhiAccrualDetector
-from ray_ft.manager import FaultToleranceManager
-from ray_ft.scheduler import Scheduler
+from ray_ft.manager.liveness import LivenessBook, PhiAccrualDetector
+from ray_ft.manager.state import FaultToleranceManager
 
 SCENARIOS = ("uniform", "slow 1/100", "10% excluded", "10% degraded", "mixed shapes")
 

@@ -26,7 +26,7 @@ from common import local_cluster, table
 from ray.cluster_utils import Cluster
 
 from ray_ft import FaultTolerantExecutor, GeneticAlgorithm, optimize
-from ray_ft.chaos import slow_node
+from ray_ft.tools.chaos import slow_node
 
 GENERATIONS = 6
 POPULATION = 12

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ray_ft.breaker import BreakerState, CircuitBreaker
 from ray_ft.checkpoints import CheckpointCorruptError, CheckpointInfo, DiskCheckpointStore
 from ray_ft.config import FTConfig
+from ray_ft.core.retry import RetryDecision, RetryPolicy
 from ray_ft.failures import (
     FailureEvent,
     FailureType,
@@ -20,8 +20,9 @@ from ray_ft.failures import (
     TaskTimeoutError,
     classify_failure,
 )
-from ray_ft.health import HealthMonitor, HealthReport, HealthThresholds
-from ray_ft.manager import FaultToleranceManager, Task, WorkerInfo
+from ray_ft.health.monitor import HealthMonitor, HealthReport, HealthThresholds
+from ray_ft.manager.breaker import BreakerState, CircuitBreaker
+from ray_ft.manager.state import FaultToleranceManager, Task, WorkerInfo
 from ray_ft.optim import (
     CMAES,
     BaseOptimizer,
@@ -31,14 +32,13 @@ from ray_ft.optim import (
     OptimizationResult,
     optimize,
 )
-from ray_ft.policy import RetryDecision, RetryPolicy
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "CapacityError": "ray_ft.executor",
-    "FaultTolerantActorPool": "ray_ft.pool",
-    "FaultTolerantExecutor": "ray_ft.executor",
+    "CapacityError": "ray_ft.runtime.executor",
+    "FaultTolerantActorPool": "ray_ft.runtime.pool",
+    "FaultTolerantExecutor": "ray_ft.runtime.executor",
     "get_manager": "ray_ft.actors.manager_actor",
     "shutdown_manager": "ray_ft.actors.manager_actor",
     "ObjectStoreCheckpointStore": "ray_ft.checkpoints.object_store",

@@ -69,7 +69,7 @@ class FailureEvent:
     task_id: str | None = None
     worker_id: str | None = None
     attempt: int | None = None
-    blame: str | None = None  # "node", "task", "placement" or "none" (see ray_ft.attribution)
+    blame: str | None = None  # "node", "task", "placement" or "none" (see ray_ft.core.attribution)
     memory_request: float | None = None  # bytes an out-of-memory attempt had asked for
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,7 +190,7 @@ def classify_failure(exc: BaseException) -> FailureType:
     RayTaskError) is APPLICATION_ERROR whatever its Python type, so a ConnectionError from
     the objective's own web service is never mistaken for Ray's network failing.
     :func:`user_error_kind` keeps its kind for the stats. Ray's own exceptions about the
-    infrastructure map as DESIGN.md says; bare built-ins (an exception raised outside a
+    infrastructure map as docs/design.md says; bare built-ins (an exception raised outside a
     task) map by type.
     """
     try:

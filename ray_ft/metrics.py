@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+
+from ray_ft.core.scheduler import NullMetrics  # the one no-op stand-in (the core's)
 
 __all__ = ["BREAKER_STATE_VALUES", "Metrics", "get_metrics"]
 
@@ -75,18 +76,11 @@ class Metrics:
             self.node_healthy.set(1.0 if healthy else 0.0, {"node_id": node_id})
 
 
-class _NullMetrics:
-    """Stands in when Ray metrics are unavailable."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
 _lock = threading.Lock()
-_instance: Metrics | _NullMetrics | None = None
+_instance: Metrics | NullMetrics | None = None
 
 
-def get_metrics() -> Metrics | _NullMetrics:
+def get_metrics() -> Metrics | NullMetrics:
     """This process's metrics (created on first use; a no-op object if that fails)."""
     global _instance
     with _lock:
@@ -95,5 +89,5 @@ def get_metrics() -> Metrics | _NullMetrics:
                 _instance = Metrics()
             except Exception as exc:
                 log.debug("ray metrics unavailable: %s", exc)
-                _instance = _NullMetrics()
+                _instance = NullMetrics()
         return _instance

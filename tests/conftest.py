@@ -12,7 +12,24 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [_here, os.path.dirname(_here), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402 - after the environment is set
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_where_marked(request):
+    """A test that starts Ray must say so (``@pytest.mark.cluster``), so that
+    ``make test-fast`` (``-m "not cluster"``) runs only the pure tests."""
+    yield
+    if request.node.get_closest_marker("cluster") is None and "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            pytest.fail(
+                f"{request.node.nodeid} started Ray without @pytest.mark.cluster: mark it "
+                "(or its module: pytestmark = pytest.mark.cluster)"
+            )
 
 
 class FakeClock:

@@ -6,12 +6,12 @@ import pickle
 
 import pytest
 
-from ray_ft.attribution import Blame, CrashLedger
-from ray_ft.breaker import BreakerState
+from ray_ft.core.attribution import Blame, CrashLedger
 from ray_ft.failures import FailureEvent, FailureType
-from ray_ft.health import Finding, HealthMonitor, HealthReport, Severity
-from ray_ft.liveness import PhiAccrualDetector
-from ray_ft.manager import FaultToleranceManager, Task, WorkerStatus
+from ray_ft.health.monitor import Finding, HealthMonitor, HealthReport, Severity
+from ray_ft.manager.breaker import BreakerState
+from ray_ft.manager.liveness import PhiAccrualDetector
+from ray_ft.manager.state import FaultToleranceManager, Task, WorkerStatus
 
 CRASH = FailureType.WORKER_CRASH
 
@@ -130,7 +130,7 @@ def test_a_fresh_task_object_per_failure_still_runs_out_on_the_third(clock):
 
 
 def test_reassign_seed_example_keeps_every_task():
-    from ray_ft.manager import WorkerInfo
+    from ray_ft.manager.state import WorkerInfo
 
     plan = FaultToleranceManager().reassign_tasks("w1", ["a", "b", "c"], [WorkerInfo("w2")])
     assert plan == {"a": "w2", "b": "w2", "c": "w2"}
@@ -171,7 +171,7 @@ def test_most_nodes_degraded_at_once_is_said_once_with_the_shared_reason(clock, 
         m.update_health(node, "degraded", [f"disk at {value}% exceeds 1%"])
     m.update_health("c", "ok", [])
     assert m.mass_degraded is None  # 2 of 3: a minority of at least three is not "most"
-    with caplog.at_level("WARNING", logger="ray_ft.manager"):
+    with caplog.at_level("WARNING", logger="ray_ft.manager.state"):
         m.update_health("c", "degraded", ["disk at 99.1% exceeds 1%", "memory at 97% exceeds 95%"])
         m.update_health("c", "degraded", ["disk at 99.3% exceeds 1%"])  # no second warning
     assert m.mass_degraded == "disk above 1% on 3 of 3 nodes"
@@ -238,7 +238,7 @@ def test_report_pickles_with_severity():
 
 
 def test_get_system_health_is_a_staticmethod_with_a_meaningful_first_cpu():
-    import ray_ft.health as health
+    import ray_ft.health.monitor as health
 
     assert isinstance(HealthMonitor.__dict__["get_system_health"], staticmethod)
     meter = health._CpuMeter()  # a fresh meter: its first reading waits out a real interval

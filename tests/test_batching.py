@@ -8,12 +8,12 @@ import pickle
 
 import pytest
 
-from ray_ft._batching import BATCH_TARGET_S, batch_size
-from ray_ft._work import CallSpec
 from ray_ft.config import FTConfig
+from ray_ft.core.batching import BATCH_TARGET_S, batch_size
+from ray_ft.core.scheduler import Scheduler
+from ray_ft.core.work import CallSpec
 from ray_ft.failures import FailureType, TaskFailedError
-from ray_ft.scheduler import Scheduler
-from tests.test_scheduler import Harness, work
+from tests.scheduler_harness import Harness, work
 
 ONE_CPU = {"a": {"CPU": 1.0}, "b": {"CPU": 1.0}, "c": {"CPU": 1.0}}
 CONFIG = FTConfig(max_retries=3, retry_delay=0.1, jitter="none", capacity_wait_timeout=30)
@@ -188,12 +188,12 @@ def test_a_failed_node_reruns_its_batches_members_and_frees_its_slot(clock):
 
 
 def test_batch_outcomes_and_placeholders_pickle():
-    from ray_ft._batch_task import _Ref, _run_batch, _shippable
+    from ray_ft.runtime.batch_task import _Ref, _run_batch, _shippable
 
     assert pickle.loads(pickle.dumps(_Ref(3))) == _Ref(3)
     err = pickle.loads(pickle.dumps(_shippable(ValueError("x"))))
     assert isinstance(err, ValueError) and "remote traceback" in err.__notes__[0]
-    from ray_ft._dispatch import callable_blob
+    from ray_ft.runtime.remote import callable_blob
 
     blob = callable_blob(lambda x, y=0: 10 // x + y)
     out = _run_batch(blob, None, [((1,), {}), ((0,), {}), ((_Ref(0),), {"y": _Ref(1)})], 5, 7)
@@ -204,8 +204,8 @@ def test_batch_outcomes_and_placeholders_pickle():
 def test_a_batch_stops_at_its_result_budget_and_the_rest_run_again(monkeypatch):
     import numpy as np
 
-    from ray_ft import _batch_task
-    from ray_ft._dispatch import callable_blob
+    from ray_ft.runtime import batch_task as _batch_task
+    from ray_ft.runtime.remote import callable_blob
 
     monkeypatch.setattr(_batch_task, "RESULT_BUDGET", 2_000_000)
     blob = callable_blob(lambda i: np.full(100_000, i, dtype=np.float64))  # 800 kB each

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import ray
 
-from ray_ft import FaultTolerantExecutor, TaskFailedError, chaos, get_manager
+from ray_ft import FaultTolerantExecutor, TaskFailedError, get_manager
+from ray_ft.tools import chaos
 from tests.raytools import wait_for_probes
+
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 
 def small(i: int) -> float:

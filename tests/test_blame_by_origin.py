@@ -19,8 +19,10 @@ import pytest
 import ray
 
 from ray_ft import FailureType, FaultTolerantActorPool, FaultTolerantExecutor, TaskFailedError
-from ray_ft._manager_client import ActorManagerClient
+from ray_ft.manager.client import ActorManagerClient
 from tests.raytools import wait_for
+
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
 
@@ -251,7 +253,7 @@ def test_a_manager_that_stops_answering_is_reported_once(cluster, caplog):
     ray.get(handle.excluded_nodes.remote())
     client = ActorManagerClient(handle, refresh_s=0.0)
     ray.kill(handle, no_restart=True)
-    with caplog.at_level(logging.WARNING, logger="ray_ft._manager_client"):
+    with caplog.at_level(logging.WARNING, logger="ray_ft.manager.client"):
         for _ in range(40):
             client.poll()
             time.sleep(0.06)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_ft.breaker import BreakerState, CircuitBreaker
+from ray_ft.manager.breaker import BreakerState, CircuitBreaker
 
 
 def make(clock, timeout=10.0, calls=1):

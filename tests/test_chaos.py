@@ -1,4 +1,4 @@
-"""ray_ft.chaos on a real multi-node cluster: the agent on each node signals real processes."""
+"""ray_ft.tools.chaos on a real multi-node cluster: the agent on each node signals processes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_ft import chaos
+from ray_ft.tools import chaos
 from tests.raytools import cluster_session, wait_for
+
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 
 @pytest.fixture(scope="module")

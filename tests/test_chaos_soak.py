@@ -15,8 +15,10 @@ import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor, GeneticAlgorithm, get_manager, optimize
-from ray_ft.chaos import freeze_node, kill_random_worker
+from ray_ft.tools.chaos import freeze_node, kill_random_worker
 from tests.raytools import cluster_session, kill_manager, wait_for
+
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 CONFIG = {
     "max_retries": 10,

@@ -16,6 +16,8 @@ from ray_ft.checkpoints.base import CHECKPOINT_KEY_ENV, CheckpointStore
 from ray_ft.checkpoints.disk import _MANIFEST, DEFAULT_RUN
 from tests.raytools import cluster_session, kill_manager
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 
 @pytest.fixture(scope="module")
 def ray_session():

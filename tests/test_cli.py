@@ -15,10 +15,10 @@ import pytest
 import ray
 
 from ray_ft import DiskCheckpointStore, get_manager
-from ray_ft.cli import main
+from ray_ft.tools.cli import main
 from tests.raytools import cluster_session, kill_manager
 
-RAY_FT = [sys.executable, "-m", "ray_ft.cli"]
+RAY_FT = [sys.executable, "-m", "ray_ft.tools.cli"]
 
 
 def run_cli(*args, timeout=300, **kwargs):
@@ -108,6 +108,7 @@ def cluster():
         yield c
 
 
+@pytest.mark.cluster
 def test_status_on_a_live_cluster(cluster, tmp_path):
     proc = run_cli("status", "--address", cluster.address, "--json", timeout=60)
     assert proc.returncode == 2 and "no ray_ft manager" in proc.stderr
@@ -125,6 +126,7 @@ def test_status_on_a_live_cluster(cluster, tmp_path):
     kill_manager()
 
 
+@pytest.mark.cluster
 def test_demo_interrupted_then_resumed(tmp_path):
     """SIGINT mid-run leaves a valid checkpoint; --resume finishes identical to a clean run."""
     ckpt = tmp_path / "demo"

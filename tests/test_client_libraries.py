@@ -12,6 +12,8 @@ import pytest
 
 from ray_ft import FaultTolerantExecutor
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 
 def busy_sphere(x) -> float:
     """A sphere with a little real numpy work in front (about a millisecond, no sleep)."""

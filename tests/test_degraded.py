@@ -7,9 +7,9 @@ degraded still runs its work. Fatal verdicts and missed heartbeats still exclude
 
 from __future__ import annotations
 
-from ray_ft._commands import Exclusions
-from ray_ft.scheduler import Scheduler
-from tests.test_scheduler import CONFIG, Harness, work
+from ray_ft.core.commands import Exclusions
+from ray_ft.core.scheduler import Scheduler
+from tests.scheduler_harness import CONFIG, Harness, work
 
 ONE_CPU = {n: {"CPU": 1.0, "memory": 4e9} for n in ("a", "b", "c")}
 

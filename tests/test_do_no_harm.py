@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor, TaskFailedError, get_manager
@@ -21,6 +22,8 @@ from tests.raytools import (
     wait_for,
     wait_for_probes,
 )
+
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 PROBES = {
     "health_check_interval": 0.5,

@@ -12,11 +12,11 @@ import pickle
 
 import pytest
 
-from ray_ft._commands import Launch, Resolve
-from ray_ft.attribution import UserErrorRates
+from ray_ft.core.attribution import UserErrorRates
+from ray_ft.core.commands import Launch, Resolve
+from ray_ft.core.scheduler import Scheduler
 from ray_ft.failures import FailureType
-from ray_ft.scheduler import Scheduler
-from tests.test_scheduler import CONFIG, NODES, Harness, work
+from tests.scheduler_harness import CONFIG, NODES, Harness, work
 
 APP = FailureType.APPLICATION_ERROR
 ONE_CPU = {"a": {"CPU": 1.0}, "b": {"CPU": 1.0}, "c": {"CPU": 1.0}}

@@ -18,6 +18,8 @@ import ray
 from ray_ft import FailureType, FaultTolerantExecutor, TaskFailedError, classify_failure
 from tests.raytools import Recorder, cluster_session, free_cpus, wait_for
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
 
 

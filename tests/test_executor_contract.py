@@ -136,7 +136,7 @@ def test_a_callable_is_not_kept_alive_after_its_call(ex):
 
 
 def test_the_callable_cache_still_hits_for_a_live_callable(ex):
-    from ray_ft import _dispatch
+    from ray_ft.runtime import remote as _dispatch
 
     box = Box(2)
     assert _dispatch.callable_blob(box.times) is _dispatch.callable_blob(box.times)

@@ -16,6 +16,8 @@ import ray
 from ray_ft import FaultTolerantExecutor, GeneticAlgorithm, get_manager, optimize
 from tests.raytools import cluster_session, kill_manager, wait_for
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
 
 

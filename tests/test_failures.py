@@ -1,4 +1,4 @@
-"""classify_failure covers every class in ray.exceptions, as DESIGN.md maps them; where an
+"""classify_failure covers every class in ray.exceptions, as docs/design.md maps them; where an
 exception was raised decides (the user's own exceptions are APPLICATION_ERROR)."""
 
 from __future__ import annotations

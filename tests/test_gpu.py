@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ray_ft.gpu import GpuBackendUnavailable, NvmlBackend, ThrottleHistory
-from ray_ft.health import HealthMonitor, HealthThresholds, Severity
+from ray_ft.health.gpu import GpuBackendUnavailable, NvmlBackend, ThrottleHistory
+from ray_ft.health.monitor import HealthMonitor, HealthThresholds, Severity
 from tests import nvml_standin as nv
 
 
@@ -72,7 +72,7 @@ def test_missing_gpu_against_rays_count_is_fatal():
 def test_nvml_init_failure_on_a_gpu_node_is_fatal_and_retried(monkeypatch):
     with pytest.raises(GpuBackendUnavailable, match="NVML did not start"):
         NvmlBackend(nv.make([], init_error=nv.DriverNotLoaded()))
-    import ray_ft.health as health
+    import ray_ft.health.monitor as health
 
     failing = nv.make([dev()], init_error=nv.DriverNotLoaded())
     monkeypatch.setattr(health, "NvmlBackend", lambda: NvmlBackend(failing))

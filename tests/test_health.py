@@ -9,7 +9,7 @@ from collections import namedtuple
 
 import pytest
 
-from ray_ft.health import (
+from ray_ft.health.monitor import (
     GpuBackendUnavailable,
     HealthMonitor,
     HealthReport,

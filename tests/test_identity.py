@@ -6,10 +6,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 
-from ray_ft._dispatch import callable_identity
-from ray_ft._work import CallSpec, Work
-from ray_ft.scheduler import Scheduler
-from tests.test_scheduler import CONFIG, Harness
+from ray_ft.core.scheduler import Scheduler
+from ray_ft.core.work import CallSpec, Work
+from ray_ft.runtime.remote import callable_identity
+from tests.scheduler_harness import CONFIG, Harness
 
 
 def objective(x, scale=1.0):

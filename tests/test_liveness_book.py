@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ray_ft.liveness import LivenessBook, PhiAccrualDetector
+from ray_ft.manager.liveness import LivenessBook, PhiAccrualDetector
 
 
 def book() -> LivenessBook:

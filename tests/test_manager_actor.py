@@ -13,6 +13,8 @@ import ray
 from ray_ft import FailureEvent, FailureType, get_manager
 from tests.raytools import cluster_session, wait_for
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 CONFIG = {
     "health_check_interval": 0.5,
     "probe_timeout": 2.0,

@@ -13,6 +13,8 @@ import ray
 from ray_ft import FaultTolerantExecutor, get_manager
 from tests.raytools import cluster_session, freeze, thaw, wait_for_probes
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 N_NODES = 12
 
 

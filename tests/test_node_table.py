@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 
-from ray_ft._memory import MemoryPolicy
-from ray_ft._node_table import NodeTable
-from ray_ft._work import CallSpec, Work
 from ray_ft.config import FTConfig
+from ray_ft.core.memory import MemoryPolicy
+from ray_ft.core.nodes import NodeTable
+from ray_ft.core.work import CallSpec, Work
 
 
 def work(kind="f", **options):
@@ -51,7 +51,7 @@ def test_memory_policy_remembers_a_bounded_number_of_callables(clock):
 
 
 def test_trial_leases_ask_once_admit_the_breakers_limit_and_leave_with_their_node(clock):
-    from ray_ft._trials import TrialLeases
+    from ray_ft.core.trials import TrialLeases
 
     table = NodeTable(clock, queue_depth=4)
     table.set_nodes({"a": {"CPU": 1.0}, "b": {"CPU": 1.0}})

@@ -14,6 +14,8 @@ from ray.cluster_utils import Cluster
 
 from ray_ft import FaultTolerantExecutor
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 GiB = 2**30
 ALLOC = 2 * GiB  # what one task holds
 NODE_MEMORY = 4 * GiB  # each node's logical memory: two tasks' share per node of 2 CPUs

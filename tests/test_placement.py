@@ -15,8 +15,10 @@ import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor
-from ray_ft.executor import CapacityError
+from ray_ft.runtime.executor import CapacityError
 from tests.raytools import kill_manager, start_cluster
+
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 CONFIG = {"retry_delay": 0.1, "max_retry_delay": 0.5, "capacity_wait_timeout": 3.0}
 

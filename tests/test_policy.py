@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ray_ft.config import FTConfig
+from ray_ft.core.retry import RetryDecision, RetryPolicy, backoff_delay
 from ray_ft.failures import FailureType
-from ray_ft.policy import RetryDecision, RetryPolicy, backoff_delay
 
 
 def policy(**kw):

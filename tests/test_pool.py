@@ -13,6 +13,8 @@ import pytest
 from ray_ft import FaultTolerantActorPool, GeneticAlgorithm, optimize
 from tests.raytools import wait_for
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none", "max_retries": 5}
 
 

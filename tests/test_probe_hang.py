@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import ray
 
 from ray_ft.actors.health_probe import HealthProbe
-from ray_ft.gpu import NvmlBackend
-from ray_ft.health import HealthMonitor
+from ray_ft.health.gpu import NvmlBackend
+from ray_ft.health.monitor import HealthMonitor
 from tests import nvml_standin as nv
 from tests.raytools import cluster_session
+
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 
 class HangingProbe(HealthProbe):

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 
+import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor, get_manager
@@ -21,6 +22,8 @@ from tests.raytools import (
     wait_for_probes,
     worker_pids,
 )
+
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 CONFIG = {
     "retry_delay": 0.1,

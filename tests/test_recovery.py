@@ -20,6 +20,8 @@ from ray_ft import DiskCheckpointStore, FaultTolerantExecutor, optimize
 from tests.raytools import cluster_session, signal_all, worker_pids
 from tests.recovery_common import CONFIG, make_optimizer, slow_rastrigin
 
+pytestmark = pytest.mark.cluster  # starts a real Ray cluster
+
 GENERATIONS = 8
 
 

@@ -1,6 +1,6 @@
 """The seed's own test, as written in the seed."""
 
-from ray_ft.manager import FaultToleranceManager, Task
+from ray_ft.manager.state import FaultToleranceManager, Task
 
 
 def test_task_retry():

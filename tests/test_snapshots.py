@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from ray_ft._snapshots import SET_KEYS, SnapshotLog, apply_delta
-from ray_ft.manager import FaultToleranceManager
+from ray_ft.manager.snapshots import SET_KEYS, SnapshotLog, apply_delta
+from ray_ft.manager.state import FaultToleranceManager
 
 
 def snap(token, **lists):

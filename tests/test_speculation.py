@@ -7,13 +7,13 @@ import concurrent.futures as cf
 
 import pytest
 
-from ray_ft._commands import Cancel
-from ray_ft._work import Attempt, CallSpec, Work
 from ray_ft.config import FTConfig
+from ray_ft.core.commands import Cancel
+from ray_ft.core.scheduler import Scheduler
+from ray_ft.core.speculation import Batch, Stragglers
+from ray_ft.core.work import Attempt, CallSpec, Work
 from ray_ft.failures import FailureType
-from ray_ft.scheduler import Scheduler
-from ray_ft.speculation import Batch, Stragglers
-from tests.test_scheduler import Harness
+from tests.scheduler_harness import Harness
 
 GiB = 2.0**30
 NODES = {

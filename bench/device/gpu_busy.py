@@ -11,7 +11,7 @@ import statistics
 import threading
 import time
 
-from ray_ft.health import HealthMonitor
+from ray_ft.health.monitor import HealthMonitor
 
 
 def phase(monitor: HealthMonitor, name: str, seconds: float) -> dict:

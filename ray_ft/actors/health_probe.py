@@ -14,7 +14,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_ft.health import HealthMonitor, HealthThresholds
+from ray_ft.health.monitor import HealthMonitor, HealthThresholds
 
 __all__ = ["HealthProbe", "start_probe"]
 

@@ -29,9 +29,10 @@ from ray_ft.actors._checkpoint_keeper import CheckpointKeeper
 from ray_ft.actors.health_probe import start_probe
 from ray_ft.config import CLUSTER_KEYS, FTConfig
 from ray_ft.failures import FailureEvent
-from ray_ft.liveness import LivenessBook, PhiAccrualDetector
-from ray_ft.manager import FaultToleranceManager, WorkerStatus
+from ray_ft.manager.liveness import LivenessBook, PhiAccrualDetector
+from ray_ft.manager.state import FaultToleranceManager, WorkerStatus
 from ray_ft.metrics import get_metrics
+from ray_ft.nodes import alive_nodes
 
 __all__ = ["DEFAULT_NAME", "DEFAULT_NAMESPACE", "ManagerActor", "get_manager", "shutdown_manager"]
 
@@ -285,7 +286,7 @@ class ManagerActor:
     def _sync_nodes(self) -> None:
         """Follow Ray's node table: register new nodes, start probes, drop dead ones."""
         self._synced_at = time.monotonic()
-        alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+        alive = alive_nodes()
         thresholds = {
             "cpu": self.config.cpu_threshold,
             "memory": self.config.memory_threshold,

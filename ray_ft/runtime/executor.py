@@ -1,6 +1,6 @@
 """FaultTolerantExecutor: a concurrent.futures.Executor whose work runs as Ray tasks.
 
-A thin Ray loop around the pure :class:`~ray_ft.scheduler.Scheduler`. The executor pins
+A thin Ray loop around the pure :class:`~ray_ft.core.scheduler.Scheduler`. The executor pins
 every attempt to one node (NodeAffinity, soft=False), so it always knows where work runs:
 that is what lets it abandon the attempts of a frozen node, send only trial tasks to a
 HALF_OPEN node and keep a slow node from setting the end of a batch. Ray runs each attempt
@@ -29,9 +29,9 @@ import ray
 import ray.exceptions as ray_exc
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_ft._batch_task import batch_task, pack, unpack_outcome
-from ray_ft._batching import MAX_BATCH
-from ray_ft._commands import (
+from ray_ft.config import FTConfig
+from ray_ft.core.batching import MAX_BATCH
+from ray_ft.core.commands import (
     AcquireTrial,
     Cancel,
     CapacityError,
@@ -42,15 +42,15 @@ from ray_ft._commands import (
     Report,
     Resolve,
 )
-from ray_ft._dispatch import (
-    call_arguments,
-    callable_blob,
-    callable_identity,
-    initializer_blob,
-    trampoline,
-)
-from ray_ft._manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
-from ray_ft._options import (
+from ray_ft.core.scheduler import Scheduler
+from ray_ft.core.work import Attempt, CallSpec, Work
+from ray_ft.failures import FailureEvent, FailureType, classify_failure
+from ray_ft.manager.client import ActorManagerClient, LocalManagerClient, ManagerClient
+from ray_ft.manager.state import FaultToleranceManager
+from ray_ft.metrics import get_metrics
+from ray_ft.nodes import alive_resources
+from ray_ft.runtime.batch_task import batch_task, pack, unpack_outcome
+from ray_ft.runtime.options import (
     PASSTHROUGH,
     callable_name,
     check_options,
@@ -59,12 +59,13 @@ from ray_ft._options import (
     options_key,
     unwrap,
 )
-from ray_ft._work import Attempt, CallSpec, Work
-from ray_ft.config import FTConfig
-from ray_ft.failures import FailureEvent, FailureType, classify_failure
-from ray_ft.manager import FaultToleranceManager
-from ray_ft.metrics import get_metrics
-from ray_ft.scheduler import Scheduler
+from ray_ft.runtime.remote import (
+    call_arguments,
+    callable_blob,
+    callable_identity,
+    initializer_blob,
+    trampoline,
+)
 
 __all__ = ["CapacityError", "FaultTolerantExecutor", "WorkerGoneError"]
 
@@ -710,7 +711,7 @@ class FaultTolerantExecutor(cf.Executor):
     def _refresh_nodes(self) -> None:
         self._nodes_at = self._clock()
         try:
-            nodes = {n["NodeID"]: dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")}
+            nodes = alive_resources()
         except Exception as exc:
             log.debug("ray.nodes() failed: %s", exc)
             return

@@ -13,7 +13,7 @@ import heapq
 import itertools
 from collections.abc import Iterator, Mapping
 
-from ray_ft._work import Attempt, Work
+from ray_ft.core.work import Attempt, Work
 
 __all__ = ["InFlight"]
 

@@ -20,13 +20,13 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ray_ft._snapshots import SnapshotLog
-from ray_ft.attribution import SUSPECT_FAILURES, Blame
-from ray_ft.breaker import BreakerState, CircuitBreaker
 from ray_ft.config import FTConfig
+from ray_ft.core.attribution import SUSPECT_FAILURES, Blame
+from ray_ft.core.retry import RetryDecision, RetryPolicy
 from ray_ft.failures import FailureEvent, FailureType
-from ray_ft.placement import water_fill as _water_fill
-from ray_ft.policy import RetryDecision, RetryPolicy
+from ray_ft.manager.breaker import BreakerState, CircuitBreaker
+from ray_ft.manager.snapshots import SnapshotLog
+from ray_ft.manager.water_fill import water_fill as _water_fill
 
 if TYPE_CHECKING:
     from ray_ft.optim.base import BaseOptimizer
@@ -426,7 +426,7 @@ class FaultToleranceManager:
 
     def exclusions_since(self, token: str | None) -> dict[str, Any] | None:
         """What an executor holding snapshot ``token`` needs: None when it is current, else
-        only what changed since (``ray_ft._snapshots``), or the whole snapshot."""
+        only what changed since (``ray_ft.manager.snapshots``), or the whole snapshot."""
         return self._snapshot_log.since(token, self.exclusions_snapshot())
 
     def reassign_tasks(
@@ -558,7 +558,7 @@ class FaultToleranceManager:
         self._record(event)
 
     def report_failure(self, event: FailureEvent) -> None:
-        """Route an attempt's failure by its blame (see :mod:`ray_ft.attribution`).
+        """Route an attempt's failure by its blame (see :mod:`ray_ft.core.attribution`).
 
         Only events blamed on the node count toward its breaker; crash evidence (a crash,
         an OOM kill, a timeout) opens it only when the node stands out from the others, so

@@ -1,7 +1,7 @@
 """FaultTolerantActorPool: stateful workers (a model on a GPU, a simulator) that survive death.
 
 The same scheduling brain as the executor, with actors for workers: each live actor is a
-one-slot worker to the :class:`~ray_ft.scheduler.Scheduler`, so placement, retries with
+one-slot worker to the :class:`~ray_ft.core.scheduler.Scheduler`, so placement, retries with
 backoff, timeouts, fault attribution and the manager's exclusions work as for tasks. An
 actor that dies (its process killed, its node removed, frozen or excluded) has its calls
 rerun on other actors and is replaced on a usable node; a call past its timeout gets its
@@ -26,11 +26,12 @@ import ray
 import ray.exceptions as ray_exc
 from ray import cloudpickle
 
-from ray_ft._commands import Command, Exclusions
-from ray_ft._work import Attempt, Work
 from ray_ft.config import FTConfig
-from ray_ft.executor import FaultTolerantExecutor, WorkerGoneError
+from ray_ft.core.commands import Command, Exclusions
+from ray_ft.core.work import Attempt, Work
 from ray_ft.failures import FailureEvent
+from ray_ft.nodes import alive_nodes
+from ray_ft.runtime.executor import FaultTolerantExecutor, WorkerGoneError
 
 __all__ = ["FaultTolerantActorPool"]
 
@@ -263,9 +264,9 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
                 self._kill(actor)  # its node was declared failed: start over elsewhere
         if self._nodes_at - self._table_at >= _NODE_TABLE_S:  # a GCS call: once a second
             self._table_at = self._nodes_at
-            alive_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            alive = alive_nodes()
             for actor in list(self._actors.values()):
-                if actor.node_id is not None and actor.node_id not in alive_nodes:
+                if actor.node_id is not None and actor.node_id not in alive:
                     actor.dead = True
         for key in [k for k, a in self._actors.items() if a.dead]:
             del self._actors[key]

@@ -23,6 +23,7 @@ import numpy as np
 
 from ray_ft.checkpoints.disk import DiskCheckpointStore
 from ray_ft.config import FTConfig
+from ray_ft.nodes import alive_nodes
 from ray_ft.optim.ga import GeneticAlgorithm
 from ray_ft.optim.run import GenerationReport, OptimizationResult, optimize
 
@@ -145,12 +146,11 @@ def _node_drill(
 ) -> None:
     """Slow one worker node 5x for a while (alive, answering probes: it must not be
     excluded), freeze another, let it thaw, later kill it; bounded, stops by itself."""
-    import ray
 
-    from ray_ft import chaos
+    from ray_ft.tools import chaos
 
     head = chaos._head_node()
-    others = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != head]
+    others = [n for n in alive_nodes() if n != head]
     if not others:
         return
     target = sorted(others)[0]
@@ -181,8 +181,8 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> int:
     from ray.cluster_utils import Cluster
 
     from ray_ft.actors.manager_actor import get_manager, shutdown_manager
-    from ray_ft.chaos import ChaosMonkey
-    from ray_ft.executor import FaultTolerantExecutor
+    from ray_ft.runtime.executor import FaultTolerantExecutor
+    from ray_ft.tools.chaos import ChaosMonkey
 
     root = Path(opts.checkpoint_dir)
     if not opts.resume and root.exists():

@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 import ray
 
-from ray_ft._commands import Exclusions
-from ray_ft._snapshots import apply_delta
+from ray_ft.core.commands import Exclusions
 from ray_ft.failures import FailureEvent
-from ray_ft.manager import FaultToleranceManager
+from ray_ft.manager.snapshots import apply_delta
+from ray_ft.manager.state import FaultToleranceManager
 
 __all__ = ["ActorManagerClient", "Exclusions", "LocalManagerClient", "ManagerClient"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ray_ft._node_table import RELEARN_S, SLOW_FACTOR, NodeTable
-from ray_ft._work import Shape, Work
 from ray_ft.config import FTConfig
+from ray_ft.core.nodes import RELEARN_S, SLOW_FACTOR, NodeTable
+from ray_ft.core.work import Shape, Work
 
 __all__ = ["Placement"]
 

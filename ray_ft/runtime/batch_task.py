@@ -1,4 +1,4 @@
-"""The batch task (Ray side of ``ray_ft._batching``): run every member, catch per member."""
+"""The batch task (Ray side of ``ray_ft.core.batching``): run every member, catch per member."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import ray
 from ray import cloudpickle
 
-from ray_ft._dispatch import run_setup, worker_callable
-from ray_ft._work import Work
+from ray_ft.core.work import Work
+from ray_ft.runtime.remote import run_setup, worker_callable
 
 __all__ = ["RESULT_BUDGET", "batch_task", "pack", "unpack_outcome"]
 

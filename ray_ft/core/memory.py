@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ray_ft._node_table import NodeTable
-from ray_ft._work import CallSpec, Work
 from ray_ft.config import FTConfig
+from ray_ft.core.nodes import NodeTable
+from ray_ft.core.work import CallSpec, Work
 
 __all__ = ["MemoryPolicy"]
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import psutil
 
 from ray_ft.config import FTConfig
-from ray_ft.gpu import (
+from ray_ft.health.gpu import (
     GpuBackendUnavailable,
     GPUtilBackend,
     NvmlBackend,

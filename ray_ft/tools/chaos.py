@@ -25,6 +25,8 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_ft.nodes import alive_nodes
+
 __all__ = [
     "ChaosEvent",
     "ChaosMonkey",
@@ -102,7 +104,7 @@ class _ChaosAgent:
             [
                 sys.executable,
                 "-m",
-                "ray_ft._duty_cycle",
+                "ray_ft.tools.duty_cycle",
                 str(self._raylet().pid),
                 repr(float(factor)),
                 repr(float(seconds)),
@@ -156,13 +158,13 @@ def _forget_agent(node_id: str) -> None:
 
 
 def _alive_nodes() -> list[str]:
-    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    return sorted(alive_nodes())
 
 
 def _head_node() -> str | None:
-    for node in ray.nodes():
-        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return str(node["NodeID"])
+    for node_id, node in alive_nodes().items():
+        if "node:__internal_head__" in node.get("Resources", {}):
+            return node_id
     return None
 
 

@@ -23,7 +23,7 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
-from ray_ft._work import Shape, Work
+from ray_ft.core.work import Shape, Work
 
 __all__ = ["NodeTable"]
 

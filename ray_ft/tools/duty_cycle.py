@@ -1,7 +1,7 @@
 """The slow-node drill's helper process: duty-cycles a node's task workers with
-SIGSTOP/SIGCONT so they run ``1/factor`` of the time (``python -m ray_ft._duty_cycle``).
+SIGSTOP/SIGCONT so they run ``1/factor`` of the time (``python -m ray_ft.tools.duty_cycle``).
 
-Started detached by ``ray_ft.chaos.slow_node`` on the target node; it finds the workers
+Started detached by ``ray_ft.tools.chaos.slow_node`` on the target node; it finds the workers
 under that node's raylet every half second (new workers are slowed too), spares ray_ft's
 own actors (the node keeps answering its probes: slow, not dead), and always ends by
 continuing every process it stopped (SIGTERM ends it early, the same way).
@@ -70,7 +70,7 @@ def _end_early(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ray_ft._duty_cycle RAYLET_PID FACTOR SECONDS``."""
+    """``python -m ray_ft.tools.duty_cycle RAYLET_PID FACTOR SECONDS``."""
     raylet_pid, factor, seconds = (argv if argv is not None else sys.argv[1:])[:3]
     duty_cycle(int(raylet_pid), float(factor), float(seconds))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from ray_ft._node_table import NodeTable
+from ray_ft.core.nodes import NodeTable
 
 __all__ = ["TrialLeases"]
 

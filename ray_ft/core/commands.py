@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ray_ft._work import Attempt
+from ray_ft.core.work import Attempt
 from ray_ft.failures import FailureEvent
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray import cloudpickle
 
-from ray_ft._work import Attempt, CallSpec, Shape, Work
+from ray_ft.core.work import Attempt, CallSpec, Shape, Work
 
 __all__ = [
     "Attempt",

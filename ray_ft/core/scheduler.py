@@ -6,8 +6,8 @@ release trial leases). It owns the queues, the retry timer heap, the deadlines, 
 and placement, fault attribution and trial leases. The Ray loop in ``executor.py`` holds
 its lock only to exchange events and commands, and carries the commands out.
 
-Placement (``ray_ft._placer``) adapts to how fast each node finishes work. A straggling
-attempt gets one backup on another node in a free slot (``ray_ft.speculation``): the first
+Placement (``ray_ft.core.placement``) adapts to how fast each node finishes work. A straggling
+attempt gets one backup on another node in a free slot (``ray_ft.core.speculation``): the first
 result wins. An out-of-memory retry asks for more memory.
 """
 
@@ -23,8 +23,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ray_ft._batching import batch_size, batch_timeout, batchable, take_members
-from ray_ft._commands import (
+from ray_ft.config import FTConfig
+from ray_ft.core.attribution import Blame, CrashLedger, UserErrorRates
+from ray_ft.core.batching import batch_size, batch_timeout, batchable, take_members
+from ray_ft.core.commands import (
     AcquireTrial,
     Cancel,
     CapacityError,
@@ -36,14 +38,14 @@ from ray_ft._commands import (
     Report,
     Resolve,
 )
-from ray_ft._inflight import InFlight
-from ray_ft._memory import MemoryPolicy
-from ray_ft._node_table import NodeTable
-from ray_ft._placer import Placement
-from ray_ft._trials import TrialLeases
-from ray_ft._work import Attempt, Group, Shape, Work
-from ray_ft.attribution import Blame, CrashLedger, UserErrorRates
-from ray_ft.config import FTConfig
+from ray_ft.core.inflight import InFlight
+from ray_ft.core.memory import MemoryPolicy
+from ray_ft.core.nodes import NodeTable
+from ray_ft.core.placement import Placement
+from ray_ft.core.retry import RetryPolicy
+from ray_ft.core.speculation import Stragglers
+from ray_ft.core.trials import TrialLeases
+from ray_ft.core.work import Attempt, Group, Shape, Work
 from ray_ft.failures import (
     FailureEvent,
     FailureType,
@@ -52,15 +54,15 @@ from ray_ft.failures import (
     TaskTimeoutError,
     user_error_kind,
 )
-from ray_ft.policy import RetryPolicy
-from ray_ft.speculation import Stragglers
 
-__all__ = ["Scheduler"]
+__all__ = ["NullMetrics", "Scheduler"]
 
 _STRAGGLER_CHECK_S = 0.1  # how often running attempts are checked for stragglers
 
 
-class _NullMetrics:
+class NullMetrics:
+    """Metrics that record nothing (no Ray metrics agent, or none wanted)."""
+
     def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *args, **kwargs: None
 
@@ -74,6 +76,7 @@ class Scheduler:
         config: FTConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         queue_depth: int = 4,
         max_in_flight: int | None = None,
         metrics: Any = None,
@@ -81,9 +84,10 @@ class Scheduler:
         batching: bool = False,
     ) -> None:
         self.config = config
-        self.batching = batching  # pack queued tiny calls of one callable (ray_ft._batching)
+        self.batching = batching  # pack queued tiny calls of one callable (ray_ft.core.batching)
         self.queue_depth = queue_depth
         self._clock = clock
+        self._wall_clock = wall_clock  # stamps failure events (the manager shows wall times)
         self.table = NodeTable(clock, queue_depth)
         self.placement = Placement(config, self.table, clock)
         self.memory = MemoryPolicy(config, self.table)
@@ -92,7 +96,7 @@ class Scheduler:
         self.cancel_kills_worker = cancel_kills_worker
         self._retired: set[str] = set()  # such workers, until the node table drops them
         self._cancelling = False  # shutdown(cancel_futures=True): nothing new starts
-        self._metrics = metrics if metrics is not None else _NullMetrics()
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._retry = RetryPolicy(config)
         self._ledger = CrashLedger()
         self._rates = UserErrorRates()
@@ -590,7 +594,7 @@ class Scheduler:
 
     def _batch_members(self, head: Work, queue: deque[Work], node_id: str) -> list[Work]:
         """The head call and the queued calls packed with it: the same callable and
-        request, as many as its pace asks for (``ray_ft._batching.batch_size``)."""
+        request, as many as its pace asks for (``ray_ft.core.batching.batch_size``)."""
         size = batch_size(
             self.table.runtime.get((node_id, head.kind)),
             len(queue) + 1,
@@ -691,7 +695,7 @@ class Scheduler:
     ) -> list[Command]:
         """A failure put on record that charges neither the node nor the task's retries."""
         event = FailureEvent(
-            timestamp=time.time(),
+            timestamp=self._wall_clock(),
             failure_type=kind,
             details=f"{type(error).__name__}: {error}"[:500],
             task_id=attempt.work.task_id,
@@ -739,7 +743,7 @@ class Scheduler:
         if failure_type is FailureType.OUT_OF_MEMORY:
             memory = float(work.spec.options.get("memory") or 0) or None
         event = FailureEvent(
-            timestamp=time.time(),
+            timestamp=self._wall_clock(),
             failure_type=failure_type,
             details=f"{type(error).__name__}: {error}"[:500],
             task_id=work.task_id,

@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-log = logging.getLogger("ray_ft.cli")
+log = logging.getLogger("ray_ft.tools.cli")
 
 
 class CliError(Exception):
@@ -30,7 +30,7 @@ class CliError(Exception):
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from ray_ft.health import HealthMonitor
+    from ray_ft.health.monitor import HealthMonitor
 
     if args.raw and not args.json:
         raise CliError("--raw prints JSON; pass --json --raw")
@@ -72,7 +72,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def _raw_nvml() -> dict[str, Any]:
     """Every NVML call a health check makes, with value or exception class and latency."""
-    from ray_ft.gpu import GpuBackendUnavailable, NvmlBackend
+    from ray_ft.health.gpu import GpuBackendUnavailable, NvmlBackend
 
     started = time.perf_counter()
     try:
@@ -271,7 +271,7 @@ def _show(store: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ray_ft.demo import DemoOptions, run_demo
+    from ray_ft.tools.demo import DemoOptions, run_demo
 
     if args.generations < 1 or args.population < 4 or args.nodes < 2 or not args.eval_ms > 0:
         raise CliError("pass --generations >= 1, --population >= 4, --nodes >= 2 and --eval-ms > 0")

@@ -10,7 +10,7 @@ Inside the task each member runs on its own and its result or exception comes ba
 own (as Ray's ``multiprocessing.Pool`` and Dask's ``execute_task`` do), so a member's
 exception is that member's failure. ObjectRefs among a member's top-level arguments become
 top-level arguments of the batch task, so Ray resolves them as it would for one call
-(``ray_ft._batch_task``, the Ray side; this module is pure).
+(``ray_ft.runtime.batch_task``, the Ray side; this module is pure).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from ray_ft._work import Group, Work
+from ray_ft.core.work import Group, Work
 
 __all__ = [
     "BATCH_BELOW_S",
