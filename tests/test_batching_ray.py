@@ -75,9 +75,8 @@ def test_a_poison_member_fails_alone_and_no_node_is_excluded(cluster, tmp_path):
         assert list(ex.map(poisoned, range(41, 71))) == [small(i) for i in range(41, 71)]
         # the case, made exact: one batch of 64 (as map(..., chunksize=64) would
         # ask), so the poison is packed with 63 good ones whatever the pace
-        futures = ex._submit_all(
-            poisoned, [((i,), {}) for i in range(64)], {}, 64, raise_launch=False
-        )
+        works = ex._queue_all(poisoned, [((i,), {}) for i in range(64)], {}, 64, raise_launch=False)
+        futures = [w.future for w in works]
         for i, future in enumerate(futures):
             if i == 40:
                 with pytest.raises(TaskFailedError, match="worker_crash"):

@@ -257,7 +257,7 @@ class FaultTolerantExecutor(cf.Executor):
         kwargs: dict[str, Any],
         options: dict[str, Any],
     ) -> cf.Future[Any]:
-        return self._submit_all(fn, [(args, kwargs)], options, None, raise_launch=True)[0]
+        return self._queue_all(fn, [(args, kwargs)], options, None, raise_launch=True)[0].future
 
     def _map(
         self,
@@ -277,19 +277,6 @@ class FaultTolerantExecutor(cf.Executor):
         ]
         works = self._queue_all(fn, calls, options, chunksize, raise_launch=False)
         return _MapResults(self, works, timeout)
-
-    def _submit_all(
-        self,
-        fn: Callable[..., Any],
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        options: dict[str, Any],
-        batch_cap: int | None,
-        *,
-        raise_launch: bool,
-    ) -> list[cf.Future[Any]]:
-        """Queue every call, then dispatch once; the calls' futures."""
-        works = self._queue_all(fn, calls, options, batch_cap, raise_launch=raise_launch)
-        return [w.future for w in works]
 
     def _queue_all(
         self,
