@@ -26,6 +26,7 @@ from typing import Any
 import ray
 
 from ray_ft.actors._checkpoint_keeper import CheckpointKeeper
+from ray_ft.actors._elastic import ElasticWatch
 from ray_ft.actors.health_probe import start_probe
 from ray_ft.config import CLUSTER_KEYS, FTConfig
 from ray_ft.failures import FailureEvent
@@ -81,7 +82,11 @@ class ManagerActor:
         self._wake = threading.Event()
         self._dirty = threading.Event()
         self._state_version = self._written_version = 0
+        self.elastic = ElasticWatch()
         self._threads = [
+            threading.Thread(
+                target=self.elastic.run, args=(self._stop,), name="ray_ft-elastic", daemon=True
+            ),
             threading.Thread(target=self._liveness_loop, name="ray_ft-liveness", daemon=True),
             threading.Thread(target=self._health_loop, name="ray_ft-health", daemon=True),
             threading.Thread(target=self._writer_loop, name="ray_ft-state", daemon=True),
@@ -114,6 +119,13 @@ class ManagerActor:
         else only what changed since ``token`` (or the whole snapshot when it is too old)."""
         with self._lock:
             return self.manager.exclusions_since(token)
+
+    def elastic_view(
+        self, driver: str, demand: dict[Any, int], token: int | None = None
+    ) -> dict[str, Any] | None:
+        """Take a driver's demand (what it would run at once, per request; empty: none) and
+        answer node types and draining deadlines (None when ``token`` is current)."""
+        return self.elastic.report(driver, demand, token)
 
     def acquire_trial(self, node_id: str) -> bool:
         """Take one trial slot of a HALF_OPEN node; False when none is left."""
@@ -214,7 +226,13 @@ class ManagerActor:
                 "failure_counts": dict(m.failure_counts),
                 "failures_total": sum(m.failure_counts.values()),
                 "breaker_transitions": list(m.breaker_transitions[-50:]),
-                "excluded": sorted(m.excluded_workers()),
+                # a node that left (scaled down, drained, dead) is listed as such, not excluded
+                "excluded": sorted(
+                    w
+                    for w in m.excluded_workers()
+                    if getattr(m.workers.get(w), "status", None) != WorkerStatus.DEAD
+                ),
+                "elastic": self.elastic.status(),
                 "config": self.config.to_dict(),
                 "restored": self.restored,
                 "state_path": str(self.state_path),
@@ -302,6 +320,11 @@ class ManagerActor:
                 if info is None or info.status == WorkerStatus.DEAD or info.capacity != capacity:
                     self.manager.register_worker(node_id, capacity)
                     changed = True
+                if not self.elastic.keeps_probe(node_id, node["Resources"]):
+                    if node_id in self._probes:  # an idle autoscaled node: let it go
+                        self._drop_probe(node_id)
+                        self._forget_node(node_id)
+                    continue
                 if node_id not in self._probes:
                     gpus = int(node["Resources"].get("GPU", 0))
                     self._probes[node_id] = start_probe(node_id, thresholds, gpus)

@@ -50,9 +50,18 @@ class InFlight(Mapping[int, Attempt]):
         self._by_id[attempt_id] = attempt
         self._on_node.setdefault(attempt.node_id, {})[attempt_id] = attempt
         work = attempt.work
-        if work.speculate:
+        if work.speculate or work.running is not None or work in self._copies:
+            first = work.running
+            if first is not None:  # a second copy of a call without backups (preemption)
+                work.running = None
+                self._copies.setdefault(work, {})[first.attempt_id] = first
             self._copies.setdefault(work, {})[attempt_id] = attempt
-            if attempt.group is None and not attempt.trial and not attempt.backup:
+            if (
+                work.speculate
+                and attempt.group is None
+                and not attempt.trial
+                and not attempt.backup
+            ):
                 self._candidates[attempt_id] = attempt
         else:
             work.running = attempt  # no backups: at most one attempt in flight

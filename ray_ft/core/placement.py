@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ray_ft.config import FTConfig
+from ray_ft.core.elastic import NodeTypes
 from ray_ft.core.nodes import RELEARN_S, SLOW_FACTOR, NodeTable
 from ray_ft.core.work import Shape, Work
 
@@ -27,6 +28,8 @@ class Placement:
         self.table = table
         self._clock = clock
         self._zero_since: dict[Shape, float] = {}  # since when a shape fits no usable node
+        # what the cluster's autoscaler can launch (None: no autoscaler, or not known)
+        self.node_types: NodeTypes | None = None
 
     def pick(self, work: Work, queued: int) -> tuple[str, bool] | None:
         """Where this attempt goes, and whether it is a trial; None when nowhere has room."""
@@ -51,10 +54,28 @@ class Placement:
         ):
             self._zero_since.pop(shape, None)
             return None
+        types = self.node_types
+        request = dict(shape.key)
+        if types is not None and not table.unusable and not types.launchable(request):
+            self._zero_since.pop(shape, None)
+            return (
+                f"no node can run tasks needing {shape.describe()}: no alive node has it "
+                f"({len(table.nodes)} alive) and no node type the autoscaler can launch "
+                f"fits it (node types: {types.describe()}); lower the request or add a node "
+                "type that has it to the cluster config"
+            )
         since = self._zero_since.setdefault(shape, now)
         if now - since < self.config.capacity_wait_timeout:
             return None
         self._zero_since.pop(shape, None)
+        if types is not None:
+            return (
+                f"the autoscaler brought up no usable node for tasks needing "
+                f"{shape.describe()} in {self.config.capacity_wait_timeout:g}s (node types: "
+                f"{types.describe()}; {len(table.nodes)} alive, {len(table.unusable)} "
+                "excluded, draining or on trial); check the autoscaler's log (quota, "
+                "max_workers), lower the request, or raise capacity_wait_timeout"
+            )
         return (
             f"no usable node could run tasks needing {shape.describe()} for "
             f"{self.config.capacity_wait_timeout:g}s ({len(table.nodes)} alive, "

@@ -38,6 +38,7 @@ from ray_ft.core.commands import (
     Report,
     Resolve,
 )
+from ray_ft.core.elastic import Draining, NodeTypes
 from ray_ft.core.inflight import InFlight
 from ray_ft.core.memory import MemoryPolicy
 from ray_ft.core.nodes import NodeTable
@@ -104,6 +105,8 @@ class Scheduler:
         self._timers: list[tuple[float, int, Work]] = []
         self.inflight = InFlight()
         self.exclusions = Exclusions()
+        self.draining = Draining()  # nodes with a drain notice (preemption, scale-down)
+        self._running: Counter[Shape] = Counter()  # slots held in flight, per shape
         self.trials = TrialLeases(self.table, config.half_open_max_calls)
         self._stragglers = Stragglers(config)
         self._speculative = 0  # attempts in flight whose work may get a backup
@@ -227,7 +230,10 @@ class Scheduler:
         incoming = {n: r for n, r in nodes.items() if n not in self._retired}
         out: list[Command] = []
         for node_id in [n for n in self.nodes if n not in incoming]:
-            out.extend(self._abandon_node(node_id, "is dead (Ray)"))
+            if node_id in self.draining:  # it left on notice: nobody's fault
+                out.extend(self._abandon_node(node_id, "was drained (preempted)", "preempted"))
+            else:
+                out.extend(self._abandon_node(node_id, "is dead (Ray)"))
             self._forget_node(node_id)
         self.table.set_nodes(incoming)
         out.extend(self._dispatch(self._clock()))
@@ -247,6 +253,7 @@ class Scheduler:
     def _forget_node(self, node_id: str) -> None:
         """A node left: the scheduler's own per-node tables drop it (the table's too)."""
         self._rates.forget(node_id)
+        self.draining.forget(node_id)
         self.inflight.forget_node(node_id)
         self.trials.forget(node_id)
 
@@ -256,7 +263,7 @@ class Scheduler:
         before = self.exclusions.failed | self.exclusions.dead
         self.exclusions = snapshot
         unusable = snapshot.excluded | {n for n, _ in snapshot.half_open}
-        self.table.set_unusable(unusable)
+        self.table.set_unusable(unusable | self.draining.deadlines.keys())
         self.table.set_degraded(snapshot.degraded - unusable)  # placed last, not excluded
         out: list[Command] = []
         for node_id in (snapshot.failed | snapshot.dead) - before:
@@ -264,6 +271,55 @@ class Scheduler:
         self.trials.void_except(n for n, _ in snapshot.half_open)
         out.extend(self._dispatch(self._clock()))
         return out
+
+    def node_types_changed(self, types: NodeTypes | None) -> list[Command]:
+        """The worker types the cluster's autoscaler can launch (None: no autoscaler, or
+        unknown): queued work that fits none of them fails at once."""
+        self.placement.node_types = types
+        return self._dispatch(self._clock())
+
+    def draining_changed(self, deadlines: Mapping[str, float]) -> list[Command]:
+        """Nodes with a drain notice and their deadlines (this clock; 0: none): they take
+        no new work, and attempts that would outlive the deadline get a copy elsewhere."""
+        now = self._clock()
+        before = set(self.draining.deadlines)
+        self.draining.update(deadlines, now)
+        if set(self.draining.deadlines) != before:
+            excl = self.exclusions
+            unusable = excl.excluded | {n for n, _ in excl.half_open}
+            self.table.set_unusable(unusable | self.draining.deadlines.keys())
+        out = self._cover_draining(now)
+        out.extend(self._dispatch(now))
+        return out
+
+    def _cover_draining(self, now: float) -> list[Command]:
+        """A copy, in a free slot elsewhere, of each attempt that would still run when its
+        draining node goes (the first result wins, as for a straggler's backup)."""
+        out: list[Command] = []
+        for node_id in list(self.draining.deadlines):
+            for attempt in self.inflight.on_node(node_id):
+                work = attempt.work
+                if attempt.group is not None or attempt.backup or self._copied(attempt):
+                    continue
+                pace = self.table.runtime.get((node_id, work.kind))
+                if not self.draining.outlives(node_id, attempt.launched_at, pace):
+                    continue
+                if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
+                    return out
+                target = self.placement.backup_node(work, node_id, float("inf"))
+                if target is None:
+                    continue
+                work.speculated = True
+                copy = self._start(work, target, False, now)
+                copy.backup = True
+                self._backups += 1
+                self.stats["preemption_copies"] += 1
+                out.append(Launch(copy))
+        return out
+
+    def _copied(self, attempt: Attempt) -> bool:
+        """The attempt's call has another copy in flight."""
+        return any(t is not attempt for t in self.inflight.twins(attempt.work))
 
     def trial_granted(self, node_id: str, granted: bool) -> list[Command]:
         """The manager's answer to an AcquireTrial."""
@@ -298,6 +354,8 @@ class Scheduler:
                 timeout = attempt.work.timeout or 0.0
                 error = TaskTimeoutError(timeout, attempt.work.name)
                 out.extend(self._failed(attempt, error, FailureType.TASK_TIMEOUT))
+        if self.draining:
+            out.extend(self._cover_draining(now))
         out.extend(self._dispatch(now))
         if self._speculative and now >= self._straggler_check_at:
             self._straggler_check_at = now + _STRAGGLER_CHECK_S
@@ -382,6 +440,23 @@ class Scheduler:
         ]
         return min(times) if times else None
 
+    def demand(self) -> dict[Shape, int]:
+        """What this executor would run at once, per shape that has calls queued: those in
+        flight plus those queued (``max_in_flight`` at most in all); the autoscaler's demand.
+        Empty when no call waits for room. O(shapes)."""
+        out: dict[Shape, int] = {}
+        room = self.max_in_flight
+        for shape, queue in self._queues.items():
+            if not queue:
+                continue
+            count = self._running[shape] + len(queue)
+            if room is not None:
+                count = min(count, room)
+                room -= count
+            if count > 0:
+                out[shape] = count
+        return out
+
     def pending(self) -> int:
         """Calls queued or waiting out a retry delay."""
         return self._queued() + len(self._timers)
@@ -402,7 +477,11 @@ class Scheduler:
             "timeouts": self.stats["timeouts"],
             "failures_by_type": dict(self.failures_by_type),
             "user_errors": dict(self.user_errors),
-            "excluded_nodes": sorted(self.exclusions.excluded),
+            # nodes that left (scaled down, drained, dead) are gone, not excluded
+            "excluded_nodes": sorted(self.exclusions.excluded & self.nodes.keys()),
+            "draining_nodes": sorted(self.draining.deadlines),
+            "preempted": self.stats["preempted"],
+            "preemption_copies": self.stats["preemption_copies"],
             "degraded_nodes": sorted(self.exclusions.degraded),
             "in_flight": len(self.inflight),
             "max_in_flight_seen": self.max_in_flight_seen,
@@ -481,6 +560,7 @@ class Scheduler:
         self.inflight.add(attempt, timed=first)
         if first:
             self.table.add_load(node_id, work.shape, +1)
+            self._running[work.shape] += 1
         self.table.started(node_id, work.kind, attempt_id, now)
         self._speculative += work.speculate
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
@@ -648,19 +728,23 @@ class Scheduler:
             group.live -= 1
         if group is None or group.live == 0:  # a batch frees its slot with its last member
             self.table.add_load(attempt.node_id, attempt.work.shape, -1)
+            shape = attempt.work.shape
+            self._running[shape] -= 1
+            if self._running[shape] <= 0:
+                del self._running[shape]
         if attempt.trial:
             self.trials.ended(attempt.node_id)
         self._speculative -= attempt.work.speculate
         self._backups -= attempt.backup
 
-    def _abandon_node(self, node_id: str, reason: str) -> list[Command]:
-        """Rerun a failed node's attempts elsewhere at once: ray_ft's own verdict, so it
-        charges nobody (neither the node's breaker nor the task's retries)."""
+    def _abandon_node(self, node_id: str, reason: str, counter: str = "abandoned") -> list[Command]:
+        """Rerun a failed (or drained) node's attempts elsewhere at once: ray_ft's own
+        verdict, so it charges nobody (neither the node's breaker nor the task's retries)."""
         out: list[Command] = []
         for attempt in self.inflight.on_node(node_id):
             self._drop(attempt)
             out.append(Cancel(attempt))
-            out.extend(self._requeue(attempt, NodeFailedError(node_id, reason), "abandoned"))
+            out.extend(self._requeue(attempt, NodeFailedError(node_id, reason), counter))
         return out
 
     def _cancel(self, attempt: Attempt) -> list[Command]:
@@ -674,8 +758,11 @@ class Scheduler:
     def _requeue(self, attempt: Attempt, error: BaseException, counter: str) -> list[Command]:
         work = attempt.work
         self.stats[counter] += 1
-        kind = FailureType.NODE_DIED if counter == "abandoned" else FailureType.APPLICATION_ERROR
-        blame = Blame.NONE if counter == "abandoned" else Blame.PLACEMENT
+        gone = counter in ("abandoned", "preempted")  # the node went: nobody's fault
+        kind = FailureType.NODE_DIED if gone else FailureType.APPLICATION_ERROR
+        blame = Blame.NONE if gone else Blame.PLACEMENT
+        if counter == "preempted":
+            self.failures_by_type["preempted"] += 1
         out = self._on_record(attempt, error, kind, blame)
         work.avoid = work.avoid | {attempt.node_id}
         if not (work.speculated and self._twin_running(work)):
@@ -732,6 +819,9 @@ class Scheduler:
         self, attempt: Attempt, error: BaseException, failure_type: FailureType
     ) -> list[Command]:
         work = attempt.work
+        if attempt.node_id in self.draining and failure_type.is_system:
+            # killed by its node's drain (a preemption): Ray does not count these, nor do we
+            return self._requeue(attempt, error, "preempted")
         if work.speculated and self._twin_running(work):
             # one copy failed while the other still runs (Spark's rule): no retry counted
             self.stats["speculation_failures"] += 1

@@ -50,6 +50,7 @@ from ray_ft.manager.state import FaultToleranceManager
 from ray_ft.metrics import get_metrics
 from ray_ft.nodes import alive_resources
 from ray_ft.runtime.batch_task import batch_task, pack, unpack_outcome
+from ray_ft.runtime.elastic import ElasticLink, NodeWatcher
 from ray_ft.runtime.options import (
     PASSTHROUGH,
     callable_name,
@@ -105,6 +106,7 @@ class FaultTolerantExecutor(cf.Executor):
 
     _cancel_kills_worker = False  # a Cancel stops one task, not its worker
     _batches = True  # tiny calls may be packed into one Ray task (config.batching)
+    _demands = True  # queued calls are resource demand the autoscaler sees (not actor calls)
 
     def __init__(
         self,
@@ -148,6 +150,13 @@ class FaultTolerantExecutor(cf.Executor):
                 manager = get_manager(config if config is not None else {})
             self._client = ActorManagerClient(manager, clock=clock)
         self.manager = manager if manager is not False else None
+        # the manager sums every driver's demand into the autoscaler's one request
+        self._link = (
+            ElasticLink(manager, clock=clock) if manager is not False and self._demands else None
+        )
+        self._demand: dict[Any, int] = {}
+        self._watcher = NodeWatcher()
+        self._looked = False  # the first look at Ray's node table is made in __init__
         self._lock = threading.Lock()
         self._sched = Scheduler(
             self.config,
@@ -178,6 +187,7 @@ class FaultTolerantExecutor(cf.Executor):
         first = self._client.fetch(timeout=_FIRST_SNAPSHOT_S)  # never place blind
         self._apply([*self._poll_manager(), *([("exclusions", first)] if first else [])])
         weakref.finalize(self, self._kick.set)  # a dropped idle executor ends its thread
+        weakref.finalize(self, self._watcher.stop)
         self._thread = threading.Thread(
             target=_loop,
             args=(weakref.ref(self), self._kick),
@@ -547,6 +557,7 @@ class FaultTolerantExecutor(cf.Executor):
                     self._ticked_at = now
                     commands.extend(self._sched.tick())
                 idle = self._sched.idle
+                self._demand = self._sched.demand()
                 refs = list(self._ids_of)
                 wakeup = self._sched.next_wakeup()
                 if idle:
@@ -554,6 +565,8 @@ class FaultTolerantExecutor(cf.Executor):
         finally:  # what was gathered is carried out even when a later step raised
             self._execute(commands)
         if idle:
+            if self._link is not None:
+                self._link.step({})  # nothing wanted any more: said at once
             with self._lock:  # a submit may have raced in: then it stays
                 if self._sched.idle and not self._given_up:
                     _BUSY.discard(self)
@@ -674,6 +687,10 @@ class FaultTolerantExecutor(cf.Executor):
         for kind, payload in polled:
             if kind == "nodes":
                 commands.extend(self._sched.nodes_changed(payload))
+            elif kind == "draining":
+                commands.extend(self._sched.draining_changed(payload))
+            elif kind == "node_types":
+                commands.extend(self._sched.node_types_changed(payload))
             elif kind == "exclusions":
                 commands.extend(self._sched.exclusions_changed(payload))
             else:
@@ -684,6 +701,11 @@ class FaultTolerantExecutor(cf.Executor):
         """Ray and manager calls, outside the lock; their results are fed in later."""
         polled: list[Any] = list(self._pending_nodes)
         self._pending_nodes = []
+        nodes = self._watcher.take()
+        if nodes is not None and nodes != self._sched.nodes:
+            polled.append(("nodes", nodes))
+        if self._link is not None:
+            polled.extend(self._link.step(self._demand))
         snapshot = self._client.poll()
         if snapshot is not None:
             polled.append(("exclusions", snapshot))
@@ -696,7 +718,14 @@ class FaultTolerantExecutor(cf.Executor):
         self._execute(commands)
 
     def _refresh_nodes(self) -> None:
+        """Ask for Ray's node table: read by the watcher thread, off the caller's thread and
+        the loop (a GCS restart stalls neither); the first look is made here (never place
+        blind)."""
         self._nodes_at = self._clock()
+        if self._looked:
+            self._watcher.want()
+            return
+        self._looked = True
         try:
             nodes = alive_resources()
         except Exception as exc:
@@ -719,6 +748,7 @@ def _loop(weak: weakref.ref[FaultTolerantExecutor], kick: threading.Event) -> No
             state = "busy"
             time.sleep(0.1)
         if state == "done":
+            executor._watcher.stop()
             return
         if state == "idle":
             del executor  # idle: only the weak reference remains while we wait

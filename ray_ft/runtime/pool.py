@@ -87,6 +87,7 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
 
     _cancel_kills_worker = True  # an actor call cannot be cancelled: the actor is killed
     _batches = False  # an actor runs its calls one by one: no packing
+    _demands = False  # its calls wait for its own actors, not for new nodes
 
     def __init__(
         self,

@@ -1,0 +1,130 @@
+"""Ray's real autoscaler over real raylets on this machine (the fake multi-node provider).
+
+``ray.cluster_utils.AutoscalingCluster`` reads a provider ``example.yaml`` that Ray's wheel
+does not ship, so the whole config is built here; the head is started with ``ray start``
+and the autoscaler launches and terminates real raylets. ``ray stop --force`` (which
+``AutoscalingCluster`` also runs) kills every Ray process on the machine: modules using
+this start no other cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+HEAD_PORT = 6391
+
+
+def autoscaling_config(
+    head_resources: dict[str, float],
+    worker_types: dict[str, dict[str, Any]],
+    *,
+    idle_timeout_minutes: float = 0.2,
+) -> dict[str, Any]:
+    """A complete fake-multinode cluster config (the fields of Ray's example.yaml)."""
+    types = {
+        name: {"node_config": {}, **spec} for name, spec in worker_types.items()
+    }
+    types["ray.head.default"] = {"resources": head_resources, "node_config": {}, "max_workers": 0}
+    return {
+        "cluster_name": "ray-ft-fake",
+        "max_workers": sum(t.get("max_workers", 0) for t in worker_types.values()),
+        "upscaling_speed": 10.0,
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{HEAD_PORT}",
+        },
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+        "auth": {"ssh_user": "ubuntu"},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+            "RAY_FAKE_CLUSTER": "1",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
+    )
+    return env
+
+
+def ray_stop() -> None:
+    subprocess.run([RAY, "stop", "--force"], env=_env(), capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def autoscaling_cluster(
+    head_resources: dict[str, float],
+    worker_types: dict[str, dict[str, Any]],
+    *,
+    idle_timeout_minutes: float = 0.2,
+) -> Iterator[str]:
+    """Start the head with the autoscaler; yield its address; stop every Ray process."""
+    config = autoscaling_config(
+        head_resources, worker_types, idle_timeout_minutes=idle_timeout_minutes
+    )
+    head = dict(head_resources)
+    ray_stop()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    cmd = [
+        RAY, "start", "--head", f"--autoscaling-config={f.name}",
+        "--node-ip-address=127.0.0.1", f"--port={HEAD_PORT}", "--include-dashboard=false",
+        f"--num-cpus={int(head.pop('CPU', 0))}", f"--num-gpus={int(head.pop('GPU', 0))}",
+    ]
+    if head:
+        cmd.append(f"--resources={json.dumps(head)}")
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True)
+    try:
+        yield f"127.0.0.1:{HEAD_PORT}"
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        ray_stop()
+        os.unlink(f.name)
+
+
+def worker_count(resource: str) -> int:
+    """Alive nodes that have ``resource`` (the autoscaled workers)."""
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get(resource))
+
+
+def wait_for_count(resource: str, count: int, timeout: float) -> float:
+    """Seconds until exactly ``count`` alive nodes have ``resource``; raises on timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if worker_count(resource) == count:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    msg = f"{worker_count(resource)} nodes with {resource}, wanted {count} in {timeout}s"
+    raise TimeoutError(msg)
