@@ -33,6 +33,7 @@ __all__ = ["ElasticWatch", "discover_node_types"]
 log = logging.getLogger(__name__)
 
 _STEP_S = 1.0
+_DRAINED_KEEP_S = 300.0  # a node that left on notice is shown as such this long
 _DISCOVER_EVERY_S = 30.0  # an autoscaler started (or reconfigured) later is found
 
 
@@ -113,6 +114,8 @@ class ElasticWatch:
         self.autoscaled = False  # an autoscaler was found on this cluster
         self.node_types: NodeTypes | None = None
         self.draining: dict[str, float] = {}  # node id -> deadline (wall seconds; 0: none)
+        # nodes that left while draining (preempted or scaled down): wall time they left
+        self.drained: dict[str, float] = {}
         self.requests = 0  # request_resources calls made
         self.last_bundles: list[dict[str, float]] = []
         self._view_version = 0
@@ -210,6 +213,11 @@ class ElasticWatch:
             return
         with self._lock:
             if draining != self.draining:
+                now = time.time()
+                for node_id in self.draining.keys() - draining.keys():
+                    self.drained[node_id] = now  # gone from the list: it left (or was undone)
+                for node_id in [n for n, at in self.drained.items() if now - at > _DRAINED_KEEP_S]:
+                    del self.drained[node_id]
                 self.draining = draining
                 self._view_version += 1
 
@@ -224,6 +232,12 @@ class ElasticWatch:
             log.debug("resources per node failed: %s", exc)
             return
         self.idle.observe(total, available, now)
+
+    def drain_state(self, node_id: str) -> str | None:
+        """'draining' (a notice stands), 'drained' (it left on notice) or None."""
+        if node_id in self.draining:
+            return "draining"
+        return "drained" if node_id in self.drained else None
 
     def keeps_probe(self, node_id: str, resources: Mapping[str, float]) -> bool:
         """A probe stays on (or goes to) this node: always without an autoscaler, else on

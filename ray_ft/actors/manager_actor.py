@@ -219,6 +219,8 @@ class ManagerActor:
                     "probe_misses": self._misses.get(node_id, 0),
                     "last_probe_at": report.get("time"),
                     "has_probe": node_id in self._probes,
+                    # a drain notice (spot preemption, scale-down): leaving is nobody's fault
+                    "drain": self.elastic.drain_state(node_id),
                     "recent_failures": recent,
                 }
             return {
@@ -440,6 +442,8 @@ class ManagerActor:
                 info = self.manager.workers.get(node_id)
                 if info is None or info.status == WorkerStatus.DEAD:
                     continue
+                if self.elastic.drain_state(node_id):
+                    continue  # going on notice: its silence is the drain, not a fault
                 detector = self._book.detectors[node_id]
                 silence, phi = detector.silence(now), detector.phi(now)
                 reason = (
@@ -454,6 +458,8 @@ class ManagerActor:
             for node_id in list(self._never_answered):
                 waited = now - self._probe_started.get(node_id, now)
                 if waited < _PROBE_STARTUP_GRACE_S or node_id in self.manager.liveness_failures:
+                    continue
+                if self.elastic.drain_state(node_id):
                     continue
                 never = f"its health probe never answered ({waited:.0f}s)"
                 changed = self.manager.update_liveness(node_id, False, never) or changed

@@ -56,7 +56,8 @@ class Placement:
             return None
         types = self.node_types
         request = dict(shape.key)
-        if types is not None and not table.unusable and not types.launchable(request):
+        held_back = any(n in table.nodes for n in table.unusable)  # they may come back
+        if types is not None and not held_back and not types.launchable(request):
             self._zero_since.pop(shape, None)
             return (
                 f"no node can run tasks needing {shape.describe()}: no alive node has it "

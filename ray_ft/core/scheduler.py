@@ -478,7 +478,10 @@ class Scheduler:
             "failures_by_type": dict(self.failures_by_type),
             "user_errors": dict(self.user_errors),
             # nodes that left (scaled down, drained, dead) are gone, not excluded
-            "excluded_nodes": sorted(self.exclusions.excluded & self.nodes.keys()),
+            "excluded_nodes": sorted(
+                (self.exclusions.excluded - self.exclusions.dead - self.draining.deadlines.keys())
+                & self.nodes.keys()
+            ),
             "draining_nodes": sorted(self.draining.deadlines),
             "preempted": self.stats["preempted"],
             "preemption_copies": self.stats["preemption_copies"],

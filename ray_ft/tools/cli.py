@@ -169,13 +169,14 @@ def _print_status(status: dict[str, Any], ray_nodes: dict[str, Any]) -> None:
     )
     for node_id, node in status["nodes"].items():
         ray_alive = "alive" if ray_nodes.get(node_id, {}).get("Alive") else "dead"
+        shown = node.get("drain") or node["status"]  # drained: left on notice, not failed
         latency = node.get("latency_ms")
         rtt = "-" if latency is None else f"{latency:.1f}"
         reasons = list(node.get("reasons") or node.get("health_reasons") or [])
         if node.get("probe_misses"):
             reasons.append(f"{node['probe_misses']} health check(s) missed")
         print(
-            f"{node_id[:12]:<12} {ray_alive:<5} {node['status']:<8} "
+            f"{node_id[:12]:<12} {ray_alive:<5} {shown:<8} "
             f"{node.get('severity', 'ok'):<8} {node['breaker']:<9} {rtt:>7} "
             f"{len(node['recent_failures']):>5}  {'; '.join(reasons) or 'ok'}"
         )

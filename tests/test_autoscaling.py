@@ -1,0 +1,100 @@
+"""On Ray's real autoscaler (the fake multi-node provider: real raylets on this machine).
+
+The same work runs under plain Ray first and under ray_ft second, on the same cluster:
+ray_ft's queue must be demand the autoscaler sees (from zero nodes of a shape, and beyond
+the minimum), its own actors must not keep idle nodes alive, nodes scaled down charge
+nothing, and a request no node type can meet fails at once. Figures (ratios to plain Ray)
+are in ``bench/``; here the bounds are generous and only guard against a stall.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+from ray_ft import CapacityError, FaultTolerantExecutor
+from ray_ft.actors.manager_actor import get_manager
+from tests.autoscaling import autoscaling_cluster, wait_for_count, worker_count
+
+pytestmark = pytest.mark.cluster
+
+SIM = {"sim": {"resources": {"CPU": 1, "sim": 1}, "min_workers": 0, "max_workers": 3}}
+CONFIG = {"capacity_wait_timeout": 300, "max_retries": 3}
+
+
+def sleepy(i: int, seconds: float = 4.0) -> tuple[int, str]:
+    time.sleep(seconds)
+    return i, ray.get_runtime_context().get_node_id()
+
+
+@pytest.fixture(scope="module")
+def autoscaled():
+    with autoscaling_cluster({"CPU": 1}, SIM, idle_timeout_minutes=0.2) as address:
+        ray.init(address=address, namespace="ray_ft_tests")
+        yield address
+
+
+def _plain(n: int) -> tuple[float, int]:
+    remote = ray.remote(resources={"sim": 1})(sleepy)
+    start = time.monotonic()
+    ray.get([remote.remote(i) for i in range(n)], timeout=300)
+    return time.monotonic() - start, worker_count("sim")
+
+
+def test_scale_from_zero_and_back(autoscaled):
+    """A shape no node has: the cluster grows as for plain Ray, and after the work shrinks
+    back to zero as fast, with the manager alive and the executor still open; a node
+    scaled down while the executor runs work elsewhere charges nothing."""
+    wait_for_count("sim", 0, timeout=120)
+    plain_s, plain_peak = _plain(6)
+    plain_down = wait_for_count("sim", 0, timeout=120)
+
+    manager = get_manager(CONFIG)
+    with FaultTolerantExecutor(CONFIG, resources={"sim": 1}) as ex:
+        start = time.monotonic()
+        results = list(ex.map(sleepy, range(6), timeout=300))
+        ft_s, ft_peak = time.monotonic() - start, worker_count("sim")
+        assert [i for i, _ in results] == list(range(6))
+        assert ft_peak == plain_peak == 3
+        assert ft_s < 1.5 * plain_s + 5, (ft_s, plain_s)
+
+        # one long call keeps one worker busy while the other two are scaled down
+        long = ex.submit(sleepy, 99, 25.0)
+        wait_for_count("sim", 1, timeout=60)
+        assert long.result(timeout=120)[0] == 99
+        ft_down = wait_for_count("sim", 0, timeout=120)
+        stats = ex.stats()
+        status = ray.get(manager.status.remote())
+    assert ft_down < plain_down + 20, (ft_down, plain_down)
+    assert stats["retries"] == 0 and stats["failures_by_type"] == {}
+    assert stats["excluded_nodes"] == [] and stats["abandoned"] == 0
+    assert status["failures_total"] == 0 and status["excluded"] == []
+    assert status["elastic"]["autoscaled"] and status["elastic"]["resource_requests"] >= 2
+    assert status["elastic"]["requested_bundles"] == 0  # nothing asked after the work
+
+
+def test_infeasible_request_fails_fast_naming_the_node_types(autoscaled):
+    with FaultTolerantExecutor(CONFIG) as ex:
+        start = time.monotonic()
+        future = ex.options(resources={"tpu": 1}).submit(sleepy, 1)
+        with pytest.raises(CapacityError) as info:
+            future.result(timeout=120)
+        waited = time.monotonic() - start
+    message = str(info.value)
+    assert "tpu=1" in message and "sim (CPU=1, sim=1; max 3)" in message, message
+    assert waited < 15, waited
+    # a request some type can meet still waits for the autoscaler and runs
+    with FaultTolerantExecutor(CONFIG) as ex:
+        assert ex.options(resources={"sim": 1}).submit(sleepy, 2, 0.5).result(timeout=300)[0] == 2
+
+
+def test_demand_is_capped_by_max_in_flight(autoscaled):
+    """With max_workers=1 the executor asks for one node, not one per queued call."""
+    wait_for_count("sim", 0, timeout=120)
+    with FaultTolerantExecutor(CONFIG, max_workers=1, resources={"sim": 1}) as ex:
+        results = list(ex.map(sleepy, range(3), [1.0] * 3, timeout=300))
+        peak = worker_count("sim")
+    assert [i for i, _ in results] == [0, 1, 2]
+    assert peak == 1

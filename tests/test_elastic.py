@@ -1,0 +1,244 @@
+"""The elastic cluster's pure parts: node types, the demand book, idleness, drains, and the
+scheduler's demand, fail-fast and preemption rules (no Ray, a fake clock)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+
+from ray_ft.core.commands import CapacityError
+from ray_ft.core.elastic import DRAIN_GRACE_S, Draining, NodeType, NodeTypes
+from ray_ft.core.scheduler import Scheduler
+from ray_ft.core.work import CallSpec
+from ray_ft.failures import FailureType
+from ray_ft.manager.elastic import DemandBook, IdleNodes, node_types_from_config
+from tests.scheduler_harness import CONFIG, NODES, Harness, work
+
+SIM = NodeTypes((NodeType("sim", (("CPU", 1.0), ("sim", 1.0)), 3),))
+
+
+# -- node types ---------------------------------------------------------------------------
+
+
+def test_node_type_fits_listed_resources_and_unlisted_memory():
+    sim = SIM.types[0]
+    assert sim.fits({"CPU": 1, "sim": 1}) and sim.fits({"CPU": 1, "memory": 1e9})
+    assert not sim.fits({"CPU": 2}) and not sim.fits({"GPU": 1})
+    assert SIM.launchable({"sim": 1}) and not SIM.launchable({"tpu": 1})
+    assert not NodeTypes((NodeType("none", (("GPU", 1.0),), 0),)).launchable({"GPU": 1})
+
+
+def test_node_types_from_a_cluster_config():
+    config = {
+        "max_workers": 8,
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 4}, "max_workers": 0},
+            "gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 4},
+            "cpu": {"resources": {"CPU": 2}},
+        },
+    }
+    types = node_types_from_config(config)
+    assert types is not None
+    assert [(t.name, t.max_workers) for t in types.types] == [("cpu", 8), ("gpu", 4)]
+    assert "gpu (CPU=8, GPU=1; max 4)" in types.describe()
+    assert NodeTypes.from_json(types.to_json()) == types
+    assert pickle.loads(pickle.dumps(types)) == types
+    # a type the autoscaler sizes from its instance says nothing: unknown, never fail fast
+    del config["available_node_types"]["cpu"]["resources"]
+    assert node_types_from_config(config) is None
+    assert node_types_from_config({}) is None
+
+
+# -- demand -------------------------------------------------------------------------------
+
+CPU1 = (("CPU", 1.0),)
+SIM1 = (("CPU", 1.0), ("sim", 1.0))
+
+
+def test_demand_book_sums_drivers_and_forgets_the_silent():
+    book = DemandBook(ttl=60)
+    book.report("d1", {SIM1: 3}, now=0)
+    book.report("d2", {SIM1: 2, CPU1: 1}, now=10)
+    assert book.total() == {SIM1: 5, CPU1: 1}
+    bundles = book.bundles()
+    assert bundles.count({"CPU": 1.0, "sim": 1.0}) == 5 and bundles.count({"CPU": 1.0}) == 1
+    version = book.version
+    book.report("d1", {SIM1: 3}, now=20)  # the same again: nothing changed
+    assert book.version == version
+    assert book.expire(now=75) == ["d2"]  # d2 last reported at 10
+    assert book.total() == {SIM1: 3}
+    book.report("d1", {}, now=80)  # its queue emptied
+    assert book.total() == {} and book.bundles() == [] and book.drivers() == 0
+
+
+def test_demand_book_caps_its_bundles():
+    book = DemandBook(max_bundles=100)
+    book.report("d", {SIM1: 10_000, CPU1: 10_000}, now=0)
+    bundles = book.bundles()
+    assert len(bundles) == 100
+    assert bundles.count({"CPU": 1.0}) == bundles.count({"CPU": 1.0, "sim": 1.0}) == 50
+
+
+def test_scheduler_demand_is_queued_plus_running_capped_by_max_in_flight(clock):
+    sched = Scheduler(CONFIG, clock=clock, max_in_flight=6)
+    h = Harness(sched, clock)
+    h.run(sched.nodes_changed({"a": {"CPU": 2.0}}))
+    assert sched.demand() == {}
+    h.run(sched.submit_all([work(i) for i in range(10)]))
+    ((shape, count),) = sched.demand().items()
+    assert count == 6  # 2 running + 8 queued, at most max_in_flight
+    for attempt_id in list(h.running):
+        h.finish(attempt_id, value=1)
+    assert sum(sched.demand().values()) == 6
+    while h.running:
+        h.finish(next(iter(h.running)), value=1)
+    assert sched.demand() == {} and sched.idle
+
+
+def test_no_demand_while_every_queued_call_has_room(clock):
+    sched = Scheduler(CONFIG, clock=clock)
+    h = Harness(sched, clock)
+    h.run(sched.nodes_changed(NODES))
+    h.run(sched.submit_all([work(i) for i in range(2)]))
+    assert sched.demand() == {}  # all placed, nothing waits
+
+
+# -- capacity with an autoscaler ------------------------------------------------------------
+
+
+def test_a_request_no_node_type_fits_fails_at_once(clock):
+    sched = Scheduler(CONFIG, clock=clock)
+    h = Harness(sched, clock)
+    h.run(sched.nodes_changed({"head": {"CPU": 1.0}}))
+    h.run(sched.node_types_changed(SIM))
+    gpu = work(1, gpu=True)
+    h.run(sched.submit(gpu))
+    with pytest.raises(CapacityError, match=r"GPU=1.*sim \(CPU=1, sim=1; max 3\)"):
+        gpu.future.result(timeout=0)
+
+
+def test_a_request_a_node_type_fits_waits_for_the_autoscaler(clock):
+    sched = Scheduler(CONFIG, clock=clock)
+    h = Harness(sched, clock)
+    h.run(sched.nodes_changed({"head": {"CPU": 1.0}}))
+    h.run(sched.node_types_changed(SIM))
+    sim = work(1)
+    sim.spec = CallSpec.of({"resources": {"sim": 1}}, None)
+    h.run(sched.submit(sim))
+    clock.advance(CONFIG.capacity_wait_timeout - 1)
+    h.run(sched.tick())
+    assert not sim.future.done()
+    h.run(sched.nodes_changed({"head": {"CPU": 1.0}, "w1": {"CPU": 1.0, "sim": 1.0}}))
+    assert [a.node_id for a in h.running.values()] == ["w1"]
+
+
+def test_without_node_types_the_wait_is_as_before(clock):
+    sched = Scheduler(CONFIG, clock=clock)
+    h = Harness(sched, clock)
+    h.run(sched.nodes_changed({"head": {"CPU": 1.0}}))
+    gpu = work(1, gpu=True)
+    h.run(sched.submit(gpu))
+    assert not gpu.future.done()
+    clock.advance(CONFIG.capacity_wait_timeout + 1)
+    h.run(sched.tick())
+    with pytest.raises(CapacityError, match="capacity_wait_timeout"):
+        gpu.future.result(timeout=0)
+
+
+# -- drains (preemption notices) ------------------------------------------------------------
+
+
+def _busy(clock, nodes=None):
+    sched = Scheduler(CONFIG, clock=clock)
+    h = Harness(sched, clock)
+    h.run(sched.nodes_changed(nodes or {"a": {"CPU": 1.0}, "b": {"CPU": 1.0}}))
+    return sched, h
+
+
+def test_a_drained_nodes_attempt_gets_a_copy_and_costs_no_retry(clock):
+    sched, h = _busy(clock)
+    call = work(1)
+    h.run(sched.submit(call))
+    (first,) = h.running.values()
+    victim = first.node_id
+    h.run(sched.draining_changed({victim: clock() + 3}))
+    copies = [a for a in h.running.values() if a.node_id != victim]
+    assert len(copies) == 1 and copies[0].backup
+    assert sched.summary()["preemption_copies"] == 1
+    # the node dies at its deadline: the attempt there fails as Ray reports a node death
+    clock.advance(3)
+    h.finish(first.attempt_id, error=RuntimeError("node died"), failure_type=FailureType.NODE_DIED)
+    assert not call.future.done()
+    h.finish(copies[0].attempt_id, value="ok")
+    assert call.future.result(timeout=0) == "ok"
+    stats = sched.summary()
+    assert stats["retries"] == 0 and stats["preempted"] == 1
+    assert stats["failures_by_type"] == {"preempted": 1}
+    assert all(e.blame == "none" for e in h.reports)
+
+
+def test_a_draining_node_takes_no_new_work_and_leaving_charges_nothing(clock):
+    sched, h = _busy(clock)
+    h.run(sched.draining_changed({"a": 0.0}))  # no deadline: a scale-down
+    h.run(sched.submit_all([work(i) for i in range(2)]))
+    assert {a.node_id for a in h.running.values()} == {"b"}
+    h.run(sched.nodes_changed({"b": {"CPU": 1.0}}))  # it left
+    stats = sched.summary()
+    assert stats["draining_nodes"] == [] and stats["excluded_nodes"] == []
+    assert stats["retries"] == 0 and stats["failures_by_type"] == {}
+
+
+def test_a_call_that_ends_before_the_deadline_gets_no_copy(clock):
+    sched, h = _busy(clock)
+    for i in range(3):  # learn the pace: 1 s on either node
+        h.run(sched.submit(work(i)))
+        clock.advance(1)
+        h.finish(next(iter(h.running)), value=i)
+    h.run(sched.submit(work(9)))
+    (attempt,) = h.running.values()
+    h.run(sched.draining_changed({attempt.node_id: clock() + 30}))
+    assert len(h.running) == 1 and sched.summary()["preemption_copies"] == 0
+
+
+def test_a_node_killed_without_notice_still_charges(clock):
+    sched, h = _busy(clock)
+    call = work(1)
+    h.run(sched.submit(call))
+    (attempt,) = h.running.values()
+    h.finish(attempt.attempt_id, error=RuntimeError("died"), failure_type=FailureType.NODE_DIED)
+    stats = sched.summary()
+    assert stats["retries"] == 1 and stats["failures_by_type"] == {"node_died": 1}
+
+
+def test_draining_forgets_an_undone_drain_after_a_grace():
+    draining = Draining()
+    assert draining.update({"a": 100.0, "b": 0.0}, now=0) == ["a", "b"]
+    assert draining.deadlines["b"] == math.inf
+    assert draining.outlives("a", launched_at=95, pace=None)
+    assert not draining.outlives("a", launched_at=95, pace=2)
+    assert not draining.outlives("b", launched_at=0, pace=None)
+    draining.update({}, now=1)
+    assert "a" in draining  # a node that died may leave the list first
+    draining.update({}, now=1 + DRAIN_GRACE_S)
+    assert "a" not in draining and not draining
+
+
+# -- idleness ------------------------------------------------------------------------------
+
+
+def test_idle_nodes_need_every_resource_free_for_the_linger():
+    idle = IdleNodes(linger=3)
+    total = {"w": {"CPU": 1.0, "sim": 1.0, "memory": 1e9, "node:127.0.0.1": 1.0}}
+    busy = {"w": {"sim": 1.0, "memory": 1e9}}  # a used resource is absent (Ray's way)
+    free = {"w": {"CPU": 1.0, "sim": 1.0, "memory": 5e8}}
+    idle.observe(total, busy, now=0)
+    assert not idle.idle("w", now=10)
+    idle.observe(total, free, now=10)
+    assert not idle.idle("w", now=12) and idle.idle("w", now=13)
+    idle.observe(total, busy, now=14)
+    assert not idle.idle("w", now=20)
+    idle.observe({}, {}, now=21)  # it left: forgotten
+    assert not idle.idle("w", now=100)
