@@ -88,7 +88,7 @@ def test_scheduler_demand_is_queued_plus_running_capped_by_max_in_flight(clock):
     h.run(sched.nodes_changed({"a": {"CPU": 2.0}}))
     assert sched.demand() == {}
     h.run(sched.submit_all([work(i) for i in range(10)]))
-    ((shape, count),) = sched.demand().items()
+    ((_shape, count),) = sched.demand().items()
     assert count == 6  # 2 running + 8 queued, at most max_in_flight
     for attempt_id in list(h.running):
         h.finish(attempt_id, value=1)
