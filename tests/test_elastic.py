@@ -217,9 +217,11 @@ def test_draining_forgets_an_undone_drain_after_a_grace():
     draining = Draining()
     assert draining.update({"a": 100.0, "b": 0.0}, now=0) == ["a", "b"]
     assert draining.deadlines["b"] == math.inf
-    assert draining.outlives("a", launched_at=95, pace=None)
-    assert not draining.outlives("a", launched_at=95, pace=2)
-    assert not draining.outlives("b", launched_at=0, pace=None)
+    assert draining.outlives("a", launched_at=95, pace=None, now=96)
+    assert not draining.outlives("a", launched_at=95, pace=2, now=96)
+    assert draining.outlives("a", launched_at=95, pace=2, now=97.5)  # it outran its pace
+    assert draining.outlives("a", launched_at=95, pace=10, now=96)
+    assert not draining.outlives("b", launched_at=0, pace=None, now=1)
     draining.update({}, now=1)
     assert "a" in draining  # a node that died may leave the list first
     draining.update({}, now=1 + DRAIN_GRACE_S)

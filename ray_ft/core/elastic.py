@@ -105,10 +105,10 @@ class Draining:
         self.deadlines.pop(node_id, None)
         self._unlisted_since.pop(node_id, None)
 
-    def outlives(self, node_id: str, launched_at: float, pace: float | None) -> bool:
-        """An attempt launched at ``launched_at`` would still run at the node's deadline
-        (by its learned pace; with no pace known, it is assumed to)."""
+    def outlives(self, node_id: str, launched_at: float, pace: float | None, now: float) -> bool:
+        """An attempt launched at ``launched_at`` would still run at the node's deadline:
+        by its learned pace, or, with no pace known or one it has already outrun, assumed."""
         deadline = self.deadlines.get(node_id, math.inf)
         if math.isinf(deadline):
             return False
-        return pace is None or launched_at + pace > deadline
+        return pace is None or now - launched_at >= pace or launched_at + pace > deadline

@@ -302,7 +302,7 @@ class Scheduler:
                 if attempt.group is not None or attempt.backup or self._copied(attempt):
                     continue
                 pace = self.table.runtime.get((node_id, work.kind))
-                if not self.draining.outlives(node_id, attempt.launched_at, pace):
+                if not self.draining.outlives(node_id, attempt.launched_at, pace, now):
                     continue
                 if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
                     return out
