@@ -20,7 +20,12 @@ from tests.autoscaling import autoscaling_cluster, wait_for_count, worker_count
 
 pytestmark = pytest.mark.cluster
 
-SIM = {"sim": {"resources": {"CPU": 1, "sim": 1}, "min_workers": 0, "max_workers": 3}}
+TYPES = {
+    # a shape no node has until the autoscaler launches one
+    "sim": {"resources": {"CPU": 1, "sim": 1}, "min_workers": 0, "max_workers": 3},
+    # a type the cluster keeps one of
+    "base": {"resources": {"CPU": 1, "base": 1}, "min_workers": 1, "max_workers": 3},
+}
 CONFIG = {"capacity_wait_timeout": 300, "max_retries": 3}
 
 
@@ -31,16 +36,17 @@ def sleepy(i: int, seconds: float = 4.0) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def autoscaled():
-    with autoscaling_cluster({"CPU": 1}, SIM, idle_timeout_minutes=0.2) as address:
+    with autoscaling_cluster({"CPU": 1}, TYPES, idle_timeout_minutes=0.1) as address:
         ray.init(address=address, namespace="ray_ft_tests")
+        wait_for_count("base", 1, timeout=120)
         yield address
 
 
-def _plain(n: int) -> tuple[float, int]:
-    remote = ray.remote(resources={"sim": 1})(sleepy)
+def _plain(n: int, resource: str = "sim") -> tuple[float, int]:
+    remote = ray.remote(resources={resource: 1})(sleepy)
     start = time.monotonic()
     ray.get([remote.remote(i) for i in range(n)], timeout=300)
-    return time.monotonic() - start, worker_count("sim")
+    return time.monotonic() - start, worker_count(resource)
 
 
 def test_scale_from_zero_and_back(autoscaled):
@@ -61,7 +67,7 @@ def test_scale_from_zero_and_back(autoscaled):
         assert ft_s < 1.5 * plain_s + 5, (ft_s, plain_s)
 
         # one long call keeps one worker busy while the other two are scaled down
-        long = ex.submit(sleepy, 99, 25.0)
+        long = ex.submit(sleepy, 99, 15.0)
         wait_for_count("sim", 1, timeout=60)
         assert long.result(timeout=120)[0] == 99
         ft_down = wait_for_count("sim", 0, timeout=120)
@@ -98,3 +104,18 @@ def test_demand_is_capped_by_max_in_flight(autoscaled):
         peak = worker_count("sim")
     assert [i for i, _ in results] == [0, 1, 2]
     assert peak == 1
+
+
+def test_scale_beyond_the_minimum(autoscaled):
+    """One node of the type exists; nine calls grow it to three, as under plain Ray."""
+    wait_for_count("base", 1, timeout=120)
+    plain_s, plain_peak = _plain(9, "base")
+    wait_for_count("base", 1, timeout=120)
+    with FaultTolerantExecutor(CONFIG, resources={"base": 1}) as ex:
+        start = time.monotonic()
+        results = list(ex.map(sleepy, range(9), timeout=300))
+        ft_s, ft_peak = time.monotonic() - start, worker_count("base")
+        assert len({node for _, node in results}) == 3
+        wait_for_count("base", 1, timeout=120)  # back to min_workers, the executor open
+    assert ft_peak == plain_peak == 3
+    assert ft_s < 1.5 * plain_s + 5, (ft_s, plain_s)
