@@ -114,9 +114,27 @@ def _connect(address: str | None) -> None:
     try:
         ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.ERROR)
     except Exception as exc:
-        where = address or "auto (RAY_ADDRESS or a local cluster)"
-        msg = f"no Ray cluster at {where}: {str(exc).splitlines()[0]}; start one or pass --address"
-        raise CliError(msg) from None
+        raise CliError(connect_error(address, exc)) from None
+
+
+def connect_error(address: str | None, exc: BaseException) -> str:
+    """What to tell the user when ``ray.init`` failed: a cluster that refused this client
+    (token authentication, on by default for ``ray start`` in Ray 2.60) is not a missing one."""
+    where = address or "auto (RAY_ADDRESS or a local cluster)"
+    text = str(exc)
+    first = text.splitlines()[0] if text else type(exc).__name__
+    lowered = text.lower()
+    if (
+        type(exc).__name__ == "AuthenticationError"
+        or "unauthenticated" in lowered
+        or ("auth" in lowered and "token" in lowered)
+    ):
+        return (
+            f"the Ray cluster at {where} refused this client: authentication ({first}); "
+            "set RAY_AUTH_MODE=token and make the cluster's token available (RAY_AUTH_TOKEN, "
+            "or the file ~/.ray/auth_token copied from the head), then run this again"
+        )
+    return f"no Ray cluster at {where}: {first}; start one or pass --address"
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
