@@ -32,9 +32,7 @@ def autoscaling_config(
     idle_timeout_minutes: float = 0.2,
 ) -> dict[str, Any]:
     """A complete fake-multinode cluster config (the fields of Ray's example.yaml)."""
-    types = {
-        name: {"node_config": {}, **spec} for name, spec in worker_types.items()
-    }
+    types = {name: {"node_config": {}, **spec} for name, spec in worker_types.items()}
     types["ray.head.default"] = {"resources": head_resources, "node_config": {}, "max_workers": 0}
     return {
         "cluster_name": "ray-ft-fake",
@@ -98,9 +96,15 @@ def autoscaling_cluster(
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(config, f)
     cmd = [
-        RAY, "start", "--head", f"--autoscaling-config={f.name}",
-        "--node-ip-address=127.0.0.1", f"--port={HEAD_PORT}", "--include-dashboard=false",
-        f"--num-cpus={int(head.pop('CPU', 0))}", f"--num-gpus={int(head.pop('GPU', 0))}",
+        RAY,
+        "start",
+        "--head",
+        f"--autoscaling-config={f.name}",
+        "--node-ip-address=127.0.0.1",
+        f"--port={HEAD_PORT}",
+        "--include-dashboard=false",
+        f"--num-cpus={int(head.pop('CPU', 0))}",
+        f"--num-gpus={int(head.pop('GPU', 0))}",
     ]
     if head:
         cmd.append(f"--resources={json.dumps(head)}")

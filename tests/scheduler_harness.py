@@ -64,6 +64,7 @@ class Harness:
                 }
                 assert attempt.node_id in self.sched.nodes
                 assert attempt.trial or attempt.node_id not in excluded
+                assert attempt.node_id not in self.sched.draining  # no new work goes there
                 if self.fail_launches:
                     self.fail_launches -= 1
                     self.run(self.sched.launch_failed(attempt.attempt_id, ValueError("no")))

@@ -333,6 +333,49 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.sched.trials.asked <= live
         assert all(a.node_id in live for a in self.sched.inflight.values())
 
+    @rule(node=st.sampled_from(sorted(NODES)), deadline=st.sampled_from([0.0, 1.0, 5.0, 30.0]))
+    def drain(self, node, deadline):
+        """A drain notice (a spot preemption with a deadline, or a scale-down without)."""
+        listed = {**self.sched._drain_listed, node: deadline and self.clock() + deadline}
+        self.h.run(self.sched.draining_changed(listed))
+        assert node not in self.sched.nodes or node in self.sched.draining
+
+    @rule()
+    def drains_end(self):
+        """The manager lists no drain any more (they were undone, or the nodes left)."""
+        self.h.run(self.sched.draining_changed({}))
+
+    @precondition(lambda self: self.sched.draining)
+    @rule(data=st.data(), rejoin=st.booleans())
+    def leave_on_purpose(self, data, rejoin):
+        """A draining node goes (its deadline, or scale-down): nobody is charged; its
+        attempts die with it (some seen as Ray's node death first) and rerun elsewhere."""
+        node = data.draw(st.sampled_from(sorted(self.sched.draining.deadlines)))
+        retries, reports = self.sched.stats["retries"], len(self.h.reports)
+        on_node = [a for a in self.h.running.values() if a.node_id == node]
+        for attempt in on_node[: data.draw(st.integers(0, len(on_node)))]:
+            self.h.finish(
+                attempt.attempt_id, error=RuntimeError("died"), failure_type=FailureType.NODE_DIED
+            )
+        self.h.run(
+            self.sched.nodes_changed({n: r for n, r in self.sched.nodes.items() if n != node})
+        )
+        assert self.sched.stats["retries"] == retries
+        assert all(e.blame == "none" for e in self.h.reports[reports:])
+        assert node not in self.sched.summary()["excluded_nodes"]
+        if rejoin:  # the autoscaler brings a fresh node of that kind (a new id)
+            self.joined += 1
+            nodes = dict(self.sched.nodes)
+            nodes[f"new-{self.joined}"] = dict(NODES[node] if node in NODES else NODES["a"])
+            self.h.run(self.sched.nodes_changed(nodes))
+
+    @invariant()
+    def demand_follows_the_queue(self):
+        demand = self.sched.demand()
+        assert sum(demand.values()) <= 6  # max_in_flight
+        if not self.sched._queued():
+            assert demand == {}
+
     @invariant()
     def capacity_and_attempts(self):
         load = Counter((a.node_id, a.work.shape) for a in self.sched.inflight.values())
@@ -350,6 +393,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def teardown(self):
         # drain: everything heals, every attempt succeeds, time passes
+        self.h.run(self.sched.draining_changed({}))
         self.h.run(self.sched.nodes_changed(NODES))
         self.h.run(self.sched.exclusions_changed(Exclusions()))
         for _ in range(300):

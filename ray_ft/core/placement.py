@@ -10,7 +10,7 @@ the table's indexes, not by scanning the cluster (a backup, at most one per call
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from ray_ft.config import FTConfig
 from ray_ft.core.elastic import NodeTypes
@@ -30,12 +30,18 @@ class Placement:
         self._zero_since: dict[Shape, float] = {}  # since when a shape fits no usable node
         # what the cluster's autoscaler can launch (None: no autoscaler, or not known)
         self.node_types: NodeTypes | None = None
+        self.draining: Container[str] = ()  # nodes with a drain notice: no trials there
 
     def pick(self, work: Work, queued: int) -> tuple[str, bool] | None:
         """Where this attempt goes, and whether it is a trial; None when nowhere has room."""
         table = self.table
         for node_id, held in table.leases.items():
-            usable = held > 0 and node_id in table.nodes and node_id not in work.avoid
+            usable = (
+                held > 0
+                and node_id in table.nodes
+                and node_id not in work.avoid
+                and node_id not in self.draining
+            )
             if usable and table.room(node_id, work.shape, work.kind) > 0:
                 return node_id, True
         # nodes this work failed on come last; a node too slow to help is left idle (a

@@ -106,6 +106,8 @@ class Scheduler:
         self.inflight = InFlight()
         self.exclusions = Exclusions()
         self.draining = Draining()  # nodes with a drain notice (preemption, scale-down)
+        self._drain_listed: dict[str, float] = {}  # the manager's last list of them
+        self.placement.draining = self.draining
         self._running: Counter[Shape] = Counter()  # slots held in flight, per shape
         self.trials = TrialLeases(self.table, config.half_open_max_calls)
         self._stragglers = Stragglers(config)
@@ -254,6 +256,7 @@ class Scheduler:
         """A node left: the scheduler's own per-node tables drop it (the table's too)."""
         self._rates.forget(node_id)
         self.draining.forget(node_id)
+        self._drain_listed.pop(node_id, None)
         self.inflight.forget_node(node_id)
         self.trials.forget(node_id)
 
@@ -282,15 +285,21 @@ class Scheduler:
         """Nodes with a drain notice and their deadlines (this clock; 0: none): they take
         no new work, and attempts that would outlive the deadline get a copy elsewhere."""
         now = self._clock()
+        self._drain_listed = dict(deadlines)
+        self._follow_drains(now)
+        out = self._cover_draining(now)
+        out.extend(self._dispatch(now))
+        return out
+
+    def _follow_drains(self, now: float) -> None:
+        """The manager's last drain list into ``draining`` (an undone drain leaves after a
+        grace); the node table's unusable set follows."""
         before = set(self.draining.deadlines)
-        self.draining.update(deadlines, now)
+        self.draining.update(self._drain_listed, now)
         if set(self.draining.deadlines) != before:
             excl = self.exclusions
             unusable = excl.excluded | {n for n, _ in excl.half_open}
             self.table.set_unusable(unusable | self.draining.deadlines.keys())
-        out = self._cover_draining(now)
-        out.extend(self._dispatch(now))
-        return out
 
     def _cover_draining(self, now: float) -> list[Command]:
         """A copy, in a free slot elsewhere, of each attempt that would still run when its
@@ -355,6 +364,7 @@ class Scheduler:
                 error = TaskTimeoutError(timeout, attempt.work.name)
                 out.extend(self._failed(attempt, error, FailureType.TASK_TIMEOUT))
         if self.draining:
+            self._follow_drains(now)
             out.extend(self._cover_draining(now))
         out.extend(self._dispatch(now))
         if self._speculative and now >= self._straggler_check_at:
