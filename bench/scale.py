@@ -143,6 +143,7 @@ def _drive(
             clock.now = max(clock.now, at)
             take(sched.attempt_done(attempt_id, value=None))
         take(sched.tick())
+        sched.demand()  # the executor reads its demand once per round (for the autoscaler)
         if not completions and not sched.inflight and submitted >= calls:
             break
 

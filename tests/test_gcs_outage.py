@@ -8,24 +8,19 @@ need the GCS: results are collected, calls are launched onto the nodes already k
 
 from __future__ import annotations
 
-import os
-import subprocess
-import threading
 import time
 
-import psutil
 import pytest
 import ray
-from ray._private import ray_constants
 
 from ray_ft import FaultTolerantExecutor
 from ray_ft.actors.manager_actor import get_manager
-from tests.raytools import kill_manager, start_cluster
+from tests.elastic_tools import persistent_cluster, run_through_outage
+from tests.raytools import kill_manager
 
 pytestmark = pytest.mark.cluster
 
 CONFIG = {"max_retries": 3, "retry_delay": 0.5}
-OUTAGE_S = 15.0
 
 
 def burn(i: int, seconds: float = 2.0) -> int:
@@ -37,61 +32,8 @@ def burn(i: int, seconds: float = 2.0) -> int:
 
 @pytest.fixture(scope="module")
 def persistent(tmp_path_factory):
-    """Three nodes whose GCS keeps its tables in RocksDB (set only while Ray starts)."""
-    storage = tmp_path_factory.mktemp("gcs")
-    env = {"RAY_gcs_storage": "rocksdb", "RAY_gcs_storage_path": str(storage)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        cluster = start_cluster(3)
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    try:
+    with persistent_cluster(str(tmp_path_factory.mktemp("gcs"))) as cluster:
         yield cluster
-    finally:
-        process = cluster.__dict__.get("_restarted_gcs")
-        ray.shutdown()
-        cluster.shutdown()
-        if process is not None:
-            process.kill()
-
-
-def _outage(cluster, after: float, seconds: float, marks: dict) -> None:
-    """``after`` seconds in, kill the GCS; start it again on its port ``seconds`` later."""
-    time.sleep(after)
-    process = cluster.__dict__.get("_restarted_gcs") or (
-        cluster.head_node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER][0].process
-    )
-    proc = psutil.Process(process.pid)
-    port = cluster.gcs_address.rsplit(":", 1)[1]
-    cmd = [
-        f"--gcs_server_port={port}" if a.startswith("--gcs_server_port=") else a
-        for a in proc.cmdline()
-    ]
-    env = proc.environ()
-    proc.kill()
-    proc.wait(10)
-    marks["down"] = time.monotonic()
-    time.sleep(seconds)
-    marks["process"] = cluster._restarted_gcs = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    marks["up"] = time.monotonic()
-
-
-def _run_through_outage(cluster, run) -> tuple[float, dict]:
-    marks: dict = {}
-    killer = threading.Thread(target=_outage, args=(cluster, 4.0, OUTAGE_S, marks))
-    start = time.monotonic()
-    killer.start()
-    run(marks)
-    elapsed = time.monotonic() - start
-    killer.join()
-    return elapsed, marks
 
 
 def test_a_gcs_outage_stalls_nothing_and_fails_no_node(persistent):
@@ -104,7 +46,7 @@ def test_a_gcs_outage_stalls_nothing_and_fails_no_node(persistent):
             range(calls)
         )
 
-    plain_s, _ = _run_through_outage(persistent, plain_run)
+    plain_s, _ = run_through_outage(persistent, plain_run)
 
     manager = get_manager(CONFIG)
     with FaultTolerantExecutor(CONFIG) as ex:
@@ -123,7 +65,7 @@ def test_a_gcs_outage_stalls_nothing_and_fails_no_node(persistent):
             submitted_in_outage.append(time.monotonic() - start)
             assert sorted(f.result(timeout=300) for f in futures) == list(range(calls + 1))
 
-        ft_s, _ = _run_through_outage(persistent, ft_run)
+        ft_s, _ = run_through_outage(persistent, ft_run)
         stats = ex.stats()
     assert submitted_in_outage[0] < 1.0, submitted_in_outage
     assert stats["succeeded"] == 6 + calls + 1 and stats["failed"] == 0

@@ -15,16 +15,15 @@ import time
 
 import pytest
 import ray
-from ray.core.generated import autoscaler_pb2
 
-from ray_ft import FaultTolerantExecutor
+from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor
 from ray_ft.actors.manager_actor import get_manager
+from tests.elastic_tools import PREEMPTION, busy_worker, preempt_one, restore
 from tests.raytools import cluster_session, kill_manager, wait_for
 
 pytestmark = pytest.mark.cluster
 
 CONFIG = {"max_retries": 3, "retry_delay": 0.1, "jitter": "none"}
-PREEMPTION = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
 
 
 def burn(i: int, seconds: float = 8.0, where: str | None = None) -> tuple[int, str]:
@@ -45,48 +44,14 @@ def four():
         yield cluster
 
 
-def _busy_worker(cluster, where: str):
-    """A worker node (not the head) on which a call has started."""
-
-    def find():
-        started = set()
-        for name in os.listdir(where):
-            with open(os.path.join(where, name)) as f:
-                started.add(f.read())
-        busy = [n for n in cluster.worker_nodes if n.node_id in started]
-        return busy[0] if busy else None
-
-    return wait_for(find, timeout=30, interval=0.05)
-
-
-def _preempt_one(cluster, after: float, deadline_s: float, out: dict, where: str) -> None:
-    """``after`` seconds in, drain a busy worker (deadline ``deadline_s``); remove it then."""
-    time.sleep(after)
-    victim = _busy_worker(cluster, where)
-    deadline = time.time() + deadline_s
-    gcs = ray._raylet.GcsClient(address=cluster.gcs_address)
-    accepted, why = gcs.drain_node(victim.node_id, PREEMPTION, "spot notice", int(deadline * 1000))
-    assert accepted, why
-    out["victim"] = victim.node_id
-    time.sleep(max(0.0, deadline - time.time()))
-    cluster.remove_node(victim, allow_graceful=False)
-
-
-def _restore(cluster, n_nodes: int = 4) -> None:
-    while len(cluster.list_all_nodes()) < n_nodes:
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    wait_for(lambda: sum(1 for n in ray.nodes() if n["Alive"]) == n_nodes, timeout=60)
-
-
 def test_a_preempted_node_costs_no_retry_and_its_work_moves_at_the_notice(four, tmp_path):
-    _restore(four)
+    restore(four)
     plain = ray.remote(burn)
     ray.get([plain.remote(i, 0.5) for i in range(4)])  # warm workers on every node
     info: dict = {}
     where = tmp_path / "plain"
     where.mkdir()
-    drainer = threading.Thread(target=_preempt_one, args=(four, 1.0, 3.0, info, str(where)))
+    drainer = threading.Thread(target=preempt_one, args=(four, 1.0, 3.0, info, str(where)))
     start = time.monotonic()
     drainer.start()
     refs = [plain.remote(i, 8.0, str(where)) for i in range(3)]
@@ -98,14 +63,14 @@ def test_a_preempted_node_costs_no_retry_and_its_work_moves_at_the_notice(four, 
     plain_s = time.monotonic() - start
     drainer.join()
 
-    _restore(four)
+    restore(four)
     manager = get_manager(CONFIG)
     with FaultTolerantExecutor(CONFIG) as ex:
         list(ex.map(burn, range(4), [0.5] * 4))  # warm, and learn the pace
         info = {}
         where = tmp_path / "ft"
         where.mkdir()
-        drainer = threading.Thread(target=_preempt_one, args=(four, 1.0, 3.0, info, str(where)))
+        drainer = threading.Thread(target=preempt_one, args=(four, 1.0, 3.0, info, str(where)))
         start = time.monotonic()
         drainer.start()
         results = list(ex.map(burn, range(3), [8.0] * 3, [str(where)] * 3, timeout=120))
@@ -134,15 +99,54 @@ def test_a_preempted_node_costs_no_retry_and_its_work_moves_at_the_notice(four, 
 
 
 def test_a_node_killed_without_notice_still_charges(four, tmp_path):
-    _restore(four)
+    restore(four)
     with FaultTolerantExecutor(CONFIG) as ex:
         list(ex.map(burn, range(4), [0.5] * 4))
         futures = [ex.submit(burn, i, 6.0, str(tmp_path)) for i in range(3)]
-        victim = _busy_worker(four, str(tmp_path))
+        victim = busy_worker(four, str(tmp_path))
         four.remove_node(victim, allow_graceful=False)
         assert sorted(f.result(timeout=120)[0] for f in futures) == [0, 1, 2]
         stats = ex.stats()
     assert stats["preempted"] == 0
     charged = stats["retries"] + stats["abandoned"]
     assert charged >= 1 and "preempted" not in stats["failures_by_type"], stats
+    kill_manager()
+
+
+class Worker:
+    """A stateful evaluator (the pool's actors)."""
+
+    def where(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def work(self, i: int, seconds: float) -> tuple[int, str]:
+        return burn(i, seconds)
+
+
+def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four):
+    restore(four)
+    with FaultTolerantActorPool(Worker, size=3, config=CONFIG, num_cpus=1) as pool:
+        placed = {pool.submit("where").result(timeout=60) for _ in range(6)}
+        victim = next(n for n in four.worker_nodes if n.node_id in placed)
+        running = [pool.submit("work", i, 2.0) for i in range(2)]  # keeps the pool's loop busy
+        deadline = time.time() + 8.0
+        gcs = ray._raylet.GcsClient(address=four.gcs_address)
+        accepted, why = gcs.drain_node(
+            victim.node_id, PREEMPTION, "spot notice", int(deadline * 1000)
+        )
+        assert accepted, why
+
+        def replaced():
+            with pool._actors_lock:
+                nodes = {a.node_id for a in pool._actors.values() if a.node_id and not a.dead}
+            return len(nodes - {victim.node_id}) >= 3
+
+        wait_for(replaced, timeout=max(1.0, deadline - time.time() - 1.0), interval=0.1)
+        assert time.time() < deadline
+        four.remove_node(victim, allow_graceful=False)
+        assert sorted(f.result(timeout=120)[0] for f in running) == [0, 1]
+        later = [pool.submit("work", i, 0.2) for i in range(6)]
+        assert {f.result(timeout=120)[1] for f in later}.isdisjoint({victim.node_id})
+        stats = pool.stats()
+    assert stats["live"] == 3 and stats["retries"] == 0
     kill_manager()

@@ -151,9 +151,7 @@ class FaultTolerantExecutor(cf.Executor):
             self._client = ActorManagerClient(manager, clock=clock)
         self.manager = manager if manager is not False else None
         # the manager sums every driver's demand into the autoscaler's one request
-        self._link = (
-            ElasticLink(manager, clock=clock) if manager is not False and self._demands else None
-        )
+        self._link = ElasticLink(manager, clock=clock) if manager is not False else None
         self._demand: dict[Any, int] = {}
         self._watcher = NodeWatcher()
         self._looked = False  # the first look at Ray's node table is made in __init__
@@ -705,7 +703,7 @@ class FaultTolerantExecutor(cf.Executor):
         if nodes is not None and nodes != self._sched.nodes:
             polled.append(("nodes", nodes))
         if self._link is not None:
-            polled.extend(self._link.step(self._demand))
+            polled.extend(self._link.step(self._demand if self._demands else {}))
         snapshot = self._client.poll()
         if snapshot is not None:
             polled.append(("exclusions", snapshot))

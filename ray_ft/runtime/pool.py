@@ -136,6 +136,7 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         self._init_failures = 0
         self._broken: BaseException | None = None
         self._node_exclusions = Exclusions()
+        self._draining_nodes: dict[str, float] = {}  # node -> deadline: actors there move
         self._refresh_s = 0.1
         self._table_at = -float("inf")
         if not ray.is_initialized():
@@ -285,6 +286,15 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
                 with self._actors_lock:
                     self._node_exclusions = payload
                     payload = self._actor_exclusions(payload)
+            elif kind == "draining":  # a notice: replacements start now, calls move off
+                with self._actors_lock:
+                    self._draining_nodes = dict(payload)
+                    payload = {
+                        k: payload[a.node_id]
+                        for k, a in self._actors.items()
+                        if a.node_id in payload
+                    }
+                    self._top_up()
             out.append((kind, payload))
         return out
 
@@ -304,12 +314,17 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         )
 
     def _top_up(self) -> None:
-        """Start actors until ``size`` are alive or starting, never on an excluded node."""
-        excluded = sorted(self._node_exclusions.excluded)
+        """Start actors until ``size`` are alive or starting off draining nodes, never on
+        an excluded or draining node (an actor on a draining node is replaced before its
+        node goes, and dies with it)."""
+        excluded = sorted(self._node_exclusions.excluded | self._draining_nodes.keys())
         options = dict(self._actor_options, max_restarts=0)
         if excluded:
             options["label_selector"] = {"ray.io/node-id": f"!in({','.join(excluded)})"}
-        while len(self._actors) < self.size:
+        draining = self._draining_nodes
+        staying = sum(1 for a in self._actors.values() if a.node_id not in draining)
+        while staying < self.size:
+            staying += 1
             key = f"actor-{next(self._keys)}"
             args, kwargs = self._ctor
             handle: Any = self._actor_class.options(**options).remote(*args, **kwargs)

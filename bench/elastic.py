@@ -1,0 +1,262 @@
+"""Elastic clusters, against plain Ray on the same work in the same run (figure 19).
+
+- Ray's real autoscaler (fake multi-node provider, real raylets): scale from zero nodes of
+  a shape (6 calls of 4 s asking ``sim``), and beyond ``min_workers`` (9 calls asking
+  ``base``, one node kept): job time, peak node count, and the time until the cluster is
+  back at its minimum after the work (ray_ft's manager alive, its executor open).
+- A preemption notice: 4 one-CPU nodes, 3 CPU-bound calls of 8 s; 1 s in, a busy node is
+  drained with a 3 s deadline and removed at it. Job time and retries.
+- A 15 s GCS outage mid-run (RocksDB-backed GCS killed and restarted on its port): 24
+  CPU-bound calls of 2 s on 3 nodes. Job time, and how long a ``submit()`` took inside it.
+
+Each scenario runs once per repetition (the autoscaler's waits dominate; BENCH_REPEATS).
+``ray stop --force`` is run around the autoscaler scenarios: no other Ray may be alive.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+
+import ray  # noqa: E402
+from common import summary, table  # noqa: E402
+
+from ray_ft import FaultTolerantExecutor  # noqa: E402
+from ray_ft.actors.manager_actor import get_manager, shutdown_manager  # noqa: E402
+from tests.autoscaling import autoscaling_cluster, wait_for_count, worker_count  # noqa: E402
+from tests.elastic_tools import (  # noqa: E402
+    persistent_cluster,
+    preempt_one,
+    restore,
+    run_through_outage,
+)
+from tests.raytools import cluster_session  # noqa: E402
+
+TYPES = {
+    "sim": {"resources": {"CPU": 1, "sim": 1}, "min_workers": 0, "max_workers": 3},
+    "base": {"resources": {"CPU": 1, "base": 1}, "min_workers": 1, "max_workers": 3},
+}
+CONFIG = {"capacity_wait_timeout": 300, "max_retries": 3, "retry_delay": 0.1, "jitter": "none"}
+
+
+def sleepy(i: int, seconds: float = 4.0) -> int:
+    time.sleep(seconds)
+    return i
+
+
+def burn(i: int, seconds: float = 8.0, where: str | None = None) -> int:
+    """CPU-bound; writes its node to ``where`` as it starts (the drainer picks a busy one)."""
+    if where is not None:
+        with open(os.path.join(where, f"{i}.{os.getpid()}"), "w") as f:
+            f.write(ray.get_runtime_context().get_node_id())
+    start, x = time.monotonic(), 0
+    while time.monotonic() - start < seconds:
+        x += 1
+    return i
+
+
+def autoscaler(repeats: int) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    with autoscaling_cluster({"CPU": 1}, TYPES, idle_timeout_minutes=0.1) as address:
+        ray.init(address=address, namespace="ray_ft_bench", log_to_driver=False)
+        wait_for_count("base", 1, timeout=120)
+        get_manager(CONFIG)
+        for name, resource, calls, floor in (
+            ("from zero", "sim", 6, 0),
+            ("beyond min", "base", 9, 1),
+        ):
+            rows = out.setdefault(name, {})
+            for _ in range(repeats):
+                wait_for_count(resource, floor, timeout=180)
+                remote = ray.remote(resources={resource: 1})(sleepy)
+                start = time.monotonic()
+                ray.get([remote.remote(i) for i in range(calls)])
+                job = time.monotonic() - start
+                rows.setdefault("plain job", []).append(job)
+                rows.setdefault("plain peak", []).append(worker_count(resource))
+                rows.setdefault("plain down", []).append(wait_for_count(resource, floor, 180))
+                with FaultTolerantExecutor(CONFIG, resources={resource: 1}) as ex:
+                    start = time.monotonic()
+                    list(ex.map(sleepy, range(calls)))
+                    job = time.monotonic() - start
+                    rows.setdefault("ray_ft job", []).append(job)
+                    rows.setdefault("ray_ft peak", []).append(worker_count(resource))
+                    rows.setdefault("ray_ft down", []).append(wait_for_count(resource, floor, 180))
+        shutdown_manager()
+    return out
+
+
+def preemption(repeats: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    with cluster_session(4) as cluster, tempfile.TemporaryDirectory() as tmp:
+        remote = ray.remote(burn)
+        ray.get([remote.remote(i, 0.3) for i in range(4)])
+        for r in range(repeats):
+            for mode in ("plain", "ray_ft"):
+                restore(cluster)
+                where = os.path.join(tmp, f"{mode}-{r}")
+                os.mkdir(where)
+                info: dict[str, Any] = {}
+                drainer = threading.Thread(
+                    target=preempt_one, args=(cluster, 1.0, 3.0, info, where)
+                )
+                if mode == "plain":
+                    drainer.start()
+                    start = time.monotonic()
+                    ray.get([remote.remote(i, 8.0, where) for i in range(3)])
+                    job = time.monotonic() - start
+                    retries = float("nan")
+                else:
+                    with FaultTolerantExecutor(CONFIG) as ex:
+                        list(ex.map(burn, range(4), [0.3] * 4))
+                        drainer.start()
+                        start = time.monotonic()
+                        list(ex.map(burn, range(3), [8.0] * 3, [where] * 3))
+                        job = time.monotonic() - start
+                        retries = ex.stats()["retries"]
+                    shutdown_manager()
+                drainer.join()
+                out.setdefault(f"{mode} job", []).append(job)
+                out.setdefault(f"{mode} retries", []).append(retries)
+    return out
+
+
+def gcs(repeats: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    calls = 24
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as storage, persistent_cluster(storage) as cluster:
+            remote = ray.remote(burn)
+            ray.get([remote.remote(i, 0.2) for i in range(6)])
+            plain, _ = run_through_outage(
+                cluster, lambda _m, f=remote: ray.get([f.remote(i, 2.0) for i in range(calls)])
+            )
+            submit_s: list[float] = []
+            with FaultTolerantExecutor(CONFIG) as ex:
+                list(ex.map(burn, range(6), [0.2] * 6))
+
+                def run(marks: dict[str, Any], submit_s: list[float] = submit_s) -> None:
+                    futures = [ex.submit(burn, i, 2.0) for i in range(calls)]
+                    while "down" not in marks:
+                        time.sleep(0.05)
+                    time.sleep(2.0)
+                    start = time.monotonic()
+                    futures.append(ex.submit(burn, calls, 0.1))
+                    submit_s.append(time.monotonic() - start)
+                    [f.result() for f in futures]
+
+                ft, _ = run_through_outage(cluster, run)
+                out.setdefault("excluded", []).append(len(ex.stats()["excluded_nodes"]))
+            out.setdefault("plain job", []).append(plain)
+            out.setdefault("ray_ft job", []).append(ft)
+            out.setdefault("submit", []).append(submit_s[0])
+    return out
+
+
+def _m(values: list[float]) -> str:
+    s = summary(values)
+    return f"{s['median']:.1f} s ({s['min']:.1f}-{s['max']:.1f})"
+
+
+def report(repeats: int = 1) -> str:
+    scaled = autoscaler(repeats)
+    rows = []
+    for name, r in scaled.items():
+        job_ratio = summary([f / p for f, p in zip(r["ray_ft job"], r["plain job"])])["median"]
+        extra = summary([f - p for f, p in zip(r["ray_ft down"], r["plain down"])])["median"]
+        rows.append(
+            [
+                name,
+                _m(r["plain job"]),
+                _m(r["ray_ft job"]),
+                f"{job_ratio:.2f}",
+                f"{max(r['plain peak']):.0f} / {max(r['ray_ft peak']):.0f}",
+                _m(r["plain down"]),
+                _m(r["ray_ft down"]),
+                f"{extra:+.1f} s",
+                "met" if job_ratio <= 1.1 and extra <= 10 else "missed",
+            ]
+        )
+    parts = [
+        table(
+            [
+                "autoscaler",
+                "plain job",
+                "ray_ft job",
+                "ratio",
+                "peak nodes plain / ray_ft",
+                "plain back to min",
+                "ray_ft back to min",
+                "difference",
+                "goal (<= 1.1x, <= +10 s)",
+            ],
+            rows,
+        )
+    ]
+    pre = preemption(repeats)
+    ratio = summary([f / p for f, p in zip(pre["ray_ft job"], pre["plain job"])])["median"]
+    parts.append(
+        table(
+            [
+                "preemption (3 s notice)",
+                "plain job",
+                "ray_ft job",
+                "ratio",
+                "ray_ft retries",
+                "goal (< 1, 0 retries)",
+            ],
+            [
+                [
+                    "3 calls of 8 s, 4 nodes",
+                    _m(pre["plain job"]),
+                    _m(pre["ray_ft job"]),
+                    f"{ratio:.2f}",
+                    f"{max(pre['ray_ft retries']):.0f}",
+                    "met" if ratio < 1 and max(pre["ray_ft retries"]) == 0 else "missed",
+                ]
+            ],
+        )
+    )
+    out = gcs(repeats)
+    ratio = summary([f / p for f, p in zip(out["ray_ft job"], out["plain job"])])["median"]
+    parts.append(
+        table(
+            [
+                "GCS outage (15 s)",
+                "plain job",
+                "ray_ft job",
+                "ratio",
+                "submit() in the outage",
+                "excluded",
+                "goal (<= 1.1x)",
+            ],
+            [
+                [
+                    "24 calls of 2 s, 3 nodes",
+                    _m(out["plain job"]),
+                    _m(out["ray_ft job"]),
+                    f"{ratio:.2f}",
+                    f"{max(out['submit']) * 1000:.0f} ms",
+                    f"{max(out['excluded']):.0f}",
+                    "met" if ratio <= 1.1 else "missed",
+                ]
+            ],
+        )
+    )
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(report(int(sys.argv[1]) if len(sys.argv) > 1 else 1))
