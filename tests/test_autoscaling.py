@@ -29,7 +29,7 @@ TYPES = {
 CONFIG = {"capacity_wait_timeout": 300, "max_retries": 3}
 
 
-def sleepy(i: int, seconds: float = 4.0) -> tuple[int, str]:
+def sleepy(i: int, seconds: float = 2.0) -> tuple[int, str]:
     time.sleep(seconds)
     return i, ray.get_runtime_context().get_node_id()
 
@@ -67,7 +67,7 @@ def test_scale_from_zero_and_back(autoscaled):
         assert ft_s < 1.5 * plain_s + 5, (ft_s, plain_s)
 
         # one long call keeps one worker busy while the other two are scaled down
-        long = ex.submit(sleepy, 99, 15.0)
+        long = ex.submit(sleepy, 99, 10.0)
         wait_for_count("sim", 1, timeout=60)
         assert long.result(timeout=120)[0] == 99
         ft_down = wait_for_count("sim", 0, timeout=120)

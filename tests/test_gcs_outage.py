@@ -37,17 +37,7 @@ def persistent(tmp_path_factory):
 
 
 def test_a_gcs_outage_stalls_nothing_and_fails_no_node(persistent):
-    calls = 24
-    plain = ray.remote(burn)
-    ray.get([plain.remote(i, 0.2) for i in range(6)])  # warm workers everywhere
-
-    def plain_run(_marks):
-        assert sorted(ray.get([plain.remote(i) for i in range(calls)], timeout=300)) == list(
-            range(calls)
-        )
-
-    plain_s, _ = run_through_outage(persistent, plain_run)
-
+    calls = 24  # 2 s each on 3 one-CPU nodes: 16 s of work at least, through a 15 s outage
     manager = get_manager(CONFIG)
     with FaultTolerantExecutor(CONFIG) as ex:
         list(ex.map(burn, range(6), [0.2] * 6))
@@ -70,7 +60,9 @@ def test_a_gcs_outage_stalls_nothing_and_fails_no_node(persistent):
     assert submitted_in_outage[0] < 1.0, submitted_in_outage
     assert stats["succeeded"] == 6 + calls + 1 and stats["failed"] == 0
     assert stats["excluded_nodes"] == [] and stats["retries"] == 0
-    assert ft_s < 1.3 * plain_s + 3, (ft_s, plain_s)
+    # no stall: the work, the outage, and a few seconds to follow the GCS back at most (plain
+    # Ray on the same work and outage is in bench/RESULTS.md, figure 19)
+    assert ft_s < 4.0 + 15.0 + 16.0 + 10.0, ft_s
     status = ray.get(manager.status.remote(), timeout=60)
     assert status["excluded"] == []
     assert all(n["status"] == "alive" for n in status["nodes"].values())

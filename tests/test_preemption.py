@@ -126,9 +126,11 @@ class Worker:
 def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four):
     restore(four)
     with FaultTolerantActorPool(Worker, size=3, config=CONFIG, num_cpus=1) as pool:
-        placed = {pool.submit("where").result(timeout=60) for _ in range(6)}
+        wait_for(lambda: pool.stats()["live"] == 3, timeout=60)
+        with pool._actors_lock:
+            placed = {a.node_id for a in pool._actors.values()}
         victim = next(n for n in four.worker_nodes if n.node_id in placed)
-        running = [pool.submit("work", i, 2.0) for i in range(2)]  # keeps the pool's loop busy
+        running = [pool.submit("work", i, 6.0) for i in range(2)]  # keeps the loop busy
         deadline = time.time() + 8.0
         gcs = ray._raylet.GcsClient(address=four.gcs_address)
         accepted, why = gcs.drain_node(
