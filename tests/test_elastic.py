@@ -244,3 +244,45 @@ def test_idle_nodes_need_every_resource_free_for_the_linger():
     assert not idle.idle("w", now=20)
     idle.observe({}, {}, now=21)  # it left: forgotten
     assert not idle.idle("w", now=100)
+
+
+# -- the manager's watch: one request for the cluster, cleared after the work ---------------
+
+
+def _watch(clock, restarted=False):
+    from ray_ft.actors._elastic import ElasticWatch
+
+    asked: list[list[dict]] = []
+    watch = ElasticWatch(
+        clock=clock, request=asked.append, discover=lambda: (True, SIM), restarted=restarted
+    )
+    return watch, asked
+
+
+def test_the_watch_asks_once_per_change_and_clears_after_the_work(clock):
+    watch, asked = _watch(clock)
+    watch.step()
+    assert asked == []  # no demand ever: a user's own request stands
+    view = watch.report("d1", {SIM1: 2}, None)
+    assert view is not None and view["autoscaled"] and view["node_types"] == SIM.to_json()
+    assert watch.report("d1", {SIM1: 2}, view["token"]) is None  # current: nothing sent
+    watch.step()
+    watch.step()
+    assert asked == [[{"CPU": 1.0, "sim": 1.0}] * 2]
+    watch.report("d1", {}, view["token"])
+    watch.step()
+    assert asked[-1] == [] and len(asked) == 2
+    watch.step()
+    assert len(asked) == 2
+
+
+def test_a_silent_driver_stops_counting_and_a_restarted_manager_clears_what_stood(clock):
+    watch, asked = _watch(clock)
+    watch.report("dead", {SIM1: 3}, None)
+    watch.step()
+    clock.advance(61)
+    watch.step()
+    assert asked == [[{"CPU": 1.0, "sim": 1.0}] * 3, []]
+    restarted, asked_again = _watch(clock, restarted=True)
+    restarted.step()
+    assert asked_again == [[]]  # the request made before the restart is not left standing

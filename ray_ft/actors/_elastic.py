@@ -104,6 +104,7 @@ class ElasticWatch:
         clock: Callable[[], float] = time.monotonic,
         request: Callable[[list[dict[str, float]]], None] = _request_resources,
         discover: Callable[[], tuple[bool, NodeTypes | None]] = discover_node_types,
+        restarted: bool = False,
     ) -> None:
         self._clock = clock
         self._request = request
@@ -117,10 +118,12 @@ class ElasticWatch:
         # nodes that left while draining (preempted or scaled down): wall time they left
         self.drained: dict[str, float] = {}
         self.requests = 0  # request_resources calls made
-        self.last_bundles: list[dict[str, float]] = []
+        self.last_bundles: list[dict[str, float]] | None = None  # None: never asked
         self._view_version = 0
         self._asked_version = -1  # the demand version last sent to the autoscaler
-        self._asked_any = False  # a non-empty request stands (so clearing it is ours to do)
+        # a non-empty request stands, so clearing it is ours to do (after our own restart
+        # one may: the request outlives the actor that made it)
+        self._asked_any = restarted
         self._discovered_at = -float("inf")
         self._wake = threading.Event()  # a changed demand is asked for at once
 
@@ -154,7 +157,7 @@ class ElasticWatch:
                 "autoscaled": self.autoscaled,
                 "node_types": None if self.node_types is None else self.node_types.describe(),
                 "drivers_with_demand": self.book.drivers(),
-                "requested_bundles": len(self.last_bundles),
+                "requested_bundles": len(self.last_bundles or ()),
                 "resource_requests": self.requests,
                 "draining": dict(self.draining),
             }

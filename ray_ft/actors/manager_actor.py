@@ -82,7 +82,7 @@ class ManagerActor:
         self._wake = threading.Event()
         self._dirty = threading.Event()
         self._state_version = self._written_version = 0
-        self.elastic = ElasticWatch()
+        self.elastic = ElasticWatch(restarted=self.restored)
         self._threads = [
             threading.Thread(
                 target=self.elastic.run, args=(self._stop,), name="ray_ft-elastic", daemon=True
