@@ -1,10 +1,12 @@
-"""Preemption notices on a real local cluster: a busy node is drained with a 3 s deadline
-(``DRAIN_NODE_REASON_PREEMPTION``, as a spot notice) and removed at the deadline.
+"""Preemption notices and a GCS outage on one real local cluster of four nodes.
 
-ray_ft stops placing there at once and starts a copy of the attempt that would outlive the
-deadline on the free node, so the job ends sooner than under plain Ray (which reruns the
-task after the kill); the kill charges no retry and no breaker. A node killed without
-notice still charges as before.
+A busy node is drained with a 3 s deadline (``DRAIN_NODE_REASON_PREEMPTION``, as a spot
+notice) and removed at the deadline. ray_ft stops placing there at once and starts a copy
+of the attempt that would outlive the deadline on the free node, so the job ends sooner
+than under plain Ray (which reruns the task after the kill); the kill charges no retry and
+no breaker. A node killed without notice still charges as before. Last, the RocksDB-backed
+GCS is killed and started again on its port 15 s later, as a supervisor would: nothing
+that does not need the GCS stalls.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ import ray
 
 from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor
 from ray_ft.actors.manager_actor import get_manager
-from tests.elastic_tools import PREEMPTION, busy_worker, preempt_one, restore
-from tests.raytools import cluster_session, kill_manager, wait_for
+from tests.elastic_tools import (
+    PREEMPTION,
+    busy_worker,
+    persistent_cluster,
+    preempt_one,
+    restore,
+    run_through_outage,
+)
+from tests.raytools import kill_manager, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -39,8 +48,9 @@ def burn(i: int, seconds: float = 8.0, where: str | None = None) -> tuple[int, s
 
 
 @pytest.fixture(scope="module")
-def four():
-    with cluster_session(4) as cluster:
+def four(tmp_path_factory):
+    """Four one-CPU nodes; the GCS keeps its tables in RocksDB (the outage test restarts it)."""
+    with persistent_cluster(str(tmp_path_factory.mktemp("gcs")), 4) as cluster:
         yield cluster
 
 
@@ -102,7 +112,7 @@ def test_a_node_killed_without_notice_still_charges(four, tmp_path):
     restore(four)
     with FaultTolerantExecutor(CONFIG) as ex:
         list(ex.map(burn, range(4), [0.5] * 4))
-        futures = [ex.submit(burn, i, 6.0, str(tmp_path)) for i in range(3)]
+        futures = [ex.submit(burn, i, 4.0, str(tmp_path)) for i in range(3)]
         victim = busy_worker(four, str(tmp_path))
         four.remove_node(victim, allow_graceful=False)
         assert sorted(f.result(timeout=120)[0] for f in futures) == [0, 1, 2]
@@ -150,5 +160,42 @@ def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four)
         later = [pool.submit("work", i, 0.2) for i in range(6)]
         assert {f.result(timeout=120)[1] for f in later}.isdisjoint({victim.node_id})
         stats = pool.stats()
-    assert stats["live"] == 3 and stats["retries"] == 0
+    assert stats["live"] >= 3 and stats["retries"] == 0  # the drained one may not be seen gone yet
+    kill_manager()
+
+
+def test_a_gcs_outage_stalls_nothing_and_fails_no_node(four):
+    """Last in the module: the GCS is killed and started again on its port."""
+    restore(four)
+    calls = 24  # 2 s each on 4 one-CPU nodes: 12 s of work at least, through a 15 s outage
+    manager = get_manager(CONFIG)
+    with FaultTolerantExecutor(CONFIG) as ex:
+        list(ex.map(burn, range(8), [0.2] * 8))
+        submitted_in_outage: list[float] = []
+
+        def ft_run(marks):
+            begun = time.monotonic()
+            futures = [ex.submit(burn, i, 2.0) for i in range(calls)]
+            while "down" not in marks:
+                time.sleep(0.05)
+                assert time.monotonic() - begun < 60, "the GCS was never killed"
+            time.sleep(2.0)  # well inside the outage
+            start = time.monotonic()
+            futures.append(ex.submit(burn, calls, 0.1))
+            submitted_in_outage.append(time.monotonic() - start)
+            assert sorted(f.result(timeout=300)[0] for f in futures) == list(range(calls + 1))
+
+        ft_s, _ = run_through_outage(four, ft_run)
+        stats = ex.stats()
+    assert submitted_in_outage[0] < 1.0, submitted_in_outage
+    assert stats["succeeded"] == 8 + calls + 1 and stats["failed"] == 0
+    assert stats["excluded_nodes"] == [] and stats["retries"] == 0
+    # no stall: the work, the outage, and a few seconds to follow the GCS back at most (plain
+    # Ray on the same work and outage is in bench/RESULTS.md, figure 19)
+    assert ft_s < 4.0 + 15.0 + 12.0 + 10.0, ft_s
+    status = ray.get(manager.status.remote(), timeout=60)
+    assert status["excluded"] == []
+    # the outage is read as no node's failure (nodes removed by earlier tests read "dead")
+    assert all(n["status"] in ("alive", "dead") for n in status["nodes"].values()), status
+    assert status["failure_counts"].get("node_died", 0) == 0
     kill_manager()
