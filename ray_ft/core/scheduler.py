@@ -318,13 +318,18 @@ class Scheduler:
                 target = self.placement.backup_node(work, node_id, float("inf"))
                 if target is None:
                     continue
-                work.speculated = True
-                copy = self._start(work, target, False, now)
-                copy.backup = True
-                self._backups += 1
-                self.stats["preemption_copies"] += 1
-                out.append(Launch(copy))
+                out.append(self._start_copy(work, target, now, "preemption_copies"))
         return out
+
+    def _start_copy(self, work: Work, node_id: str, now: float, counter: str) -> Launch:
+        """A second copy of a running call on another node (a straggler's backup, or a
+        preemption's copy): the first result wins, the other is cancelled."""
+        work.speculated = True
+        copy = self._start(work, node_id, False, now)
+        copy.backup = True
+        self._backups += 1
+        self.stats[counter] += 1
+        return Launch(copy)
 
     def _copied(self, attempt: Attempt) -> bool:
         """The attempt's call has another copy in flight."""
@@ -956,12 +961,7 @@ class Scheduler:
             node_id = self.placement.backup_node(work, attempt.node_id, threshold)
             if node_id is None:
                 continue
-            work.speculated = True
-            backup = self._start(work, node_id, False, now)
-            backup.backup = True
-            self._backups += 1
-            self.stats["speculated"] += 1
-            out.append(Launch(backup))
+            out.append(self._start_copy(work, node_id, now, "speculated"))
         return out
 
     def _feed_queued(self, kind: str) -> None:
