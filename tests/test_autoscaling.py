@@ -98,9 +98,11 @@ def test_demand_is_capped_by_max_in_flight(autoscaled):
     """With max_workers=1 the executor asks for one slot, not one per queued call: the
     type kept at one node does not grow."""
     _both_at_minimum()
-    with FaultTolerantExecutor(CONFIG, max_workers=1, resources={"base": 1}) as ex:
-        with Peaks("base") as peak:
-            results = list(ex.map(sleepy, range(3), [1.0] * 3, timeout=300))
+    with (
+        FaultTolerantExecutor(CONFIG, max_workers=1, resources={"base": 1}) as ex,
+        Peaks("base") as peak,
+    ):
+        results = list(ex.map(sleepy, range(3), [1.0] * 3, timeout=300))
     assert [i for i, _ in results] == [0, 1, 2]
     assert peak["base"] == 1, peak.peak
 
