@@ -179,7 +179,7 @@ def scipy_de(on: Any, off: Any) -> list[list[Any]]:
 def profile(ex: FaultTolerantExecutor, n: int = TRIVIAL) -> list[tuple[str, float]]:
     """Driver CPU per call by function (both threads: the caller's and the loop's)."""
     loop_profile, caller_profile = cProfile.Profile(), cProfile.Profile()
-    step = ex._step
+    step = ex._loop.step
 
     def profiled_step() -> str:
         loop_profile.enable()
@@ -188,14 +188,14 @@ def profile(ex: FaultTolerantExecutor, n: int = TRIVIAL) -> list[tuple[str, floa
         finally:
             loop_profile.disable()
 
-    ex._step = profiled_step  # type: ignore[method-assign]
+    ex._loop.step = profiled_step  # type: ignore[method-assign]
     try:
         caller_profile.enable()
         futures = [ex.submit(trivial, i) for i in range(n)]
         assert [f.result() for f in futures] == list(range(n))
         caller_profile.disable()
     finally:
-        ex._step = step  # type: ignore[method-assign]
+        ex._loop.step = step  # type: ignore[method-assign]
     stats = pstats.Stats(caller_profile)
     stats.add(loop_profile)
     rows = [

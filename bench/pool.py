@@ -54,7 +54,7 @@ def _ft_pool_run(n: int, seconds: float, chaos: bool) -> tuple[float, int, int]:
 
         def killer() -> None:
             while not stop.wait(2.0):
-                pids = [a.pid for a in list(pool._actors.values()) if a.pid and not a.dead]
+                pids = [a.pid for a in list(pool._workers.actors.values()) if a.pid and not a.dead]
                 if pids:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pids[0], signal.SIGKILL)

@@ -20,6 +20,7 @@ import ray
 
 from ray_ft import FailureType, FaultTolerantActorPool, FaultTolerantExecutor, TaskFailedError
 from ray_ft.manager.client import ActorManagerClient
+from ray_ft.runtime.workers import TaskWorkers
 from tests.raytools import wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
@@ -116,24 +117,26 @@ def test_only_the_node_whose_user_calls_fail_far_more_is_suspected(nodes):
 # -- every call ends exactly once, whatever one command hits ------------------------------
 
 
-class Faulty(FaultTolerantExecutor):
-    """Injects a fault into one kind of command of the real loop."""
+class Faulty(TaskWorkers):
+    """Ray tasks, with a fault injected into one kind of command of the real loop."""
 
-    fault = ""
+    def __init__(self, fault: str) -> None:
+        super().__init__(None)
+        self.fault = fault
 
-    def _start_call(self, work, node_id):
+    def start(self, work, worker_id):
         if self.fault == "launch" and work.args and work.args[0] == 7:
             msg = "injected launch fault"
             raise RuntimeError(msg)
-        return super()._start_call(work, node_id)
+        return super().start(work, worker_id)
 
-    def _stop_call(self, ref, attempt):
+    def stop(self, ref, attempt):
         if self.fault == "cancel":
             msg = "injected cancel fault"
             raise RuntimeError(msg)
-        super()._stop_call(ref, attempt)
+        super().stop(ref, attempt)
 
-    def _node_events(self, events):
+    def node_events(self, events):
         if self.fault == "report":
             msg = "injected report fault"
             raise RuntimeError(msg)
@@ -154,10 +157,9 @@ def test_a_fault_in_one_command_leaves_every_other_call_resolved(nodes, fault):
     config = {**FAST, "max_retries": 2}
     if fault == "cancel":  # timeouts make the cancels; elsewhere they would only add noise
         config["task_timeout"] = 1.5
-    with Faulty(config, manager=False) as ex:
-        ex.fault = fault
+    with FaultTolerantExecutor(config, manager=False, _workers=Faulty(fault)) as ex:
         if fault == "outcome":  # ray_ft itself fails taking one attempt's outcome
-            take = ex._sched.attempt_done
+            take = ex._loop.sched.attempt_done
 
             def attempt_done(attempt_id, **outcome):
                 if outcome.get("value") == 8:
@@ -165,7 +167,7 @@ def test_a_fault_in_one_command_leaves_every_other_call_resolved(nodes, fault):
                     raise RuntimeError(msg)
                 return take(attempt_id, **outcome)
 
-            ex._sched.attempt_done = attempt_done
+            ex._loop.sched.attempt_done = attempt_done
         futures, refused = {}, []
         for i in range(24):
             try:
@@ -303,4 +305,4 @@ def test_actor_table_survives_concurrent_callers(nodes):
         for t in threads:
             t.join(timeout=180)
         assert not errors
-        assert len(pool._actors) <= 3
+        assert len(pool._workers.actors) <= 3

@@ -76,7 +76,7 @@ def test_one_degraded_node_takes_work_only_when_the_others_are_full(nodes):
     with FaultTolerantExecutor(config, manager=False) as ex:
         node_ids = sorted(ex.stats()["nodes"])
         degraded = node_ids[0]
-        ex._client.manager.update_health(degraded, "degraded", ["memory at 97% exceeds 95%"])
+        ex._loop.client.manager.update_health(degraded, "degraded", ["memory at 97% exceeds 95%"])
         wait_for(lambda: ex.stats()["degraded_nodes"] == [degraded], timeout=30)
         # two calls at a time: the two ok nodes take them, the degraded node stays idle
         for _ in range(3):

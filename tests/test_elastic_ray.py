@@ -137,8 +137,8 @@ def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four)
     restore(four)
     with FaultTolerantActorPool(Worker, size=3, config=CONFIG, num_cpus=1) as pool:
         wait_for(lambda: pool.stats()["live"] == 3, timeout=60)
-        with pool._actors_lock:
-            placed = {a.node_id for a in pool._actors.values()}
+        with pool._workers.lock:
+            placed = {a.node_id for a in pool._workers.actors.values()}
         victim = next(n for n in four.worker_nodes if n.node_id in placed)
         running = [pool.submit("work", i, 6.0) for i in range(2)]  # keeps the loop busy
         deadline = time.time() + 8.0
@@ -149,8 +149,10 @@ def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four)
         assert accepted, why
 
         def replaced():
-            with pool._actors_lock:
-                nodes = {a.node_id for a in pool._actors.values() if a.node_id and not a.dead}
+            with pool._workers.lock:
+                nodes = {
+                    a.node_id for a in pool._workers.actors.values() if a.node_id and not a.dead
+                }
             return len(nodes - {victim.node_id}) >= 3
 
         wait_for(replaced, timeout=max(1.0, deadline - time.time() - 1.0), interval=0.1)

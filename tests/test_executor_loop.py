@@ -86,7 +86,7 @@ def test_done_callback_runs_without_the_lock_and_may_submit(cluster):
     with FaultTolerantExecutor(FAST, manager=False) as ex:
 
         def callback(future):
-            seen.append(("locked", ex._lock.locked()))
+            seen.append(("locked", ex._loop.lock.locked()))
             seen.append(("more", ex.submit(abs, -future.result())))
 
         def bad_callback(future):
@@ -121,7 +121,7 @@ def test_submit_is_fast_while_the_manager_restarts(cluster, tmp_path):
 def test_idle_executor_is_collected_and_its_thread_ends(cluster):
     ex = FaultTolerantExecutor(FAST, manager=False)
     assert ex.submit(abs, -3).result(timeout=60) == 3
-    thread = ex._thread
+    thread = ex._loop.thread
     ref = weakref.ref(ex)
     del ex
     wait_for(lambda: (gc.collect() or True) and ref() is None, timeout=30)
@@ -140,13 +140,13 @@ def test_idle_executor_does_not_poll(cluster):
         assert ex.submit(abs, -1).result(timeout=60) == 1
         time.sleep(0.3)
         calls = []
-        original = ex._step
+        original = ex._loop.step
 
         def counting():
             calls.append(time.monotonic())
             return original()
 
-        ex._step = counting  # type: ignore[method-assign]
+        ex._loop.step = counting  # type: ignore[method-assign]
         time.sleep(1.5)
         assert calls == []  # asleep until a submit, a timer or a deadline
         assert ex.submit(abs, -2).result(timeout=60) == 2

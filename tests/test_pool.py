@@ -85,7 +85,7 @@ def test_removed_node_degrades_the_pool_and_a_new_node_restores_it(nodes):
         # graceful degradation: fewer actors, no failure (without a manager the pool learns
         # of the node's death from Ray's node table, about 15 s later)
         wait_for(lambda: pool.stats()["live"] == 2, timeout=90)
-        assert victim.node_id not in {a.node_id for a in pool._actors.values()}
+        assert victim.node_id not in {a.node_id for a in pool._workers.actors.values()}
         nodes.add_node(num_cpus=1)
         wait_for(lambda: pool.stats()["live"] == 3, timeout=120)
         assert pool.stats()["replaced"] >= 1
@@ -149,7 +149,7 @@ def test_frozen_nodes_actor_is_replaced_once_the_node_is_excluded(nodes, tmp_pat
         ) as pool:
             # one actor per node once the earlier tests' actors have released their CPUs
             wait_for(lambda: pool.stats()["live"] == 3, timeout=120)
-            hosts = {a.node_id for a in pool._actors.values()}
+            hosts = {a.node_id for a in pool._workers.actors.values()}
             victim = next(n for n in nodes.worker_nodes if n.node_id in hosts)
             futures = [pool.submit(Simulator.whoami, i) for i in range(18)]
             frozen = freeze(victim)
@@ -157,7 +157,7 @@ def test_frozen_nodes_actor_is_replaced_once_the_node_is_excluded(nodes, tmp_pat
             assert [i for i, _ in results] == list(range(18))
             stats = pool.stats()
             assert stats["abandoned"] >= 1 and stats["failed"] == 0
-            assert victim.node_id not in {a.node_id for a in pool._actors.values()}
+            assert victim.node_id not in {a.node_id for a in pool._workers.actors.values()}
     finally:
         thaw(frozen)
         if victim is not None:

@@ -152,6 +152,7 @@ class Attempt:
     queued_behind: bool = False  # launched while the node's slots were all taken
     backup: bool = False  # a speculative copy of a straggling attempt
     group: Group | None = None  # the batch it runs in, one Ray task for all its members
+    ref: Any = None  # the runner's handle on its run (an ObjectRef), opaque here
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -163,3 +164,4 @@ class Group:
     live: int = 0  # members still in flight (the slot is freed when none is)
     runtime: float | None = None  # per member, learned once from the first result
     expected: float | None = None  # seconds the whole batch should take, from the pace
+    ref: Any = None  # the runner's handle on the one task (an ObjectRef), opaque here

@@ -27,13 +27,14 @@ import ray.exceptions as ray_exc
 from ray import cloudpickle
 
 from ray_ft.config import FTConfig
-from ray_ft.core.commands import Command, Exclusions
+from ray_ft.core.commands import Exclusions
 from ray_ft.core.work import Attempt, Work
 from ray_ft.failures import FailureEvent
 from ray_ft.nodes import alive_nodes
-from ray_ft.runtime.executor import FaultTolerantExecutor, WorkerGoneError
+from ray_ft.runtime.executor import FaultTolerantExecutor
+from ray_ft.runtime.workers import Polled, WorkerGoneError
 
-__all__ = ["FaultTolerantActorPool"]
+__all__ = ["ActorWorkers", "FaultTolerantActorPool"]
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +77,231 @@ def _whereabouts(_self: Any) -> tuple[str, int]:
     return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
+class ActorWorkers:
+    """The pool's actors as the loop's workers: each live actor is a one-slot worker, named
+    by its key (``actor-N``); dead ones are dropped and replaced on a usable node."""
+
+    cancel_kills_worker = True  # an actor call cannot be cancelled: the actor is killed
+    batches = False  # an actor runs its calls one by one: no packing
+    demands = False  # its calls wait for its own actors, not for new nodes
+    refresh_s = 0.1
+
+    def __init__(
+        self,
+        actor_class: Any,
+        name: str,
+        size: int,
+        ctor: tuple[tuple[Any, ...], dict[str, Any]],
+        actor_options: dict[str, Any],
+        max_init_failures: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.size = size
+        self.replaced = 0
+        self.broken: BaseException | None = None  # the constructor keeps failing
+        self.actors: dict[str, _Actor] = {}
+        # the actor table is changed by the loop and by callers' threads (submit, stats)
+        self.lock = threading.RLock()
+        self._actor_class = actor_class
+        self._name = name
+        self._ctor = ctor
+        self._actor_options = actor_options
+        self._max_init_failures = max_init_failures
+        self._clock = clock
+        self._keys = itertools.count(1)
+        self._init_failures = 0
+        self._node_exclusions = Exclusions()
+        self._draining_nodes: dict[str, float] = {}  # node -> deadline: actors there move
+        self._table_at = -float("inf")
+        self._news: list[Polled] = []
+        with self.lock:
+            self._top_up()
+
+    @property
+    def live(self) -> int:
+        with self.lock:
+            return sum(1 for a in self.actors.values() if a.node_id and not a.dead)
+
+    # -- the Workers protocol --------------------------------------------------------------
+
+    def target(self, fn: Any, is_remote: bool) -> tuple[Any, bytes | None]:
+        return fn, None  # a _MethodCall: the method's name travels, not code
+
+    def start(self, work: Work, worker_id: str) -> Any:
+        actor = self.actors.get(worker_id)
+        if actor is None or actor.dead:  # killed or dropped since the scheduler chose it
+            msg = f"{worker_id} is gone"
+            raise WorkerGoneError(msg)
+        if "self" in work.kwargs:  # Ray's .remote(self, ...) would take it: pass it on
+            names, values = tuple(work.kwargs), tuple(work.kwargs.values())
+            return actor.handle.__ray_call__.remote(
+                _call_method, work.remote_fn.name, names, *work.args, *values
+            )
+        return getattr(actor.handle, work.remote_fn.name).remote(*work.args, **work.kwargs)
+
+    def start_batch(self, attempts: tuple[Attempt, ...]) -> Any:
+        msg = "an actor pool packs no calls"
+        raise NotImplementedError(msg)
+
+    def stop(self, ref: Any, attempt: Attempt) -> None:
+        # an actor call cannot be force-cancelled: the actor goes, a new one takes its place
+        actor = self.actors.get(attempt.node_id)
+        if actor is not None:
+            self._kill(actor)
+
+    def died(self, attempt: Attempt, error: BaseException) -> str | None:
+        died = isinstance(error, ray_exc.RayActorError) and not isinstance(
+            error, ray_exc.ActorUnavailableError
+        )
+        actor = self.actors.get(attempt.node_id)
+        if not died or actor is None:
+            return None
+        actor.dead = True
+        return "lost its actor"
+
+    def node_events(self, events: list[FailureEvent]) -> list[FailureEvent]:
+        """The manager keeps breakers per node: name each actor's node, not the actor."""
+        out = []
+        for event in events:
+            actor = self.actors.get(event.worker_id or "")
+            node_id = None if actor is None else actor.node_id
+            out.append(dataclasses.replace(event, worker_id=node_id))
+        return out
+
+    def poll(self, due: bool, current: dict[str, dict[str, float]]) -> list[Polled]:
+        """Collect constructors, drop the dead, start replacements (under the actors' own
+        lock: callers' threads come here too)."""
+        if not due:
+            return []
+        with self.lock:
+            self._follow()
+            news, self._news = self._news, []
+            workers = {k: dict(_ONE_SLOT) for k, a in self.actors.items() if a.node_id}
+        if workers != current:
+            news.append(("nodes", workers))
+        return news
+
+    def translate(self, polled: list[Polled]) -> list[Polled]:
+        """The manager's node verdicts and drain notices, applied to the actors there."""
+        out = []
+        for kind, payload in polled:
+            if kind == "exclusions":
+                with self.lock:
+                    self._node_exclusions = payload
+                    payload = self._actor_exclusions(payload)
+            elif kind == "draining":  # a notice: replacements start now, calls move off
+                with self.lock:
+                    self._draining_nodes = dict(payload)
+                    payload = {
+                        k: payload[a.node_id]
+                        for k, a in self.actors.items()
+                        if a.node_id in payload
+                    }
+                    self._top_up()
+            out.append((kind, payload))
+        return out
+
+    def close(self) -> None:
+        """Nothing runs on its own thread."""
+
+    def kill_all(self) -> None:
+        with self.lock:
+            actors = list(self.actors.values())
+        for actor in actors:
+            self._kill(actor)
+
+    # -- actors --------------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        pending = {a.ready: a for a in self.actors.values() if a.node_id is None and not a.dead}
+        if pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            for ref in ready:
+                self._constructed(pending[ref], ref)
+        failed_nodes = self._node_exclusions.failed | self._node_exclusions.dead
+        for actor in list(self.actors.values()):
+            if not actor.dead and actor.node_id in failed_nodes:
+                self._kill(actor)  # its node was declared failed: start over elsewhere
+        now = self._clock()
+        if now - self._table_at >= _NODE_TABLE_S:  # a GCS call: once a second
+            self._table_at = now
+            alive = alive_nodes()
+            for actor in list(self.actors.values()):
+                if actor.node_id is not None and actor.node_id not in alive:
+                    actor.dead = True
+        for key in [k for k, a in self.actors.items() if a.dead]:
+            del self.actors[key]
+        if self.broken is None:
+            self._top_up()
+
+    def _actor_exclusions(self, nodes: Exclusions) -> Exclusions:
+        def on(node_ids: frozenset[str]) -> frozenset[str]:
+            return frozenset(k for k, a in self.actors.items() if a.node_id in node_ids)
+
+        return Exclusions(
+            excluded=on(nodes.excluded | frozenset(n for n, _ in nodes.half_open)),
+            failed=on(nodes.failed),
+            dead=on(nodes.dead),
+            degraded=on(nodes.degraded),
+        )
+
+    def _top_up(self) -> None:
+        """Start actors until ``size`` are alive or starting off draining nodes, never on
+        an excluded or draining node (an actor on a draining node is replaced before its
+        node goes, and dies with it)."""
+        excluded = sorted(self._node_exclusions.excluded | self._draining_nodes.keys())
+        options = dict(self._actor_options, max_restarts=0)
+        if excluded:
+            options["label_selector"] = {"ray.io/node-id": f"!in({','.join(excluded)})"}
+        draining = self._draining_nodes
+        staying = sum(1 for a in self.actors.values() if a.node_id not in draining)
+        while staying < self.size:
+            staying += 1
+            key = f"actor-{next(self._keys)}"
+            args, kwargs = self._ctor
+            handle: Any = self._actor_class.options(**options).remote(*args, **kwargs)
+            ready = handle.__ray_call__.remote(_whereabouts)
+            self.actors[key] = _Actor(key, handle, ready)
+
+    def _constructed(self, actor: _Actor, ref: Any) -> None:
+        try:
+            actor.node_id, actor.pid = ray.get(ref)
+            self._init_failures = 0
+            if int(actor.key.split("-")[1]) > self.size:
+                self.replaced += 1
+        except Exception as exc:
+            actor.dead = True
+            self._init_failures += 1
+            log.warning("%s of %s did not start: %s", actor.key, self._name, exc)
+            if self._init_failures >= self._max_init_failures and not any(
+                a.node_id for a in self.actors.values() if not a.dead
+            ):
+                msg = (
+                    f"{self._name}'s constructor failed {self._init_failures} times "
+                    f"in a row; last: {str(exc).splitlines()[0]}"
+                )
+                error = RuntimeError(msg)
+                error.__cause__ = exc
+                self.broken = error
+                self._news.append(("broken", error))  # the queued calls fail with it
+
+    def _kill(self, actor: _Actor) -> None:
+        actor.dead = True
+        try:
+            ray.kill(actor.handle, no_restart=True)
+        except Exception as exc:
+            log.debug("could not kill %s: %s", actor.key, exc)
+
+
 class FaultTolerantActorPool(FaultTolerantExecutor):
     """A ``concurrent.futures.Executor`` over ``size`` actors of the plain class ``cls``.
 
     ``submit(method, *args, **kwargs)`` calls ``method`` (an unbound method of ``cls``, e.g.
     ``Simulator.evaluate``, or its name) on a free live actor, so
     ``optimize(Simulator.evaluate, ga, executor=pool)`` works. ``actor_options`` are Ray
-    actor options (``num_gpus=1``, ``num_cpus``, ``memory``, ``resources``...).
+    actor options (``num_gpus=1``, ``num_cpus``, ``memory``, ``resources``...). The
+    executor's loop runs over the pool's :class:`ActorWorkers`.
     """
-
-    _cancel_kills_worker = True  # an actor call cannot be cancelled: the actor is killed
-    _batches = False  # an actor runs its calls one by one: no packing
-    _demands = False  # its calls wait for its own actors, not for new nodes
 
     def __init__(
         self,
@@ -123,26 +337,21 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
             raise TypeError(msg) from exc
         self.cls = plain
         self.size = size
-        self._ctor = (tuple(args), dict(kwargs or {}))
-        self._actor_options = {
-            k: v for k, v in actor_options.items() if k not in ("max_restarts", "label_selector")
-        }
-        self._actor_class: Any = ray.remote(plain) if target is None else cls
-        self._actors: dict[str, _Actor] = {}
-        # the actor table is changed by the loop and by callers' threads (submit, stats)
-        self._actors_lock = threading.RLock()
-        self._keys = itertools.count(1)
-        self._replaced = 0
-        self._init_failures = 0
-        self._broken: BaseException | None = None
-        self._node_exclusions = Exclusions()
-        self._draining_nodes: dict[str, float] = {}  # node -> deadline: actors there move
-        self._refresh_s = 0.1
-        self._table_at = -float("inf")
         if not ray.is_initialized():
             ray.init()
-        self._top_up()
-        super().__init__(config, manager=manager, queue_depth=1, clock=clock)
+        coerced = FTConfig.coerce(config)
+        self._workers = ActorWorkers(
+            ray.remote(plain) if target is None else cls,
+            plain.__name__,
+            size,
+            (tuple(args), dict(kwargs or {})),
+            {k: v for k, v in actor_options.items() if k not in ("max_restarts", "label_selector")},
+            coerced.max_retries,
+            clock,
+        )
+        super().__init__(
+            coerced, manager=manager, queue_depth=1, clock=clock, _workers=self._workers
+        )
 
     # -- the Executor API ----------------------------------------------------------------
 
@@ -157,9 +366,9 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
                 f"{self.cls.__name__}.{public[0] if public else 'method'}, or its name)"
             )
             raise ValueError(msg)
-        if self._broken is not None:
-            raise self._broken
-        return self._submit_method(name, args, kwargs)
+        if self._workers.broken is not None:
+            raise self._workers.broken
+        return self._submit(_MethodCall(name), args, kwargs, _CALL_OPTIONS)
 
     def map(
         self,
@@ -172,12 +381,6 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
         an actor runs its calls one by one, so ``chunksize`` packs nothing)."""
         return cf.Executor.map(self, fn, *iterables, timeout=timeout)
 
-    def _submit_method(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> cf.Future[Any]:
-        view = _MethodCall(name)
-        return self._submit(view, args, kwargs, _CALL_OPTIONS)
-
     def for_generations(self) -> cf.Executor:
         """No backups by default: the losing copy's actor would have to be killed (an
         actor call cannot be cancelled); ``speculation=True`` in the config allows them."""
@@ -185,182 +388,15 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
 
     def stats(self) -> dict[str, Any]:
         """The executor's counts plus the pool's: size, live, replaced."""
-        if self._sched.idle:  # an idle loop does not follow the actors: look here
-            self._refresh_nodes()
-            self._apply(self._pending_nodes)
-            self._pending_nodes = []
         stats = super().stats()
-        with self._actors_lock:
-            live = sum(1 for a in self._actors.values() if a.node_id and not a.dead)
-        stats.update(size=self.size, live=live, replaced=self._replaced)
+        stats.update(size=self.size, live=self._workers.live, replaced=self._workers.replaced)
         return stats
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Finish (or cancel) the work, then kill the actors."""
         super().shutdown(wait, cancel_futures=cancel_futures)
         if wait:
-            with self._actors_lock:
-                actors = list(self._actors.values())
-            for actor in actors:
-                self._kill(actor)
-
-    # -- the worker hooks ----------------------------------------------------------------
-
-    def _target(self, fn: Any, is_remote: bool) -> tuple[Any, bytes | None]:
-        return fn, None  # a _MethodCall: the method's name travels, not code
-
-    def _start_call(self, work: Work, node_id: str) -> Any:
-        actor = self._actors.get(node_id)
-        if actor is None or actor.dead:  # killed or dropped since the scheduler chose it
-            msg = f"{node_id} is gone"
-            raise WorkerGoneError(msg)
-        if "self" in work.kwargs:  # Ray's .remote(self, ...) would take it: pass it on
-            names, values = tuple(work.kwargs), tuple(work.kwargs.values())
-            return actor.handle.__ray_call__.remote(
-                _call_method, work.remote_fn.name, names, *work.args, *values
-            )
-        return getattr(actor.handle, work.remote_fn.name).remote(*work.args, **work.kwargs)
-
-    def _stop_call(self, ref: Any, attempt: Attempt) -> None:
-        # an actor call cannot be force-cancelled: the actor goes, a new one takes its place
-        actor = self._actors.get(attempt.node_id)
-        if actor is not None:
-            self._kill(actor)
-
-    def _worker_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
-        died = isinstance(error, ray_exc.RayActorError) and not isinstance(
-            error, ray_exc.ActorUnavailableError
-        )
-        actor = self._actors.get(attempt.node_id)
-        if not died or actor is None:
-            return []
-        actor.dead = True
-        # out of the scheduler at once: a retry must never be handed to a dead actor
-        return self._sched.worker_lost(attempt.node_id, "lost its actor")
-
-    def _node_events(self, events: list[FailureEvent]) -> list[FailureEvent]:
-        """The manager keeps breakers per node: name each actor's node, not the actor."""
-        out = []
-        for event in events:
-            actor = self._actors.get(event.worker_id or "")
-            node_id = None if actor is None else actor.node_id
-            out.append(dataclasses.replace(event, worker_id=node_id))
-        return out
-
-    def _refresh_nodes(self) -> None:
-        """Follow the actors (under their own lock: callers' threads come here too)."""
-        with self._actors_lock:
-            self._follow_actors()
-
-    def _follow_actors(self) -> None:
-        """Collect constructors, drop the dead, start replacements."""
-        self._nodes_at = self._clock()
-        pending = {a.ready: a for a in self._actors.values() if a.node_id is None and not a.dead}
-        if pending:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-            for ref in ready:
-                self._constructed(pending[ref], ref)
-        failed_nodes = self._node_exclusions.failed | self._node_exclusions.dead
-        for actor in list(self._actors.values()):
-            if not actor.dead and actor.node_id in failed_nodes:
-                self._kill(actor)  # its node was declared failed: start over elsewhere
-        if self._nodes_at - self._table_at >= _NODE_TABLE_S:  # a GCS call: once a second
-            self._table_at = self._nodes_at
-            alive = alive_nodes()
-            for actor in list(self._actors.values()):
-                if actor.node_id is not None and actor.node_id not in alive:
-                    actor.dead = True
-        for key in [k for k, a in self._actors.items() if a.dead]:
-            del self._actors[key]
-        if self._broken is None:
-            self._top_up()
-        workers = {k: dict(_ONE_SLOT) for k, a in self._actors.items() if a.node_id}
-        if workers != self._sched.nodes:
-            self._pending_nodes.append(("nodes", workers))
-
-    def _poll_manager(self) -> list[Any]:
-        polled = super()._poll_manager()
-        out = []
-        for kind, payload in polled:
-            if kind == "exclusions":
-                with self._actors_lock:
-                    self._node_exclusions = payload
-                    payload = self._actor_exclusions(payload)
-            elif kind == "draining":  # a notice: replacements start now, calls move off
-                with self._actors_lock:
-                    self._draining_nodes = dict(payload)
-                    payload = {
-                        k: payload[a.node_id]
-                        for k, a in self._actors.items()
-                        if a.node_id in payload
-                    }
-                    self._top_up()
-            out.append((kind, payload))
-        return out
-
-    # -- actors --------------------------------------------------------------------------
-
-    def _actor_exclusions(self, nodes: Exclusions) -> Exclusions:
-        """The manager's node verdicts, applied to the actors on those nodes."""
-
-        def on(node_ids: frozenset[str]) -> frozenset[str]:
-            return frozenset(k for k, a in self._actors.items() if a.node_id in node_ids)
-
-        return Exclusions(
-            excluded=on(nodes.excluded | frozenset(n for n, _ in nodes.half_open)),
-            failed=on(nodes.failed),
-            dead=on(nodes.dead),
-            degraded=on(nodes.degraded),
-        )
-
-    def _top_up(self) -> None:
-        """Start actors until ``size`` are alive or starting off draining nodes, never on
-        an excluded or draining node (an actor on a draining node is replaced before its
-        node goes, and dies with it)."""
-        excluded = sorted(self._node_exclusions.excluded | self._draining_nodes.keys())
-        options = dict(self._actor_options, max_restarts=0)
-        if excluded:
-            options["label_selector"] = {"ray.io/node-id": f"!in({','.join(excluded)})"}
-        draining = self._draining_nodes
-        staying = sum(1 for a in self._actors.values() if a.node_id not in draining)
-        while staying < self.size:
-            staying += 1
-            key = f"actor-{next(self._keys)}"
-            args, kwargs = self._ctor
-            handle: Any = self._actor_class.options(**options).remote(*args, **kwargs)
-            ready = handle.__ray_call__.remote(_whereabouts)
-            self._actors[key] = _Actor(key, handle, ready)
-
-    def _constructed(self, actor: _Actor, ref: Any) -> None:
-        try:
-            actor.node_id, actor.pid = ray.get(ref)
-            self._init_failures = 0
-            if int(actor.key.split("-")[1]) > self.size:
-                self._replaced += 1
-        except Exception as exc:
-            actor.dead = True
-            self._init_failures += 1
-            log.warning("%s of %s did not start: %s", actor.key, self.cls.__name__, exc)
-            if self._init_failures >= self.config.max_retries and not any(
-                a.node_id for a in self._actors.values() if not a.dead
-            ):
-                msg = (
-                    f"{self.cls.__name__}'s constructor failed {self._init_failures} times "
-                    f"in a row; last: {str(exc).splitlines()[0]}"
-                )
-                error = RuntimeError(msg)
-                error.__cause__ = exc
-                self._broken = error
-                with self._lock:
-                    commands = self._sched.fail_queued(error)
-                self._execute(commands)
-
-    def _kill(self, actor: _Actor) -> None:
-        actor.dead = True
-        try:
-            ray.kill(actor.handle, no_restart=True)
-        except Exception as exc:
-            log.debug("could not kill %s: %s", actor.key, exc)
+            self._workers.kill_all()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
