@@ -129,7 +129,7 @@ def test_a_poison_member_ends_alone_and_the_rest_succeed(clock):
     assert isinstance(error, TaskFailedError) and error.attempts == CONFIG.max_retries
     assert sizes[0] > 8 and sizes == sorted(sizes, reverse=True)  # halved each time
     assert sizes[-CONFIG.max_retries :] == [1] * CONFIG.max_retries  # it failed alone
-    assert all(w.attempts == 0 for w in works if w is not poison)  # splits charge nobody
+    assert all(w.failures == 0 for w in works if w is not poison)  # splits charge nobody
     assert not any(e.blame == "node" for e in h.reports)
     assert h.sched.table.load == {}
 
@@ -158,7 +158,7 @@ def test_a_batch_times_out_after_timeout_per_member_and_is_split(clock):
     h.run(h.sched.tick())
     finish_all(h, 0.0005)
     assert [w.future.result() for w in works] == list(range(1, 31))
-    assert all(a.work.attempts == 0 for a in batch)  # the split charged none of them
+    assert all(a.work.failures == 0 for a in batch)  # the split charged none of them
 
 
 def test_an_explicit_chunksize_is_honoured(clock):
@@ -235,4 +235,4 @@ def test_members_a_batch_did_not_run_go_again_uncharged_in_smaller_batches(clock
     assert again and all(len(b) <= 3 for b in again)
     finish_all(h, 0.0005)
     assert [w.future.result() for w in works] == list(range(1, 61))
-    assert all(w.attempts == 0 for w in works) and h.sched.table.load == {}
+    assert all(w.failures == 0 for w in works) and h.sched.table.load == {}

@@ -176,7 +176,7 @@ def test_cancel_futures_ends_calls_waiting_to_retry_at_once(clock):
     assert h.sched.pending() == 4  # two waiting to retry, two never started
     h.run(h.sched.cancel_queued())
     assert h.sched.pending() == 0
-    retrying = [w for w in works if w.attempts == 1]
+    retrying = [w for w in works if w.failures == 1]
     assert len(retrying) == 2
     for w in retrying:
         with pytest.raises(cf.CancelledError, match="cancel_futures"):

@@ -130,7 +130,7 @@ def test_placement_failure_is_no_retry(harness):
     harness.finish(attempt.attempt_id, error=RuntimeError("unschedulable"), placement=True)
     (again,) = harness.running.values()
     assert again.node_id != attempt.node_id and harness.sched.stats["retries"] == 0
-    assert w.attempts == 0 and {e.blame for e in harness.reports} == {"placement"}
+    assert w.failures == 0 and {e.blame for e in harness.reports} == {"placement"}
 
 
 def test_trial_lease_only_for_queued_work_and_returned_when_idle(harness):
@@ -389,7 +389,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 twins = [b for b in self.sched.inflight.values() if b.work is a.work]
                 assert len({b.node_id for b in twins}) == len(twins)  # on another node
         for w in self.works:
-            assert w.attempts <= CONFIG.max_retries
+            assert w.failures <= CONFIG.max_retries
 
     def teardown(self):
         # drain: everything heals, every attempt succeeds, time passes
@@ -471,7 +471,7 @@ class BatchingMachine(SchedulerMachine):
             live = [a for a in group.attempts if self.sched.inflight.get(a.attempt_id) is a]
             assert group.live == len(live) and len({a.work.kind for a in live}) <= 1
         for w in self.works:
-            assert w.attempts <= CONFIG.max_retries
+            assert w.failures <= CONFIG.max_retries
 
 
 BatchingMachine.TestCase.settings = MACHINE_SETTINGS

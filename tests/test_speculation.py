@@ -10,7 +10,7 @@ import pytest
 from ray_ft.config import FTConfig
 from ray_ft.core.commands import Cancel
 from ray_ft.core.scheduler import Scheduler
-from ray_ft.core.speculation import Batch, Stragglers
+from ray_ft.core.speculation import Cohort, Stragglers
 from ray_ft.core.work import Attempt, CallSpec, Work
 from ray_ft.failures import FailureType
 from tests.scheduler_harness import Harness
@@ -94,7 +94,7 @@ def test_a_copy_failing_while_the_other_runs_counts_no_retry(clock):
     slow_id, backup = backed_up(h, clock)
     crash = {"error": RuntimeError("died"), "failure_type": FailureType.WORKER_CRASH}
     h.finish(backup.attempt_id, **crash)
-    assert backup.work.attempts == 0 and h.sched.stats["retries"] == 0
+    assert backup.work.failures == 0 and h.sched.stats["retries"] == 0
     assert h.reports[-1].blame == "none"
     h.finish(slow_id, value="original")
     assert backup.work.future.result(0) == "original"
@@ -115,7 +115,7 @@ def test_a_timed_out_original_leaves_the_backup_running(clock):
     clock.advance(2.0)  # the original's deadline passes; the backup's does not
     h.run(h.sched.tick())
     assert slow.attempt_id not in h.sched.inflight and backup.attempt_id in h.sched.inflight
-    assert slow.work.attempts == 0
+    assert slow.work.failures == 0
     h.finish(backup.attempt_id, value=2)
     assert slow.work.future.result(0) == 2
 
@@ -199,7 +199,7 @@ def test_batches_start_when_a_callable_is_idle_and_budget_is_at_least_one():
     assert stragglers.budget(free_slots=2, backups_running=0) == 1
     assert stragglers.budget(free_slots=8, backups_running=1) == 2
     assert stragglers.budget(free_slots=0, backups_running=1) == 0
-    assert Batch().threshold(SPECULATING) is None
+    assert Cohort().threshold(SPECULATING) is None
 
 
 def test_bad_speculation_settings_are_refused():

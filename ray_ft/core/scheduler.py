@@ -3,7 +3,7 @@
 Events go in (submitted, attempt finished, launch failed, nodes changed, exclusions changed,
 trial granted, tick); commands come out (launch, cancel, resolve, report, acquire and
 release trial leases). It owns the queues, the retry timer heap, the deadlines, capacity
-and placement, fault attribution and trial leases. The Ray loop in ``executor.py`` holds
+and placement, fault attribution and trial leases. The Ray loop (``ray_ft.runtime.loop``) holds
 its lock only to exchange events and commands, and carries the commands out.
 
 Placement (``ray_ft.core.placement``) adapts to how fast each node finishes work. A straggling
@@ -139,7 +139,7 @@ class Scheduler:
             speculation = work.spec.speculation
             if speculation if speculation is not None else self.config.speculation:
                 work.speculate = True
-                work.batch = self._stragglers.submitted(work.kind)
+                work.cohort = self._stragglers.submitted(work.kind)
             if self.memory:
                 self.memory.feed(work)
             self._queues.setdefault(work.shape, deque()).append(work)
@@ -170,9 +170,9 @@ class Scheduler:
             if work.speculated:  # the first result wins; its twin is cancelled and dropped
                 out.extend(self._drop_twins(work))
                 self.stats["speculation_wins"] += attempt.backup
-            if work.batch is not None:
-                self._stragglers.finished(work.kind, work.batch, runtime)
-                work.batch = None
+            if work.cohort is not None:
+                self._stragglers.finished(work.kind, work.cohort, runtime)
+                work.cohort = None
             if attempt.trial:
                 out.append(ReleaseTrial(attempt.node_id, True))
             if work.failures:
@@ -905,9 +905,9 @@ class Scheduler:
 
     def _finish(self, work: Work) -> list[Command]:
         """A task ended without success: its undecided failures charge nobody."""
-        if work.batch is not None:
-            self._stragglers.finished(work.kind, work.batch, None)
-            work.batch = None
+        if work.cohort is not None:
+            self._stragglers.finished(work.kind, work.cohort, None)
+            work.cohort = None
         if not work.failures:
             return []
         return self._reports(work, self._ledger.finished(work.task_id))
@@ -947,9 +947,9 @@ class Scheduler:
             work = attempt.work
             if attempt.group is not None:
                 continue  # a batched member is short by construction: its batch has a timeout
-            if not work.speculate or work.speculated or attempt.trial or work.batch is None:
+            if not work.speculate or work.speculated or attempt.trial or work.cohort is None:
                 continue
-            threshold = work.batch.threshold(self.config)
+            threshold = work.cohort.threshold(self.config)
             if threshold is None or now - attempt.launched_at <= threshold:
                 continue
             if self._queues.get(work.shape):

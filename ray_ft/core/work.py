@@ -111,7 +111,7 @@ class Work:
     placement_failures: int = 0
     unplaceable: frozenset[str] = frozenset()  # nodes Ray said cannot run it: never again
     speculate: bool = False  # may get a backup attempt when it straggles
-    batch: Any = None  # its batch of the same callable (ray_ft.core.speculation)
+    cohort: Any = None  # the calls of its callable submitted with it (ray_ft.core.speculation)
     speculated: bool = False  # a backup attempt was started (never a second one)
     stranded_since: float | None = None  # since when no usable node can take it at all
     kind: str = ""  # the callable's identity: paces, batches and memory are learned per kind
@@ -132,11 +132,6 @@ class Work:
     def timeout(self) -> float | None:
         """Seconds one attempt may run, or None."""
         return self.spec.timeout
-
-    @property
-    def attempts(self) -> int:
-        """Failures so far (0 before the first attempt has failed)."""
-        return self.failures
 
 
 @dataclasses.dataclass(slots=True, eq=False)
