@@ -233,7 +233,7 @@ class Scheduler:
         out: list[Command] = []
         for node_id in [n for n in self.nodes if n not in incoming]:
             if node_id in self.draining:  # it left on notice: nobody's fault
-                out.extend(self._abandon_node(node_id, "was drained (preempted)", "preempted"))
+                out.extend(self._abandon_node(node_id, "was drained (preempted)", preempted=True))
             else:
                 out.extend(self._abandon_node(node_id, "is dead (Ray)"))
             self._forget_node(node_id)
@@ -755,15 +755,27 @@ class Scheduler:
         self._speculative -= attempt.work.speculate
         self._backups -= attempt.backup
 
-    def _abandon_node(self, node_id: str, reason: str, counter: str = "abandoned") -> list[Command]:
+    def _abandon_node(self, node_id: str, reason: str, *, preempted: bool = False) -> list[Command]:
         """Rerun a failed (or drained) node's attempts elsewhere at once: ray_ft's own
         verdict, so it charges nobody (neither the node's breaker nor the task's retries)."""
         out: list[Command] = []
         for attempt in self.inflight.on_node(node_id):
             self._drop(attempt)
             out.append(Cancel(attempt))
-            out.extend(self._requeue(attempt, NodeFailedError(node_id, reason), counter))
+            error = NodeFailedError(node_id, reason)
+            out.extend(self._node_gone(attempt, error, preempted=preempted))
         return out
+
+    def _node_gone(
+        self, attempt: Attempt, error: BaseException, *, preempted: bool
+    ) -> list[Command]:
+        """The attempt's node went (dead, or drained: a preemption): nobody's fault."""
+        if preempted:
+            self.stats["preempted"] += 1
+            self.failures_by_type["preempted"] += 1
+        else:
+            self.stats["abandoned"] += 1
+        return self._requeue(attempt, error, FailureType.NODE_DIED, Blame.NONE)
 
     def _cancel(self, attempt: Attempt) -> list[Command]:
         """Cancel a dropped attempt; where that kills its worker (an actor), the worker
@@ -773,14 +785,12 @@ class Scheduler:
             out.extend(self.worker_lost(attempt.node_id, "had its worker stopped"))
         return out
 
-    def _requeue(self, attempt: Attempt, error: BaseException, counter: str) -> list[Command]:
+    def _requeue(
+        self, attempt: Attempt, error: BaseException, kind: FailureType, blame: Blame
+    ) -> list[Command]:
+        """Run the call again elsewhere, first in line, charging no retry; the failure is
+        put on record as ``kind`` with ``blame``."""
         work = attempt.work
-        self.stats[counter] += 1
-        gone = counter in ("abandoned", "preempted")  # the node went: nobody's fault
-        kind = FailureType.NODE_DIED if gone else FailureType.APPLICATION_ERROR
-        blame = Blame.NONE if gone else Blame.PLACEMENT
-        if counter == "preempted":
-            self.failures_by_type["preempted"] += 1
         out = self._on_record(attempt, error, kind, blame)
         work.avoid = work.avoid | {attempt.node_id}
         if not (work.speculated and self._twin_running(work)):
@@ -831,7 +841,8 @@ class Scheduler:
                 "request or add nodes that can meet it"
             )
             return self._capacity_failed(work, msg)
-        return self._requeue(attempt, error, "replaced")
+        self.stats["replaced"] += 1
+        return self._requeue(attempt, error, FailureType.APPLICATION_ERROR, Blame.PLACEMENT)
 
     def _failed(
         self, attempt: Attempt, error: BaseException, failure_type: FailureType
@@ -839,7 +850,7 @@ class Scheduler:
         work = attempt.work
         if attempt.node_id in self.draining and failure_type.is_system:
             # killed by its node's drain (a preemption): Ray does not count these, nor do we
-            return self._requeue(attempt, error, "preempted")
+            return self._node_gone(attempt, error, preempted=True)
         if work.speculated and self._twin_running(work):
             # one copy failed while the other still runs (Spark's rule): no retry counted
             self.stats["speculation_failures"] += 1
