@@ -377,6 +377,22 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert demand == {}
 
     @invariant()
+    def a_call_state_says_where_it_is(self):
+        running = {id(a.work) for a in self.sched.inflight.values()}
+        backoff = {id(w) for _, _, w in self.sched._timers}
+        for w in self.works:
+            if id(w) in running:
+                assert w.state == "running", w.state
+            elif id(w) in backoff:
+                assert w.state == "backoff", w.state
+            if w.state == "done":
+                assert id(w) not in running and id(w) not in backoff
+            if w.future.cancelled():
+                assert w.state in ("done", "queued"), w.state  # queued: not yet seen again
+            elif w.future.done():
+                assert w.state == "done", w.state  # resolved only by Scheduler._end
+
+    @invariant()
     def capacity_and_attempts(self):
         load = Counter((a.node_id, a.work.shape) for a in self.sched.inflight.values())
         for (node, shape), count in load.items():

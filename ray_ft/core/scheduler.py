@@ -21,7 +21,7 @@ import pickle
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ray_ft.config import FTConfig
 from ray_ft.core.attribution import Blame, CrashLedger, UserErrorRates
@@ -56,7 +56,9 @@ from ray_ft.failures import (
     user_error_kind,
 )
 
-__all__ = ["NullMetrics", "Scheduler"]
+__all__ = ["NullMetrics", "Outcome", "Scheduler"]
+
+Outcome = Literal["succeeded", "failed", "cancelled"]  # how a call ended (a stats key)
 
 _STRAGGLER_CHECK_S = 0.1  # how often running attempts are checked for stragglers
 
@@ -164,24 +166,16 @@ class Scheduler:
         out: list[Command] = []
         work = attempt.work
         if error is None:
-            self.stats["succeeded"] += 1
             self._rates.finished(attempt.node_id, failed=False)
             runtime = self._learn(attempt, now)
             if work.speculated:  # the first result wins; its twin is cancelled and dropped
                 out.extend(self._drop_twins(work))
                 self.stats["speculation_wins"] += attempt.backup
-            if work.cohort is not None:
-                self._stragglers.finished(work.kind, work.cohort, runtime)
-                work.cohort = None
             if attempt.trial:
                 out.append(ReleaseTrial(attempt.node_id, True))
-            if work.failures:
-                out.extend(
-                    self._reports(work, self._ledger.succeeded(work.task_id, attempt.node_id))
-                )
             if work.first_failure_at is not None:
                 self._metrics.recovered(now - work.first_failure_at)
-            out.append(Resolve(work.future, value=value))
+            out.extend(self._end(work, "succeeded", value=value, runtime=runtime, on=attempt))
         elif placement:
             out.extend(self._placement_failed(attempt, error))
         else:
@@ -353,6 +347,7 @@ class Scheduler:
         out: list[Command] = []
         while self._timers and self._timers[0][0] <= now:
             _, _, work = heapq.heappop(self._timers)
+            work.state = "queued"
             self._queues.setdefault(work.shape, deque()).appendleft(work)
         for attempt_id in self.inflight.due(now):
             attempt = self.inflight.get(attempt_id)
@@ -410,10 +405,8 @@ class Scheduler:
                 out.extend(self._cancel(attempt))
                 if attempt.trial:
                     out.append(ReleaseTrial(attempt.node_id, False))
-            self.stats["cancelled"] += 1
-            out.extend(self._finish(work))
             msg = f"{work.name} was given up: the map() iterator waiting for it was closed"
-            out.append(Resolve(work.future, error=cf.CancelledError(msg)))
+            out.extend(self._end(work, "cancelled", error=cf.CancelledError(msg)))
         if waiting:  # one pass for the whole set (a closed map gives up many at once)
             self._timers = [t for t in self._timers if not t[2].given_up]
             heapq.heapify(self._timers)
@@ -430,9 +423,7 @@ class Scheduler:
             if not work.started and not work.future.set_running_or_notify_cancel():
                 continue
             work.started = True
-            self.stats["failed"] += 1
-            out.extend(self._finish(work))
-            out.append(Resolve(work.future, error=error))
+            out.extend(self._end(work, "failed", error=error))
         return out
 
     def release_leases(self) -> list[Command]:
@@ -523,9 +514,8 @@ class Scheduler:
                 if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
                     break
                 work = queue[0]
-                if work.started and (work.given_up or work.future.done()):  # ended elsewhere
+                if work.state == "done":  # ended elsewhere (a twin won, given up, aborted)
                     queue.popleft()
-                    out.extend(self._finish(work))
                     continue
                 picked = self.placement.pick(work, len(queue))
                 if picked is None:
@@ -536,8 +526,7 @@ class Scheduler:
                 queue.popleft()
                 if not work.started:
                     if not work.future.set_running_or_notify_cancel():
-                        self.stats["cancelled"] += 1
-                        self._finish(work)
+                        out.extend(self._end(work, "cancelled"))
                         # the pick took the node's heap entry: give it back, or the node
                         # would get no more of this work until its next event
                         self.table.unpick(picked[0], work.shape, work.kind)
@@ -562,6 +551,7 @@ class Scheduler:
     ) -> Attempt:
         attempt_id = next(self._ids)
         work.stranded_since = None
+        work.state = "running"
         first = group is None or not group.attempts  # a batch holds one slot, one deadline
         deadline = None if work.timeout is None else now + batch_timeout(work.timeout, group)
         if first:
@@ -611,22 +601,16 @@ class Scheduler:
 
     def _fail(self, work: Work, error: BaseException) -> list[Command]:
         """End a call with ``error`` (its undecided failures charge nobody)."""
-        self.stats["failed"] += 1
-        return [*self._finish(work), Resolve(work.future, error=error)]
+        return self._end(work, "failed", error=error)
 
     def _end_cancelled(self, work: Work) -> list[Command]:
         """End a call that will not run again: a pending future is cancelled, a running
         one (it waited to retry, or to be re-placed) ends with CancelledError."""
-        self.stats["cancelled"] += 1
-        out = self._finish(work)
-        if not work.started:
-            work.future.cancel()
-            return out
         msg = (
             f"{work.name} was waiting to run again when the executor was shut down with "
             "cancel_futures=True"
         )
-        return [*out, Resolve(work.future, error=cf.CancelledError(msg))]
+        return self._end(work, "cancelled", error=cf.CancelledError(msg))
 
     def _ask_for_trials(self) -> list[Command]:
         """Lease requests for HALF_OPEN nodes, only while work is queued that could use them."""
@@ -671,6 +655,7 @@ class Scheduler:
             self._drop(attempt)
         for attempt in reversed(live):
             attempt.work.batch_cap = max(1, ran)
+            attempt.work.state = "queued"
             self._queues.setdefault(attempt.work.shape, deque()).appendleft(attempt.work)
         return self._dispatch(self._clock())
 
@@ -687,6 +672,7 @@ class Scheduler:
         out.extend(self._on_record(live[0], error, FailureType.APPLICATION_ERROR, Blame.NONE))
         for attempt in reversed(live):
             attempt.work.batch_cap = half
+            attempt.work.state = "queued"
             self._queues.setdefault(attempt.work.shape, deque()).appendleft(attempt.work)
         return out
 
@@ -703,8 +689,7 @@ class Scheduler:
             size = min(size, self.max_in_flight - len(self.inflight))
         members, ended = take_members(head, queue, node_id, size)
         for work in ended:
-            self.stats["cancelled"] += work.future.cancelled()
-            self._finish(work)
+            self._end(work, "cancelled")  # nothing to say: cancelled while queued, or ended
         return members
 
     def _start_group(self, members: list[Work], node_id: str, now: float) -> tuple[Attempt, ...]:
@@ -794,6 +779,7 @@ class Scheduler:
         out = self._on_record(attempt, error, kind, blame)
         work.avoid = work.avoid | {attempt.node_id}
         if not (work.speculated and self._twin_running(work)):
+            work.state = "queued"
             self._queues.setdefault(work.shape, deque()).appendleft(work)
         return out
 
@@ -895,13 +881,11 @@ class Scheduler:
             if failure_type is FailureType.OUT_OF_MEMORY:
                 work.spec = self.memory.more_memory(work, attempt.node_id)
                 self._feed_queued(work.kind)
+            work.state = "backoff"
             heapq.heappush(self._timers, (now + decision.delay, next(self._seq), work))
             return out
-        self.stats["failed"] += 1
-        out.extend(self._finish(work))
         if failure_type is FailureType.APPLICATION_ERROR:
-            out.append(Resolve(work.future, error=error))
-            return out
+            return [*out, *self._end(work, "failed", error=error)]
         self._metrics.gave_up(failure_type.value)
         failed = TaskFailedError(
             f"{work.name} failed {work.failures} times; last: {failure_type.value}: "
@@ -911,17 +895,40 @@ class Scheduler:
             events=work.events or (),
         )
         failed.__cause__ = error
-        out.append(Resolve(work.future, error=failed))
-        return out
+        return [*out, *self._end(work, "failed", error=failed)]
 
-    def _finish(self, work: Work) -> list[Command]:
-        """A task ended without success: its undecided failures charge nobody."""
-        if work.cohort is not None:
-            self._stragglers.finished(work.kind, work.cohort, None)
-            work.cohort = None
-        if not work.failures:
+    def _end(
+        self,
+        work: Work,
+        outcome: Outcome,
+        *,
+        value: Any = None,
+        error: BaseException | None = None,
+        runtime: float | None = None,
+        on: Attempt | None = None,
+    ) -> list[Command]:
+        """The one way a call ends, once: counted by its outcome, its straggler cohort
+        told, its undecided failures settled (cleared by the node it succeeded ``on``, or
+        charged to nobody), its future resolved (one cancelled while queued stays so)."""
+        if work.state == "done":
             return []
-        return self._reports(work, self._ledger.finished(work.task_id))
+        work.state = "done"
+        self.stats[outcome] += 1
+        if work.cohort is not None:
+            self._stragglers.finished(work.kind, work.cohort, runtime)
+            work.cohort = None
+        out: list[Command] = []
+        if work.failures:
+            if on is not None:
+                decided = self._ledger.succeeded(work.task_id, on.node_id)
+            else:
+                decided = self._ledger.finished(work.task_id)
+            out.extend(self._reports(work, decided))
+        if not work.started:
+            work.future.cancel()
+            return out
+        out.append(Resolve(work.future, value=value, error=error))
+        return out
 
     def _reports(self, work: Work, decided: list[FailureEvent]) -> list[Command]:
         """Report failures whose blame is now known; note it on the work's own events."""

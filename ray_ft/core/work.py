@@ -10,11 +10,15 @@ import concurrent.futures as cf
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ray_ft.failures import FailureEvent
 
-__all__ = ["Attempt", "CallSpec", "Group", "Shape", "Work"]
+__all__ = ["Attempt", "CallSpec", "Group", "Shape", "Work", "WorkState"]
+
+# queued: waits for a slot; backoff: waits out a retry delay on the timer heap; running: an
+# attempt (or two copies) in flight; done: ended once, by Scheduler._end, with its outcome
+WorkState = Literal["queued", "backoff", "running", "done"]
 
 _OWN_OPTIONS = ("timeout", "name", "speculation")  # ray_ft's; never handed to Ray
 _UNBOUNDED_SLOTS = 1000  # a task that asks for no resource at all
@@ -118,6 +122,7 @@ class Work:
     batch_cap: int | None = None  # most members of a batch it may join (chunksize, a split)
     given_up: bool = False  # the caller gave it up (Scheduler.give_up): never run again
     running: Attempt | None = None  # its one attempt in flight, for a call without backups
+    state: WorkState = "queued"  # see WorkState
 
     def __post_init__(self) -> None:
         if not self.kind:
