@@ -171,7 +171,7 @@ def test_most_nodes_degraded_at_once_is_said_once_with_the_shared_reason(clock, 
         m.update_health(node, "degraded", [f"disk at {value}% exceeds 1%"])
     m.update_health("c", "ok", [])
     assert m.mass_degraded is None  # 2 of 3: a minority of at least three is not "most"
-    with caplog.at_level("WARNING", logger="ray_ft.manager.state"):
+    with caplog.at_level("WARNING", logger="ray_ft.manager.crowd"):
         m.update_health("c", "degraded", ["disk at 99.1% exceeds 1%", "memory at 97% exceeds 95%"])
         m.update_health("c", "degraded", ["disk at 99.3% exceeds 1%"])  # no second warning
     assert m.mass_degraded == "disk above 1% on 3 of 3 nodes"

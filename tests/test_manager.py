@@ -11,7 +11,8 @@ import pytest
 
 from ray_ft.failures import FailureEvent, FailureType
 from ray_ft.manager.breaker import BreakerState
-from ray_ft.manager.state import FaultToleranceManager, Task, WorkerInfo, _water_fill
+from ray_ft.manager.state import FaultToleranceManager, Task, WorkerInfo
+from ray_ft.manager.water_fill import water_fill as _water_fill
 from ray_ft.optim.individual import Individual
 
 
@@ -251,7 +252,7 @@ def test_mass_failure_guard_suspects_the_observer_and_excludes_no_more(caplog):
     nodes = [f"n{i}" for i in range(10)]
     for node in nodes:
         m.register_worker(node)
-    with caplog.at_level("WARNING", logger="ray_ft.manager.state"):
+    with caplog.at_level("WARNING", logger="ray_ft.manager.crowd"):
         applied = [m.update_liveness(n, False, "silent") for n in nodes[:7]]
     assert applied == [True] * 5 + [False] * 2
     assert m.observer_suspect and m.excluded_workers() == set(nodes[:5])
@@ -327,7 +328,7 @@ def test_median_without_ones_own_count_matches_the_plain_median():
     import random
     import statistics
 
-    from ray_ft.manager.state import _median_without
+    from ray_ft.manager.crowd import median_without as _median_without
 
     rng = random.Random(3)
     for _ in range(500):

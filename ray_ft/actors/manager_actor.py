@@ -246,7 +246,7 @@ class ManagerActor:
                 "state_version": self._state_version,
                 "state_written_version": self._written_version,
                 "observer_suspect": m.observer_suspect,
-                "degraded": sorted(m._degraded),
+                "degraded": sorted(m.degraded),
                 "mass_degraded": m.mass_degraded,
             }
 

@@ -9,12 +9,10 @@ heartbeat detector) and its health verdict (ok, degraded, fatal).
 
 from __future__ import annotations
 
-import bisect
 import collections
 import dataclasses
 import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -24,9 +22,20 @@ from ray_ft.config import FTConfig
 from ray_ft.core.attribution import SUSPECT_FAILURES, Blame
 from ray_ft.core.retry import RetryDecision, RetryPolicy
 from ray_ft.failures import FailureEvent, FailureType
+from ray_ft.manager import persist
 from ray_ft.manager.breaker import BreakerState, CircuitBreaker
+from ray_ft.manager.crowd import DegradedCrowd, ObserverGuard, PeerCounts
+from ray_ft.manager.records import (
+    HISTORY_LIMIT,
+    NODE_FAULTS,
+    TAKES_WORK,
+    Task,
+    WorkerInfo,
+    WorkerStatus,
+    charges_node,
+)
 from ray_ft.manager.snapshots import SnapshotLog
-from ray_ft.manager.water_fill import water_fill as _water_fill
+from ray_ft.manager.water_fill import plan_reassignment
 
 if TYPE_CHECKING:
     from ray_ft.optim.base import BaseOptimizer
@@ -39,54 +48,6 @@ __all__ = [
     "WorkerInfo",
     "WorkerStatus",
 ]
-
-_MASS_FAILURE_MIN = 3  # a majority of at least this many nodes failing at once: suspect us
-_TAKES_WORK = frozenset({"alive", "degraded"})  # WorkerStatus values that take new work
-NODE_FAULTS = frozenset(
-    {
-        FailureType.WORKER_CRASH,
-        FailureType.NODE_DIED,
-        FailureType.NETWORK_ERROR,
-        FailureType.OUT_OF_MEMORY,
-    }
-)
-STATE_FORMAT_VERSION = 2
-_HISTORY_LIMIT = 1000
-
-
-class WorkerStatus:
-    """String constants for WorkerInfo.status."""
-
-    ALIVE = "alive"
-    DEGRADED = "degraded"  # a degraded health verdict: placed last (work only where no ok
-    # node has room), running work stays
-    FAILED = "failed"  # stopped answering, or a fatal health verdict: may come back
-    DEAD = "dead"  # Ray says the node is gone
-
-
-@dataclasses.dataclass(slots=True)
-class Task:
-    """A unit of work as the manager sees it: an id, a name, failures so far, its node."""
-
-    task_id: str
-    name: str | None = None
-    attempts: int = 0
-    worker_id: str | None = None
-
-
-@dataclasses.dataclass(slots=True)
-class WorkerInfo:
-    """A node that can run tasks: status, capacity (slots) and current load."""
-
-    worker_id: str
-    status: str = WorkerStatus.ALIVE
-    capacity: int = 1
-    load: int = 0
-
-    @property
-    def free(self) -> int:
-        """Slots not in use."""
-        return max(0, self.capacity - self.load)
 
 
 class FaultToleranceManager:
@@ -108,18 +69,15 @@ class FaultToleranceManager:
         self.task_retries: dict[str, int] = {}
         self.failed_tasks: list[Task] = []
         self.worker_failures: dict[str, list[FailureEvent]] = {}
-        self.history: collections.deque[FailureEvent] = collections.deque(maxlen=_HISTORY_LIMIT)
+        self.history: collections.deque[FailureEvent] = collections.deque(maxlen=HISTORY_LIMIT)
         self.failure_counts: collections.Counter[str] = collections.Counter()
         self.health_reasons: dict[str, list[str]] = {}
         self.health_severity: dict[str, str] = {}
         self.liveness_failures: dict[str, str] = {}
         self.breaker_transitions: list[dict[str, Any]] = []
         self._trial_leases: dict[str, list[float]] = {}
-        self.observer_suspect = False  # most nodes look failed at once: the mass-failure guard
-        self._degraded: set[str] = set()  # nodes whose status is DEGRADED (kept per event)
-        # what most nodes share while most are degraded at once ("disk above 95% on 3 of 3
-        # nodes"), else None: said once at WARNING, shown by `ray-ft status`
-        self.mass_degraded: str | None = None
+        self._observer = ObserverGuard()  # most nodes look failed at once: suspect us
+        self._crowd = DegradedCrowd()  # the degraded nodes, and what most share at once
         # what executors fetch, rebuilt only when it changed: a poll costs O(1), not O(nodes)
         self.epoch = uuid.uuid4().hex[:8]  # a new manager (restart, new config) starts over
         self.version = 0
@@ -128,15 +86,28 @@ class FaultToleranceManager:
         self._snapshot_log = SnapshotLog()
         self._snapshot_due = math.inf  # when an OPEN breaker turns HALF_OPEN
         self._dead_since: dict[str, float] = {}
-        # failures in the window per node that has had one (not dead), and the same counts
-        # sorted: the outlier test reads a median in O(log n) instead of recounting
-        self._count_of: dict[str, int] = {}
-        self._sorted_counts: list[int] = []
+        self._peers = PeerCounts()  # failures in the window per node, kept sorted
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
         """Alias of :attr:`circuit_breakers`."""
         return self.circuit_breakers
+
+    @property
+    def observer_suspect(self) -> bool:
+        """Most nodes look failed at once: liveness exclusions are held back."""
+        return self._observer.suspect
+
+    @property
+    def degraded(self) -> set[str]:
+        """Nodes whose status is DEGRADED (kept per event)."""
+        return self._crowd.nodes
+
+    @property
+    def mass_degraded(self) -> str | None:
+        """What most nodes share while most are degraded at once ("disk above 95% on 3 of 3
+        nodes"), else None: said once at WARNING, shown by ``ray-ft status``."""
+        return self._crowd.shared
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -165,7 +136,7 @@ class FaultToleranceManager:
         decision = self.policy.decide(count, failure_type, error)
         if not decision:
             self.failed_tasks.append(task)
-            del self.failed_tasks[:-_HISTORY_LIMIT]
+            del self.failed_tasks[:-HISTORY_LIMIT]
         return decision
 
     def forget_task(self, task_id: str) -> None:
@@ -185,7 +156,7 @@ class FaultToleranceManager:
                 info.status = WorkerStatus.ALIVE
                 self._dead_since.pop(worker_id, None)
                 if worker_id in self.worker_failures:
-                    self._set_count(worker_id, len(self.worker_failures[worker_id]))
+                    self._peers.set(worker_id, len(self.worker_failures[worker_id]))
                 self.version += 1
                 self._settle(worker_id)
         return info
@@ -227,7 +198,7 @@ class FaultToleranceManager:
         if breaker is not None and breaker.state is BreakerState.HALF_OPEN:
             breaker.record_success()
             self.worker_failures.pop(worker_id, None)
-            self._set_count(worker_id, None)
+            self._peers.set(worker_id, None)
 
     def acquire_trial(self, worker_id: str) -> bool:
         """Take one trial slot of an alive HALF_OPEN node; False otherwise."""
@@ -266,7 +237,7 @@ class FaultToleranceManager:
         self.version += 1
         if success:
             self.record_worker_success(worker_id)
-        elif failure is not None and _charges_node(failure):
+        elif failure is not None and charges_node(failure):
             self._record(failure)
             self.breaker(worker_id).record_failure()
         else:
@@ -312,25 +283,12 @@ class FaultToleranceManager:
         return True
 
     def _observer_suspect(self, extra: int) -> bool:
-        """True (and a WARNING once) while a majority of the live nodes, at least three,
-        would look failed with ``extra`` more."""
+        """True while a majority of the live nodes, at least three, would look failed with
+        ``extra`` more (``ray_ft.manager.crowd.ObserverGuard``)."""
         # O(nodes failing), not O(nodes): the dead are exactly those in _dead_since
         live = len(self.workers) - len(self._dead_since)
-        failing = extra + sum(1 for w in self.liveness_failures if w not in self._dead_since)
-        suspect = failing >= _MASS_FAILURE_MIN and failing > live / 2
-        if suspect and not self.observer_suspect:
-            log.warning(
-                "%d of %d nodes would look failed at once: suspecting ray_ft's own manager "
-                "or its network rather than the nodes; excluding no more nodes until fewer "
-                "look failed",
-                failing,
-                live,
-            )
-        elif not suspect and self.observer_suspect and extra == 0:
-            log.warning("fewer nodes look failed (%d of %d): node exclusions resume", failing, live)
-        if extra == 0 or suspect:
-            self.observer_suspect = suspect
-        return suspect
+        failing = sum(1 for w in self.liveness_failures if w not in self._dead_since)
+        return self._observer.check(failing, live, extra=extra)
 
     def mark_worker_dead(self, worker_id: str) -> None:
         """Ray reports the node dead: never schedule there again unless it rejoins."""
@@ -338,7 +296,7 @@ class FaultToleranceManager:
         if info.status != WorkerStatus.DEAD:
             info.status = WorkerStatus.DEAD
             self._dead_since[worker_id] = self._clock()
-            self._set_count(worker_id, None)  # a dead node is nobody's peer
+            self._peers.set(worker_id, None)  # a dead node is nobody's peer
             self.version += 1
             self._note_degraded(worker_id, info)
 
@@ -353,12 +311,12 @@ class FaultToleranceManager:
             self.workers.pop(worker_id, None)
             self.circuit_breakers.pop(worker_id, None)
             self.worker_failures.pop(worker_id, None)
-            self._set_count(worker_id, None)
+            self._peers.set(worker_id, None)
             self.health_reasons.pop(worker_id, None)
             self.health_severity.pop(worker_id, None)
             self.liveness_failures.pop(worker_id, None)
             self._trial_leases.pop(worker_id, None)
-            self._degraded.discard(worker_id)
+            self._crowd.nodes.discard(worker_id)
         if gone:
             self.version += 1
         return gone
@@ -373,7 +331,7 @@ class FaultToleranceManager:
     def excluded_workers(self) -> set[str]:
         """Nodes that must receive no new task: dead, failed, or OPEN breaker. A degraded
         node is not excluded: it is placed last (``degraded`` in the snapshot)."""
-        excluded = {w for w, info in self.workers.items() if info.status not in _TAKES_WORK}
+        excluded = {w for w, info in self.workers.items() if info.status not in TAKES_WORK}
         excluded.update(w for w, b in self.circuit_breakers.items() if b.is_open())
         return excluded
 
@@ -382,7 +340,7 @@ class FaultToleranceManager:
         result = {}
         for worker_id, breaker in self.circuit_breakers.items():
             info = self.workers.get(worker_id)
-            taking = info is not None and info.status in _TAKES_WORK
+            taking = info is not None and info.status in TAKES_WORK
             if breaker.state is BreakerState.HALF_OPEN and taking:
                 result[worker_id] = breaker.trials_available()
         return result
@@ -442,44 +400,9 @@ class FaultToleranceManager:
         nodes take at most their remaining trial allowance. The plan changes no load; the
         caller dispatches and counts.
         """
-        not_alive = self._not_alive()
-        free: dict[str, int] = {}
-        overflow: dict[str, int] = {}  # eligible workers that may queue beyond capacity
-        for candidate in available_workers:
-            info = (
-                candidate
-                if isinstance(candidate, WorkerInfo)
-                else self.workers.get(candidate, WorkerInfo(candidate))
-            )
-            worker_id = info.worker_id
-            if (
-                worker_id == failed_worker_id
-                or info.status != WorkerStatus.ALIVE
-                or worker_id in not_alive
-            ):
-                continue
-            slots = info.free
-            breaker = self.circuit_breakers.get(worker_id)
-            state = None if breaker is None else breaker.state
-            if state is BreakerState.OPEN:
-                continue
-            if state is BreakerState.HALF_OPEN:
-                assert breaker is not None
-                slots = min(slots, breaker.trials_available())
-            else:
-                overflow[worker_id] = info.load + info.free
-            if slots > 0:
-                free[worker_id] = free.get(worker_id, 0) + slots
-        tasks = list(task_ids)
-        counts = _water_fill(free, len(tasks))
-        order = [w for w, n in counts for _ in range(n)]
-        rest = tasks[len(order) :]
-        if rest and overflow:
-            # round-robin over the eligible workers, least loaded (after the fill) first
-            placed = collections.Counter(dict(counts))
-            ranked = sorted(overflow, key=lambda w: (overflow[w] + placed[w], w))
-            order.extend(ranked[i % len(ranked)] for i in range(len(rest)))
-        return dict(zip(tasks, order))
+        return plan_reassignment(
+            failed_worker_id, task_ids, available_workers, self.workers, self.circuit_breakers
+        )
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -497,61 +420,28 @@ class FaultToleranceManager:
     # -- state -------------------------------------------------------------------------
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-serializable snapshot of everything that must survive a restart."""
-        return {
-            "format_version": STATE_FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "workers": {w: dataclasses.asdict(i) for w, i in self.workers.items()},
-            "breakers": {w: b.get_state() for w, b in self.circuit_breakers.items()},
-            "task_retries": dict(self.task_retries),
-            "worker_failures": {
-                w: [e.to_dict() for e in events] for w, events in self.worker_failures.items()
-            },
-            "failed_tasks": [dataclasses.asdict(task) for task in self.failed_tasks],
-            "history": [e.to_dict() for e in self.history],
-            "failure_counts": dict(self.failure_counts),
-            "health_reasons": dict(self.health_reasons),
-            "health_severity": dict(self.health_severity),
-            "liveness_failures": dict(self.liveness_failures),
-            "breaker_transitions": list(self.breaker_transitions),
-        }
+        """JSON-serializable snapshot of everything that must survive a restart
+        (the format: ``ray_ft.manager.persist``)."""
+        return persist.encode(self)
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`get_state` snapshot (failure events keep their wall times)."""
-        if state.get("format_version", STATE_FORMAT_VERSION) != STATE_FORMAT_VERSION:
-            msg = (
-                f"manager state format_version={state.get('format_version')!r} is not "
-                f"supported (this ray_ft reads {STATE_FORMAT_VERSION}); remove the state file "
-                "to start clean"
-            )
-            raise ValueError(msg)
-        self.workers = {w: WorkerInfo(**i) for w, i in state.get("workers", {}).items()}
+        fields = persist.decode(state)
+        breakers = fields.pop("breakers")
+        for name, value in fields.items():
+            setattr(self, name, value)
         self.circuit_breakers = {}
-        for worker_id, breaker_state in state.get("breakers", {}).items():
+        for worker_id, breaker_state in breakers.items():
             self.breaker(worker_id).load_state(breaker_state)
-        self.task_retries = {t: int(n) for t, n in state.get("task_retries", {}).items()}
-        self.worker_failures = {
-            w: [FailureEvent.from_dict(e) for e in events]
-            for w, events in state.get("worker_failures", {}).items()
-        }
-        self.failed_tasks = [Task(**d) for d in state.get("failed_tasks", [])]
-        self.history = collections.deque(
-            (FailureEvent.from_dict(e) for e in state.get("history", [])), maxlen=_HISTORY_LIMIT
-        )
-        self.failure_counts = collections.Counter(state.get("failure_counts", {}))
-        self.health_reasons = {w: list(r) for w, r in state.get("health_reasons", {}).items()}
-        self.health_severity = dict(state.get("health_severity", {}))
-        self.liveness_failures = dict(state.get("liveness_failures", {}))
-        self.breaker_transitions = list(state.get("breaker_transitions", []))
         self.version += 1  # every cached snapshot is void
         now = self._clock()  # dead nodes restored: their tombstone window starts again
         self._dead_since = {
             w: now for w, info in self.workers.items() if info.status == WorkerStatus.DEAD
         }
-        self._count_of, self._sorted_counts = {}, []
+        self._peers.clear()
         for worker_id, events in self.worker_failures.items():
             if self.workers.get(worker_id, WorkerInfo(worker_id)).status != WorkerStatus.DEAD:
-                self._set_count(worker_id, len(events))
+                self._peers.set(worker_id, len(events))
 
     def record_event(self, event: FailureEvent) -> None:
         """Keep a failure in the history and counters without charging any node."""
@@ -591,7 +481,7 @@ class FaultToleranceManager:
         window = self._window(worker_id, now)
         window.append(event)
         if self.workers.get(worker_id, WorkerInfo(worker_id)).status != WorkerStatus.DEAD:
-            self._set_count(worker_id, len(window))
+            self._peers.set(worker_id, len(window))
         breaker = self.breaker(worker_id)
         if breaker.state is BreakerState.HALF_OPEN:
             breaker.record_failure()
@@ -616,22 +506,8 @@ class FaultToleranceManager:
         return window
 
     def _stands_out(self, worker_id: str, now: float) -> bool:
-        """More than twice the failures of a typical other node in the window (another
-        node's count is trimmed when its own window is next touched, so it errs high:
-        toward not excluding)."""
-        mine = len(self.worker_failures.get(worker_id, []))
-        median = _median_without(self._sorted_counts, self._count_of.get(worker_id))
-        return True if median is None else mine > 2 * median
-
-    def _set_count(self, worker_id: str, count: int | None) -> None:
-        """Keep the sorted failure counts in step with one node's (None: out of them)."""
-        old = self._count_of.pop(worker_id, None)
-        if old is not None:
-            index = bisect.bisect_left(self._sorted_counts, old)
-            del self._sorted_counts[index]
-        if count is not None:
-            self._count_of[worker_id] = count
-            bisect.insort(self._sorted_counts, count)
+        """More than twice the failures of a typical other node in the window."""
+        return self._peers.stands_out(worker_id, len(self.worker_failures.get(worker_id, [])))
 
     def _settle(self, worker_id: str) -> None:
         """Recompute a node's status from its liveness and health; fatal opens the breaker."""
@@ -645,34 +521,10 @@ class FaultToleranceManager:
             self._note_degraded(worker_id, info)
 
     def _note_degraded(self, worker_id: str, info: WorkerInfo) -> None:
-        """Keep the degraded set (O(1) per change) and say once when most nodes, at least
-        three, are degraded at once, naming what they share, and when that ends."""
-        if info.status == WorkerStatus.DEGRADED:
-            self._degraded.add(worker_id)
-        else:
-            self._degraded.discard(worker_id)
+        """Keep the degraded crowd in step with one node's status."""
         live = len(self.workers) - len(self._dead_since)
-        mass = len(self._degraded) >= _MASS_FAILURE_MIN and len(self._degraded) > live / 2
-        if mass and self.mass_degraded is None:
-            self.mass_degraded = self._shared_reason(live)  # O(degraded), once per episode
-            log.warning(
-                "%s: most nodes are degraded at once; they keep taking work (ok nodes first) "
-                "instead of the job stalling",
-                self.mass_degraded,
-            )
-        elif not mass and self.mass_degraded is not None:
-            self.mass_degraded = None
-            log.warning("fewer nodes are degraded (%d of %d)", len(self._degraded), live)
-
-    def _shared_reason(self, live: int) -> str:
-        """The reason most degraded nodes share, e.g. 'disk above 95% on 3 of 3 nodes'."""
-        kinds: collections.Counter[str] = collections.Counter()
-        for worker_id in self._degraded:
-            kinds.update({_reason_kind(r) for r in self.health_reasons.get(worker_id, ())})
-        if not kinds:
-            return f"{len(self._degraded)} of {live} nodes degraded"
-        kind, count = kinds.most_common(1)[0]
-        return f"{kind} on {count} of {live} nodes"
+        degraded = info.status == WorkerStatus.DEGRADED
+        self._crowd.note(worker_id, degraded, live, self.health_reasons)
 
     def _settle_status(self, worker_id: str, info: WorkerInfo) -> None:
         severity = self.health_severity.get(worker_id)
@@ -691,9 +543,6 @@ class FaultToleranceManager:
         self.history.append(event)
         self.failure_counts[event.failure_type.value] += 1
 
-    def _not_alive(self) -> set[str]:
-        return {w for w, info in self.workers.items() if info.status != WorkerStatus.ALIVE}
-
     def _on_transition(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         self.version += 1
         self.breaker_transitions.append(
@@ -704,36 +553,4 @@ class FaultToleranceManager:
                 "at": self._wall_clock(),
             }
         )
-        del self.breaker_transitions[:-_HISTORY_LIMIT]
-
-
-def _reason_kind(reason: str) -> str:
-    """A health reason without this node's own reading: 'disk at 97.2% exceeds 95%' ->
-    'disk above 95%' (so that nodes' reasons compare)."""
-    match = re.fullmatch(r"(.+) at [\d.]+ ?(%|C) exceeds ([\d.]+ ?(?:%|C))", reason)
-    if match:
-        return f"{match[1]} above {match[3]}"
-    return re.sub(r"\d+(\.\d+)?", "N", reason)
-
-
-def _median_without(counts: list[int], mine: int | None) -> float | None:
-    """The median of sorted ``counts`` with one entry equal to ``mine`` (this node's own)
-    left out; None when no other node is left. O(1): positions shift past the gap."""
-    size = len(counts) - (mine is not None)
-    if size <= 0:
-        return None
-    gap = bisect.bisect_left(counts, mine) if mine is not None else len(counts)
-
-    def at(position: int) -> int:  # the position-th of the others
-        return counts[position if position < gap else position + 1]
-
-    middle = size // 2
-    if size % 2:
-        return float(at(middle))
-    return (at(middle - 1) + at(middle)) / 2
-
-
-def _charges_node(event: FailureEvent) -> bool:
-    if event.blame is not None:
-        return event.blame == Blame.NODE.value
-    return event.failure_type in NODE_FAULTS
+        del self.breaker_transitions[:-HISTORY_LIMIT]
