@@ -168,3 +168,14 @@ def test_raw_lists_every_call_with_latency_and_exception_class():
     assert by_call["nvmlDeviceGetRetiredPagesPendingStatus"]["error"] == "NVMLError_NotSupported"
     assert by_call["nvmlDeviceGetRemappedRows"]["value"] == [0, 0, 0, 0]
     assert all(c["latency_ms"] >= 0 for c in calls)
+
+
+def test_every_nvml_reading_fills_a_documented_field():
+    """The table of NVML reads writes only keys GpuReading declares (one registry)."""
+    from ray_ft.health.gpu import GpuReading
+    from ray_ft.health.gpu.nvml import _READS
+
+    declared = set(GpuReading.__annotations__)
+    written = {key for read in _READS for key in read.keys}
+    assert written <= declared, written - declared
+    assert len({read.label for read in _READS}) == len(_READS)

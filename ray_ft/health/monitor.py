@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import psutil
@@ -141,8 +141,8 @@ class GpuBackend(Protocol):
 
     name: str
 
-    def read(self) -> list[dict[str, Any]]:
-        """One dict per GPU."""
+    def read(self) -> Sequence[Mapping[str, Any]]:
+        """One reading per GPU (``ray_ft.health.gpu.GpuReading``'s keys)."""
         ...
 
 
@@ -225,7 +225,7 @@ def sample_system(
     gpus: list[dict[str, Any]] = []
     if backend is not None and not isinstance(backend, str):
         try:
-            gpus = backend.read()
+            gpus = [dict(g) for g in backend.read()]  # the monitor adds to each
         except Exception as exc:
             log.warning("reading GPUs through %s failed: %s", backend.name, exc)
             gpus = [{"id": -1, "error": f"{type(exc).__name__}: {exc}"}]
