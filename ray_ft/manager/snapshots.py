@@ -9,13 +9,40 @@ O(executors x nodes). ``apply_delta`` rebuilds the snapshot on the executor's si
 
 from __future__ import annotations
 
+import math
+import uuid
 from collections import deque
 from typing import Any
 
-__all__ = ["SET_KEYS", "SnapshotLog", "apply_delta"]
+__all__ = ["SET_KEYS", "SnapshotCache", "SnapshotLog", "apply_delta"]
 
 SET_KEYS = ("excluded", "failed", "dead", "degraded")  # lists of node ids, sent as deltas
 _KEEP = 64  # changes remembered; an executor further behind gets the whole snapshot
+
+
+class SnapshotCache:
+    """The manager's last exclusion snapshot, kept until its version moves (or an OPEN
+    breaker is due to turn HALF_OPEN), and the log of what changed between snapshots."""
+
+    def __init__(self) -> None:
+        self.epoch = uuid.uuid4().hex[:8]  #: a new manager (restart, new config) starts over
+        self.snapshot: dict[str, Any] | None = None  #: the last one built
+        self._version = -1  # the manager's version it was built at
+        self._due = math.inf  # when an OPEN breaker turns HALF_OPEN: rebuild then
+        self.log = SnapshotLog()
+
+    def current(self, version: int, now: float) -> dict[str, Any] | None:
+        """The snapshot, when it still stands at the manager's ``version`` and time ``now``."""
+        if self.snapshot is not None and self._version == version and now < self._due:
+            return self.snapshot
+        return None
+
+    def store(self, version: int, due: float, lists: dict[str, Any]) -> dict[str, Any]:
+        """A new snapshot of ``lists`` at ``version``, named by its token; valid until ``due``."""
+        old, self.snapshot = self.snapshot, {**lists, "token": f"{self.epoch}:{version}"}
+        self.log.record(old, self.snapshot)
+        self._version, self._due = version, due
+        return self.snapshot
 
 
 class SnapshotLog:

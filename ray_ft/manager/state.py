@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ from ray_ft.manager.records import (
     WorkerStatus,
     charges_node,
 )
-from ray_ft.manager.snapshots import SnapshotLog
+from ray_ft.manager.snapshots import SnapshotCache
 from ray_ft.manager.water_fill import plan_reassignment
 
 if TYPE_CHECKING:
@@ -61,31 +60,31 @@ class FaultToleranceManager:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = FTConfig.coerce(config)
-        self.policy = RetryPolicy(self.config)
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self.workers: dict[str, WorkerInfo] = {}
-        self.circuit_breakers: dict[str, CircuitBreaker] = {}
-        self.task_retries: dict[str, int] = {}
-        self.failed_tasks: list[Task] = []
+        self.policy = RetryPolicy(self.config)  #: the seed's retry decisions
+        self._clock = clock  # breakers, tombstones, trial leases
+        self._wall_clock = wall_clock  # failure events and transitions (shown as wall times)
+        # the seed's attributes, with the seed's types
+        self.workers: dict[str, WorkerInfo] = {}  #: every node Ray has reported, by node id
+        self.circuit_breakers: dict[str, CircuitBreaker] = {}  #: one per node, on first use
+        self.task_retries: dict[str, int] = {}  #: task id -> failures counted
+        self.failed_tasks: list[Task] = []  #: tasks that ran out of retries (the last 1,000)
+        #: node -> its node-blamed failures within ``failure_window``
         self.worker_failures: dict[str, list[FailureEvent]] = {}
+        # beyond the seed
+        #: every failure on record, blamed or not (the last 1,000)
         self.history: collections.deque[FailureEvent] = collections.deque(maxlen=HISTORY_LIMIT)
-        self.failure_counts: collections.Counter[str] = collections.Counter()
-        self.health_reasons: dict[str, list[str]] = {}
-        self.health_severity: dict[str, str] = {}
-        self.liveness_failures: dict[str, str] = {}
-        self.breaker_transitions: list[dict[str, Any]] = []
-        self._trial_leases: dict[str, list[float]] = {}
+        self.failure_counts: collections.Counter[str] = collections.Counter()  #: by type
+        self.health_reasons: dict[str, list[str]] = {}  #: node -> its probe's findings
+        self.health_severity: dict[str, str] = {}  #: node -> degraded or fatal (ok: absent)
+        self.liveness_failures: dict[str, str] = {}  #: node -> why it looks failed
+        self.breaker_transitions: list[dict[str, Any]] = []  #: the last 1,000
+        self._trial_leases: dict[str, list[float]] = {}  # node -> when each trial was leased
         self._observer = ObserverGuard()  # most nodes look failed at once: suspect us
         self._crowd = DegradedCrowd()  # the degraded nodes, and what most share at once
-        # what executors fetch, rebuilt only when it changed: a poll costs O(1), not O(nodes)
-        self.epoch = uuid.uuid4().hex[:8]  # a new manager (restart, new config) starts over
+        #: bumped by every change executors must see; a poll costs O(1), not O(nodes)
         self.version = 0
-        self._snapshot: dict[str, Any] | None = None
-        self._snapshot_version = -1
-        self._snapshot_log = SnapshotLog()
-        self._snapshot_due = math.inf  # when an OPEN breaker turns HALF_OPEN
-        self._dead_since: dict[str, float] = {}
+        self._snapshots = SnapshotCache()  # the exclusions, rebuilt only when they changed
+        self._dead_since: dict[str, float] = {}  # node Ray reported gone -> since when
         self._peers = PeerCounts()  # failures in the window per node, kept sorted
 
     @property
@@ -353,39 +352,27 @@ class FaultToleranceManager:
         Rebuilt only when something changed (or an OPEN breaker is due to turn HALF_OPEN);
         ``token`` names this version, so an executor that has it needs nothing sent.
         """
-        if (
-            self._snapshot is not None
-            and self._snapshot_version == self.version
-            and self._clock() < self._snapshot_due
-        ):
-            return self._snapshot
+        cached = self._snapshots.current(self.version, self._clock())
+        if cached is not None:
+            return cached
         by_status: dict[str, list[str]] = collections.defaultdict(list)
         for worker_id, info in self.workers.items():
             by_status[info.status].append(worker_id)
         excluded = sorted(self.excluded_workers())  # may turn due breakers HALF_OPEN
-        half_open = self.half_open_workers()
-        old, self._snapshot = (
-            self._snapshot,
-            {
-                "excluded": excluded,
-                "failed": sorted(by_status[WorkerStatus.FAILED]),
-                "dead": sorted(by_status[WorkerStatus.DEAD]),
-                "degraded": sorted(by_status[WorkerStatus.DEGRADED]),
-                "half_open": half_open,
-                "token": f"{self.epoch}:{self.version}",
-            },
-        )
-        self._snapshot_log.record(old, self._snapshot)
-        self._snapshot_version = self.version
-        self._snapshot_due = min(
-            (b.reopens_at() for b in self.circuit_breakers.values()), default=math.inf
-        )
-        return self._snapshot
+        lists = {
+            "excluded": excluded,
+            "failed": sorted(by_status[WorkerStatus.FAILED]),
+            "dead": sorted(by_status[WorkerStatus.DEAD]),
+            "degraded": sorted(by_status[WorkerStatus.DEGRADED]),
+            "half_open": self.half_open_workers(),
+        }
+        due = min((b.reopens_at() for b in self.circuit_breakers.values()), default=math.inf)
+        return self._snapshots.store(self.version, due, lists)
 
     def exclusions_since(self, token: str | None) -> dict[str, Any] | None:
         """What an executor holding snapshot ``token`` needs: None when it is current, else
         only what changed since (``ray_ft.manager.snapshots``), or the whole snapshot."""
-        return self._snapshot_log.since(token, self.exclusions_snapshot())
+        return self._snapshots.log.since(token, self.exclusions_snapshot())
 
     def reassign_tasks(
         self,
