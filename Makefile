@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy ray_ft
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q --durations=40
 
 test: lint typecheck pytest
 
