@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,8 +37,6 @@ from ray_ft.manager.water_fill import plan_reassignment
 
 if TYPE_CHECKING:
     from ray_ft.optim.base import BaseOptimizer
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "FaultToleranceManager",
