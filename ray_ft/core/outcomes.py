@@ -127,6 +127,7 @@ class Outcomes(SchedulerState):
         if failure_type is FailureType.APPLICATION_ERROR:
             return [*out, *self._end(work, "failed", error=error)]
         self._metrics.gave_up(failure_type.value)
+        out.extend(self._settle(work))  # the error names its events with their blame
         failed = TaskFailedError(
             f"{work.name} failed {work.failures} times; last: {failure_type.value}: "
             f"{error}. {decision.reason}",

@@ -283,18 +283,23 @@ class SchedulerState:
         if work.cohort is not None:
             self._stragglers.finished(work.kind, work.cohort, runtime)
             work.cohort = None
-        out: list[Command] = []
-        if work.failures:
-            if on is not None:
-                decided = self._ledger.succeeded(work.task_id, on.node_id)
-            else:
-                decided = self._ledger.finished(work.task_id)
-            out.extend(self._reports(work, decided))
+        out = self._settle(work, on)
         if not work.started:
             work.future.cancel()
             return out
         out.append(Resolve(work.future, value=value, error=error))
         return out
+
+    def _settle(self, work: Work, on: Attempt | None = None) -> list[Command]:
+        """Decide the call's undecided failures (cleared by the node it succeeded ``on``,
+        or charged to nobody); a second call finds nothing left."""
+        if not work.failures:
+            return []
+        if on is not None:
+            decided = self._ledger.succeeded(work.task_id, on.node_id)
+        else:
+            decided = self._ledger.finished(work.task_id)
+        return self._reports(work, decided)
 
     def _reports(self, work: Work, decided: list[FailureEvent]) -> list[Command]:
         """Report failures whose blame is now known; note it on the work's own events."""
