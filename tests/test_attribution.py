@@ -301,3 +301,25 @@ def test_trial_leases_are_taken_back_after_the_lease_timeout(clock):
     clock.advance(10)  # the other holder died: its lease expires
     assert m.expire_trial_leases() == ["a"]
     assert m.half_open_workers() == {"a": 2}
+
+
+def test_a_call_out_of_retries_names_no_undecided_blame(clock):
+    """The error of a call that ran out of retries carries its failures with their blame
+    settled (a crash seen on one node only is nobody's fault, never 'undecided')."""
+    from ray_ft.core.scheduler import Scheduler
+    from tests.scheduler_harness import CONFIG, Harness, work
+
+    sched = Scheduler(CONFIG, clock=clock)
+    harness = Harness(sched, clock)
+    harness.run(sched.nodes_changed({"a": {"CPU": 1.0}}))
+    call = work(0)
+    harness.run(sched.submit(call))
+    for _ in range(CONFIG.max_retries):
+        (attempt_id,) = list(harness.running)
+        crash = RuntimeError("worker died")
+        harness.finish(attempt_id, error=crash, failure_type=FailureType.WORKER_CRASH)
+        clock.advance(10)
+        harness.run(sched.tick())
+    error = call.future.exception(timeout=0)
+    assert error is not None and error.events
+    assert all(e.blame not in (None, Blame.UNDECIDED.value) for e in error.events), error.events
