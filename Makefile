@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-fast lint typecheck pytest bench clean
+.PHONY: setup demo test test-fast test-compat lint typecheck pytest bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,27 @@ test: lint typecheck pytest
 # the pure tests only (no Ray cluster): seconds, for everyday work
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster"
+
+# The compat lane: this checkout on another Ray release (make test-compat RAY=2.50.1), in a
+# venv of its own. Ray first, then the project with its dependencies, as a user whose
+# cluster pins that Ray installs ray_ft: pip must leave the Ray in place. Then the pure tests
+# and the cluster tests of the Ray layer. CI runs it on the oldest supported release.
+RAY ?= 2.44.1
+COMPAT := .venv-ray-$(RAY)
+COMPAT_TESTS := tests/test_executor_basic.py tests/test_executor_contract.py \
+	tests/test_ray_faults.py tests/test_pool.py tests/test_manager_actor.py \
+	tests/test_elastic_ray.py tests/test_client_libraries.py tests/test_recovery.py
+
+test-compat:
+	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT)/bin/python -m pip install --quiet "ray[default]==$(RAY)"
+	$(COMPAT)/bin/python -m pip install --quiet -e '.[test]'
+	$(COMPAT)/bin/python -c "import ray, sys; print('compat lane: Ray', ray.__version__); \
+		sys.exit(ray.__version__ != '$(RAY)')"
+	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not cluster" \
+		--ignore=tests/test_notebook.py
+	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider --durations=10 $(COMPAT_TESTS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

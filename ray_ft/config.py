@@ -48,6 +48,7 @@ class FTConfig:
     liveness_interval: float = 1.0
     liveness_phi_threshold: float = 8.0
     liveness_timeout_floor: float = 2.0
+    probe_start_delay: float = 5.0
     speculation: bool | None = None
     speculation_quantile: float = 0.75
     speculation_multiplier: float = 1.5
@@ -162,6 +163,7 @@ CLUSTER_KEYS: tuple[str, ...] = (
     "liveness_interval",
     "liveness_phi_threshold",
     "liveness_timeout_floor",
+    "probe_start_delay",
     "failure_window",
     "worker_failure_threshold",
     "breaker_timeout",
@@ -197,6 +199,7 @@ _NUMERIC: dict[str, tuple[type, float, bool]] = {
     "liveness_interval": (float, 0.0, False),
     "liveness_phi_threshold": (float, 0.0, False),
     "liveness_timeout_floor": (float, 0.0, False),
+    "probe_start_delay": (float, 0.0, True),
     "speculation_quantile": (float, 0.0, False),
     "speculation_multiplier": (float, 1.0, True),
     "speculation_min_runtime": (float, 0.0, True),

@@ -18,12 +18,11 @@ import psutil
 import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
-from ray.core.generated import autoscaler_pb2
 
+from ray_ft import raycompat
 from tests.raytools import start_cluster, wait_for
 
 __all__ = [
-    "PREEMPTION",
     "busy_worker",
     "gcs_outage",
     "persistent_cluster",
@@ -31,8 +30,6 @@ __all__ = [
     "restore",
     "run_through_outage",
 ]
-
-PREEMPTION = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
 
 
 def busy_worker(cluster, where: str):
@@ -54,9 +51,7 @@ def preempt_one(cluster, after: float, deadline_s: float, out: dict, where: str)
     time.sleep(after)
     victim = busy_worker(cluster, where)
     deadline = time.time() + deadline_s
-    gcs = ray._raylet.GcsClient(address=cluster.gcs_address)
-    accepted, why = gcs.drain_node(victim.node_id, PREEMPTION, "spot notice", int(deadline * 1000))
-    assert accepted, why
+    raycompat.drain_node(cluster.gcs_address, victim.node_id, "preemption", deadline_s)
     out["victim"] = victim.node_id
     time.sleep(max(0.0, deadline - time.time()))
     cluster.remove_node(victim, allow_graceful=False)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from ray.exceptions import AuthenticationError
+import ray.exceptions
 
 from ray_ft.tools.cli import connect_error
+
+
+class _StandIn(Exception):
+    """Ray releases before 2.60 have no AuthenticationError; the message still names it."""
+
+
+AuthenticationError = getattr(ray.exceptions, "AuthenticationError", _StandIn)
 
 
 def test_a_refused_client_is_told_about_authentication_not_a_missing_cluster():

@@ -6,7 +6,8 @@ of the attempt that would outlive the deadline on the free node, so the job ends
 than under plain Ray (which reruns the task after the kill); the kill charges no retry and
 no breaker. A node killed without notice still charges as before. Last, the RocksDB-backed
 GCS is killed and started again on its port 15 s later, as a supervisor would: nothing
-that does not need the GCS stalls.
+that does not need the GCS stalls; and once more 2 s after a new manager was asked for
+(cold start): no node is blamed for what the outage hid.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import time
 import pytest
 import ray
 
-from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor
-from ray_ft.actors.manager_actor import get_manager
+from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor, raycompat
+from ray_ft.actors.manager_actor import ensure_manager, get_manager
 from tests.elastic_tools import (
-    PREEMPTION,
     busy_worker,
+    gcs_outage,
     persistent_cluster,
     preempt_one,
     restore,
@@ -142,11 +143,7 @@ def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four)
         victim = next(n for n in four.worker_nodes if n.node_id in placed)
         running = [pool.submit("work", i, 6.0) for i in range(2)]  # keeps the loop busy
         deadline = time.time() + 8.0
-        gcs = ray._raylet.GcsClient(address=four.gcs_address)
-        accepted, why = gcs.drain_node(
-            victim.node_id, PREEMPTION, "spot notice", int(deadline * 1000)
-        )
-        assert accepted, why
+        raycompat.drain_node(four.gcs_address, victim.node_id, "preemption", 8.0)
 
         def replaced():
             with pool._workers.lock:
@@ -203,3 +200,36 @@ def test_a_gcs_outage_stalls_nothing_and_fails_no_node(four):
     assert all(n["status"] in ("alive", "dead") for n in status["nodes"].values()), status
     assert status["failure_counts"] == before
     kill_manager()
+
+
+def test_a_gcs_outage_while_the_manager_starts_blames_no_node(four, tmp_path):
+    """Cold start: no manager yet; the GCS is killed 2 s after the executor is made (the
+    manager and its probes are starting) and started again 15 s later."""
+    restore(four)
+    kill_manager()
+    calls = 24
+    marks: dict = {}
+    killer = threading.Thread(target=gcs_outage, args=(four, 2.0, 15.0, marks))
+    manager, existed = ensure_manager(CONFIG, state_dir=str(tmp_path))
+    assert not existed
+    with FaultTolerantExecutor(CONFIG, manager=manager) as ex:
+        killer.start()
+        futures = [ex.submit(burn, i, 2.0) for i in range(calls)]
+        assert sorted(f.result(timeout=300)[0] for f in futures) == list(range(calls))
+        killer.join()
+        stats = ex.stats()
+    assert "up" in marks, "the GCS was never restarted"
+    assert stats["succeeded"] == calls and stats["failed"] == 0 and stats["retries"] == 0
+    assert stats["excluded_nodes"] == []
+    # the manager follows the GCS back, then judges: every node heard from, none failed
+    wait_for(lambda: _all_probes_answered(manager), timeout=120)
+    status = ray.get(manager.status.remote(), timeout=60)
+    assert status["excluded"] == [] and status["failures_total"] == 0, status
+    assert all(n["status"] in ("alive", "dead") for n in status["nodes"].values()), status
+    kill_manager()
+
+
+def _all_probes_answered(manager) -> bool:
+    nodes = ray.get(manager.status.remote(), timeout=30)["nodes"]
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    return all(nodes.get(n, {}).get("latency_ms") is not None for n in alive)

@@ -10,7 +10,7 @@ import time
 import pytest
 import ray
 
-from ray_ft import FailureEvent, FailureType, get_manager
+from ray_ft import FailureEvent, FailureType, get_manager, raycompat
 from tests.raytools import cluster_session, wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
@@ -131,7 +131,7 @@ def test_manual_breaker_and_new_cluster_starts_clean(cluster, manager, tmp_path)
     # state is kept per Ray session: another session's folder is not read
     state_files = list(tmp_path.glob("*/manager_state.json"))
     assert len(state_files) == 1
-    assert state_files[0].parent.name == ray.get_runtime_context().get_session_name()
+    assert state_files[0].parent.name == raycompat.session_name()
 
 
 def test_metrics_are_real_ray_metrics(cluster):
@@ -163,7 +163,7 @@ def test_reports_and_trials_for_nodes_ray_never_saw_are_refused(cluster, manager
 def test_a_corrupt_state_file_is_moved_aside_and_the_manager_starts_fresh(cluster, tmp_path):
     from tests.raytools import kill_manager
 
-    session = ray.get_runtime_context().get_session_name()
+    session = raycompat.session_name()
     state = tmp_path / session / "manager_state.json"
     state.parent.mkdir(parents=True)
     state.write_text('{"format_version": 2, "workers": {"a": ')  # cut short by a crash

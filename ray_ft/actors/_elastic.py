@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
-import ray
 
+from ray_ft import raycompat
 from ray_ft.manager.elastic import (
     DemandBook,
     IdleNodes,
@@ -45,7 +45,7 @@ def discover_node_types() -> tuple[bool, NodeTypes | None]:
     lives on the head, so it can read both.
     """
     try:
-        config = ray._private.state.state.get_cluster_config()
+        config = raycompat.cluster_config()
     except Exception:
         config = None
     if config is not None and config.node_group_configs:
@@ -207,12 +207,11 @@ class ElasticWatch:
 
     def _read_draining(self) -> None:
         try:
-            draining = {
-                str(node): deadline_ms / 1000.0
-                for node, deadline_ms in ray._private.state.state.get_draining_nodes().items()
-            }
+            draining = raycompat.draining_nodes()
         except Exception as exc:
             log.debug("get_draining_nodes failed: %s", exc)
+            return
+        if draining is None:  # this Ray cannot say: a drained node leaves as a death
             return
         with self._lock:
             if draining != self.draining:
@@ -226,11 +225,7 @@ class ElasticWatch:
 
     def _read_idle(self, now: float) -> None:
         try:
-            state = ray._private.state.state
-            total, available = (
-                state.total_resources_per_node(),
-                state.available_resources_per_node(),
-            )
+            total, available = raycompat.resources_per_node()
         except Exception as exc:
             log.debug("resources per node failed: %s", exc)
             return

@@ -30,7 +30,7 @@ __all__ = ["ProbeFleet"]
 
 log = logging.getLogger(__name__)
 
-PROBE_STARTUP_GRACE_S = 30.0  # a new probe process may take a while to start
+PROBE_STARTUP_GRACE_S = 30.0  # a probe silent this long from its start is started again
 _JUDGE_EVERY_S = 0.2  # how often silences are judged between heartbeats
 _SWEEP_S = 0.02  # after the first answer of a burst, the others get this long to land
 _TOMBSTONE_S = 120.0  # a node Ray reports gone is forgotten after this long
@@ -57,6 +57,11 @@ class ProbeFleet:
         self.rounds = 0  #: health rounds done
         self.liveness_rounds = 0  #: liveness rounds done
         self.synced_at = -float("inf")  #: the last look at Ray's node table
+        # a fresh manager on a fresh cluster starts its probes once the job's first calls
+        # have their workers (new processes compete for the same cores); a restarted one
+        # at once (the cluster was running: its probes were lost with the old actor)
+        delay = 0.0 if host.restored else host.config.probe_start_delay
+        self.probes_from = time.monotonic() + delay  #: when probes are first started
 
     def relearn(self) -> None:
         """Start the detectors afresh (new liveness settings)."""
@@ -92,10 +97,10 @@ class ProbeFleet:
                         self._drop_probe(node_id)
                         self._forget_node(node_id)
                     continue
-                if node_id not in self.probes:
+                if node_id not in self.probes and time.monotonic() >= self.probes_from:
                     gpus = int(node["Resources"].get("GPU", 0))
                     self.probes[node_id] = start_probe(node_id, thresholds, gpus)
-                    self._probe_started.setdefault(node_id, time.monotonic())
+                    self._probe_started[node_id] = time.monotonic()
                     if node_id not in self.book.detectors:
                         self._never_answered.add(node_id)
             for node_id in list(self.probes):
@@ -219,16 +224,16 @@ class ProbeFleet:
                 else:  # held back (most nodes look failed: the observer is suspect)
                     self.book.recheck(node_id, now + _JUDGE_EVERY_S)
             for node_id in list(self._never_answered):
+                # never evidence against a node: a probe that never answered may not have
+                # started (a GCS away, a busy node); it is started again, nothing more
                 waited = now - self._probe_started.get(node_id, now)
-                if (
-                    waited < PROBE_STARTUP_GRACE_S
-                    or node_id in self._host.manager.liveness_failures
-                ):
-                    continue
-                if self._host.elastic.drain_state(node_id):
-                    continue
-                never = f"its health probe never answered ({waited:.0f}s)"
-                changed = self._host.manager.update_liveness(node_id, False, never) or changed
+                if waited >= PROBE_STARTUP_GRACE_S and node_id in self.probes:
+                    log.info(
+                        "the probe on node %s has not answered in %.0fs; starting it again",
+                        node_id,
+                        waited,
+                    )
+                    self._drop_probe(node_id)
             if changed:
                 self._host.writer.save()
             if now - self._metrics_at >= 1.0:  # a gauge per node: once a second is plenty
@@ -288,10 +293,8 @@ class ProbeFleet:
         self._host.manager.update_health(node_id, severity, list(answer["reasons"]))
 
     def _count_miss(self, node_id: str) -> None:
-        now = time.monotonic()
-        starting = now - self._probe_started.get(node_id, now) < PROBE_STARTUP_GRACE_S
-        if node_id not in self.latency and starting:
-            return  # its probe is still starting
+        if node_id in self._never_answered or node_id not in self.latency:
+            return  # its probe never answered yet: judged only once it has (liveness)
         self.misses[node_id] += 1
         misses = self.misses[node_id]
         config = self._host.config

@@ -66,6 +66,12 @@ class HealthProbe:
 _RemoteProbe: Any = ray.remote(HealthProbe)
 
 
+# ray_ft's own actors start their own worker processes: a runtime env of their own keeps
+# Ray from handing them the idle worker it started for the job's tasks (the driver's node
+# has one ready per CPU: taking it would delay the job's first call by a process start)
+OWN_WORKER: dict[str, Any] = {"env_vars": {"RAY_FT_OWN_WORKER": "1"}}
+
+
 def start_probe(
     node_id: str, thresholds: dict[str, float | None] | None = None, expected_gpus: int = 0
 ) -> Any:
@@ -79,4 +85,5 @@ def start_probe(
         max_restarts=0,
         max_concurrency=4,  # a slow health check never delays a ping
         name=None,
+        runtime_env=OWN_WORKER,
     ).remote(thresholds, expected_gpus)

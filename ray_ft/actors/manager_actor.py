@@ -22,15 +22,24 @@ from typing import Any
 
 import ray
 
+from ray_ft import raycompat
 from ray_ft.actors._checkpoint_keeper import CheckpointKeeper
 from ray_ft.actors._elastic import ElasticWatch
 from ray_ft.actors._probes import ProbeFleet
 from ray_ft.actors._state_writer import StateWriter, load_manager
+from ray_ft.actors.health_probe import OWN_WORKER
 from ray_ft.config import CLUSTER_KEYS, FTConfig
 from ray_ft.failures import FailureEvent
 from ray_ft.manager.state import FaultToleranceManager, WorkerStatus
 
-__all__ = ["DEFAULT_NAME", "DEFAULT_NAMESPACE", "ManagerActor", "get_manager", "shutdown_manager"]
+__all__ = [
+    "DEFAULT_NAME",
+    "DEFAULT_NAMESPACE",
+    "ManagerActor",
+    "ensure_manager",
+    "get_manager",
+    "shutdown_manager",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +54,7 @@ class ManagerActor:
     def __init__(self, config: dict[str, Any], state_dir: str) -> None:
         self.lock = threading.RLock()  # the manager's state, the fleet's tables
         self.config = FTConfig.from_json_dict(config)
-        session = ray.get_runtime_context().get_session_name()
+        session = raycompat.session_name()
         self.state_path = Path(state_dir) / session / "manager_state.json"
         self.manager, self.restored = load_manager(self.state_path, self.config)
         self.started_at = time.time()
@@ -221,6 +230,7 @@ class ManagerActor:
                 "observer_suspect": m.observer_suspect,
                 "degraded": sorted(m.degraded),
                 "mass_degraded": m.mass_degraded,
+                "ray": _ray_release(),
             }
 
     def get_state(self) -> dict[str, Any]:
@@ -276,6 +286,15 @@ class ManagerActor:
         ray.actor.exit_actor()
 
 
+def _ray_release() -> dict[str, Any]:
+    """The cluster's Ray release, whether ray_ft is tested on it, and what it lacks."""
+    return {
+        "version": ray.__version__,
+        "problem": raycompat.support_problem(),
+        "without": sorted(k for k, has in raycompat.capabilities().items() if not has),
+    }
+
+
 def _severity(manager: FaultToleranceManager, node_id: str) -> str:
     if node_id in manager.liveness_failures:
         return "fatal"
@@ -298,30 +317,63 @@ def get_manager(
 
     Cluster-wide settings (liveness, health, breakers: ``ray_ft.config.CLUSTER_KEYS``) are
     fixed when the actor is created. A later driver whose ``config`` sets other values gets
-    a warning naming both and does not overwrite them; call ``update_config`` on the handle
-    to change them on purpose. ``state_dir`` (default ``./checkpoints/_manager`` on the head
-    node) is where state is persisted.
+    a warning naming both (when the manager answers: nothing waits for it) and does not
+    overwrite them; call ``update_config`` on the handle to change them on purpose.
+    ``state_dir`` (default ``./checkpoints/_manager`` on the head node) is where state is
+    persisted.
     """
+    return ensure_manager(config, name=name, namespace=namespace, state_dir=state_dir)[0]
+
+
+def ensure_manager(
+    config: FTConfig | dict[str, Any] | None = None,
+    *,
+    name: str = DEFAULT_NAME,
+    namespace: str = DEFAULT_NAMESPACE,
+    state_dir: str | None = None,
+) -> tuple[Any, bool]:
+    """(the manager's handle, whether it existed before this call). Never waits for the
+    actor to start: on a fresh cluster there is nothing it could know yet."""
     if not ray.is_initialized():
         ray.init()
+    raycompat.warn_if_unsupported()
     cfg = FTConfig.coerce(config)
-    # The actor never decides retries: leave out exception classes it may not import.
-    actor_config = {**cfg.to_dict(), "retry_exceptions": []}
-    directory = os.path.abspath(state_dir or DEFAULT_STATE_DIR)
-    handle = _RemoteManager.options(
-        name=name,
-        namespace=namespace,
-        get_if_exists=True,
-        lifetime="detached",
-        max_restarts=-1,
-        max_task_retries=-1,
-        num_cpus=0,
-        resources={"node:__internal_head__": 0.001},
-    ).remote(actor_config, directory)
+    try:
+        handle, existed = ray.get_actor(name, namespace=namespace), True
+    except ValueError:
+        # The actor never decides retries: leave out exception classes it may not import.
+        actor_config = {**cfg.to_dict(), "retry_exceptions": []}
+        directory = os.path.abspath(state_dir or DEFAULT_STATE_DIR)
+        handle, existed = (
+            _RemoteManager.options(
+                name=name,
+                namespace=namespace,
+                get_if_exists=True,  # another driver may be creating it right now
+                lifetime="detached",
+                max_restarts=-1,
+                max_task_retries=-1,
+                num_cpus=0,
+                resources={"node:__internal_head__": 0.001},
+                runtime_env=OWN_WORKER,
+            ).remote(actor_config, directory),
+            False,
+        )
     explicit = {} if config is None else _explicit_settings(config)
     if explicit:
-        warn_on_conflict(explicit, ray.get(handle.cluster_config.remote(), timeout=60))
-    return handle
+        _warn_when_answered(handle, explicit)
+    return handle, existed
+
+
+def _warn_when_answered(handle: Any, explicit: Mapping[str, Any]) -> None:
+    """Compare the driver's settings with the manager's once it answers (not waited for)."""
+
+    def compare(answer: Any) -> None:
+        try:
+            warn_on_conflict(explicit, answer.result())
+        except Exception as exc:  # the manager is restarting or gone: nothing to compare
+            log.debug("could not read the manager's settings: %s", exc)
+
+    handle.cluster_config.remote().future().add_done_callback(compare)
 
 
 def warn_on_conflict(explicit: Mapping[str, Any], in_force: Mapping[str, Any]) -> list[str]:

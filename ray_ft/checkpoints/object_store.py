@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from ray_ft import raycompat
 from ray_ft.checkpoints.base import (
     CheckpointCorruptError,
     CheckpointInfo,
@@ -156,8 +157,4 @@ def _info(run_id: str, step: int, meta: dict[str, Any]) -> CheckpointInfo:
 
 def _size_of(ref: Any) -> int:
     """Bytes the object takes in the store (0 when Ray cannot say)."""
-    try:
-        locations = ray.experimental.get_object_locations([ref])
-        return int(locations[ref].get("object_size") or 0)
-    except Exception:
-        return 0
+    return raycompat.object_size(ref)

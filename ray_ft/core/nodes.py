@@ -34,6 +34,7 @@ _MAX_INDEXES = 64
 _EWMA = 0.3  # weight of the newest runtime in a pace
 _PARK_S = 0.1  # a node too slow for a call is not looked at again for this long
 Key = tuple[Shape, str]
+Room = tuple[int, float, int, str]  # (tier, -room, home rank, node): a room heap entry
 
 
 class _Index:
@@ -42,14 +43,15 @@ class _Index:
     __slots__ = ("fast", "parked", "parked_at", "rate", "room")
 
     def __init__(self) -> None:
-        # (tier, -room, node): the roomiest ok node on top, degraded nodes (tier 1) after
+        # (tier, -room, home rank, node): the roomiest ok node on top, the driver's own
+        # node first among equals (its worker is warm), degraded nodes (tier 1) after
         # every ok node with room
-        self.room: list[tuple[int, float, str]] = []
+        self.room: list[Room] = []
         self.fast: list[tuple[float, str]] = []  # (runtime, node): the fastest node on top
         self.rate = 0.0  # sum of slots / runtime over usable nodes with a known pace
         # nodes found too slow: out of the room heap for _PARK_S, so that a slow node with
         # much room is not looked at again by every placement in between
-        self.parked: list[tuple[int, float, str]] = []
+        self.parked: list[Room] = []
         self.parked_at = 0.0
 
 
@@ -68,9 +70,14 @@ class _ShapeIndex:
 class NodeTable:
     """Alive nodes, usability, load per (node, shape), pace per (node, callable)."""
 
-    def __init__(self, clock: Callable[[], float], queue_depth: int) -> None:
+    def __init__(
+        self, clock: Callable[[], float], queue_depth: int, home: str | None = None
+    ) -> None:
         self._clock = clock
         self.queue_depth = queue_depth
+        #: the driver's own node: first among equally roomy nodes, as Ray's own scheduler
+        #: prefers the local node (its idle worker is started: a first call runs at once)
+        self.home = home
         self.nodes: dict[str, dict[str, float]] = {}
         self.unusable: frozenset[str] | set[str] = frozenset()
         # usable but under pressure (a degraded health verdict): a last resort, taking
@@ -120,6 +127,7 @@ class NodeTable:
         self._slots.pop(node_id, None)
         if node_id in self.degraded:
             self.degraded = self.degraded - {node_id}
+        self._compact()
 
     def set_unusable(self, unusable: frozenset[str] | set[str]) -> None:
         """Excluded or HALF_OPEN nodes take no ordinary work (O(changes))."""
@@ -202,7 +210,7 @@ class NodeTable:
                 if old is not None:
                     index.rate = max(0.0, index.rate - slots / max(old, 1e-6))
             heapq.heappush(index.fast, (runtime, node_id))
-            if len(index.fast) > 4 * len(self.nodes) + 64:  # stale entries: compact
+            if len(index.fast) > self._bound():  # stale entries: compact
                 index.fast = self._fresh(index.fast, kind)
             self._push_room(node_id, shape, kind)
 
@@ -289,18 +297,18 @@ class NodeTable:
             for entry in index.parked:
                 heapq.heappush(heap, entry)
             index.parked = []
-        aside: list[tuple[int, float, str]] = []
-        fallback: tuple[int, float, str] | None = None
-        chosen: tuple[int, float, str] | None = None
+        aside: list[Room] = []
+        fallback: Room | None = None
+        chosen: Room | None = None
         while heap:
-            tier, key, node_id = heap[0]
+            tier, key, _, node_id = heap[0]
             room = self.room(node_id, shape, kind) if self.usable(node_id) else 0
             if room <= 0:
                 heapq.heappop(heap)  # comes back with an event that gives it room
                 continue
             current = self._tier(node_id)
             if -key != room or tier != current:  # less room than listed, or tier changed
-                heapq.heapreplace(heap, (current, -room, node_id))
+                heapq.heapreplace(heap, self._room_entry(node_id, room))
                 continue
             entry = heapq.heappop(heap)
             if node_id not in work.unplaceable and not acceptable(node_id):
@@ -324,14 +332,17 @@ class NodeTable:
         if fallback is not None:
             aside.append(fallback)
         if chosen is not None and -chosen[1] > 1:  # the caller launches there: one less room
-            aside.append((chosen[0], chosen[1] + 1, chosen[2]))
+            aside.append((chosen[0], chosen[1] + 1, chosen[2], chosen[3]))
         for entry in aside:
             heapq.heappush(heap, entry)
-        return None if chosen is None else chosen[2]
+        return None if chosen is None else chosen[3]
 
     def _tier(self, node_id: str) -> int:
         """0 for an ok node, 1 for a degraded one (placed after every ok node with room)."""
         return 1 if node_id in self.degraded else 0
+
+    def _room_entry(self, node_id: str, room: int) -> Room:
+        return (self._tier(node_id), -room, 0 if node_id == self.home else 1, node_id)
 
     def fastest(self, shape: Shape, kind: str) -> float:
         """The lowest pace for this callable among usable live nodes that fit the shape."""
@@ -410,6 +421,31 @@ class NodeTable:
         for shape, index in self._shape_index.items():
             if shape.slots_on(resources) > 0:
                 heapq.heappush(index.memory, (-resources.get("memory", 0.0), node_id))
+                self._compact_memory(shape, index)
+
+    def _bound(self) -> int:
+        """Entries a heap may hold before its stale ones are dropped: a small multiple of
+        the live nodes, so every index shrinks with the cluster (rebuilt in O(live) once
+        stale entries outnumber live ones: amortised O(1) per event)."""
+        return 4 * len(self.nodes) + 64
+
+    def _compact_memory(self, shape: Shape, index: _ShapeIndex) -> None:
+        if len(index.memory) > self._bound():
+            index.memory = [
+                (-r.get("memory", 0.0), n) for n, r in self.nodes.items() if shape.slots_on(r) > 0
+            ]
+            heapq.heapify(index.memory)
+
+    def _compact(self) -> None:
+        """After a node left: any heap past its bound is rebuilt from the live nodes."""
+        bound = self._bound()
+        for shape, capacity in self._shape_index.items():
+            self._compact_memory(shape, capacity)
+        for (shape, kind), index in self._index.items():
+            if len(index.room) + len(index.parked) > bound:
+                index.room, index.parked = self._build(shape, kind).room, []
+            if len(index.fast) > bound:
+                index.fast = self._fresh(index.fast, kind)
 
     def _account(self, node_id: str, sign: int) -> None:
         """Add (+1) or take out (-1) a node's share of every aggregate while usable."""
@@ -438,8 +474,8 @@ class NodeTable:
             return
         room = self.room(node_id, shape, kind)
         if room > 0:
-            heapq.heappush(index.room, (self._tier(node_id), -room, node_id))
-            if len(index.room) > 4 * len(self.nodes) + 64:  # stale entries: compact
+            heapq.heappush(index.room, self._room_entry(node_id, room))
+            if len(index.room) > self._bound():  # stale entries: compact
                 self._index[(shape, kind)] = self._build(shape, kind)
 
     def _placement(self, shape: Shape, kind: str) -> _Index:
@@ -462,7 +498,7 @@ class NodeTable:
                 continue
             room = self.room(node_id, shape, kind)
             if room > 0:
-                index.room.append((self._tier(node_id), -room, node_id))
+                index.room.append(self._room_entry(node_id, room))
             runtime = self.runtime.get((node_id, kind))
             if runtime is not None:
                 index.fast.append((runtime, node_id))

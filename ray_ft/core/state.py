@@ -58,6 +58,7 @@ class SchedulerState:
         metrics: Any = None,
         cancel_kills_worker: bool = False,
         batching: bool = False,
+        home: str | None = None,
     ) -> None:
         self.config = config
         #: pack queued tiny calls of one callable into one task (``ray_ft.core.batching``)
@@ -67,7 +68,7 @@ class SchedulerState:
         self._clock = clock  #: monotonic time: timers, deadlines, paces
         self._wall_clock = wall_clock  #: stamps failure events (the manager shows wall times)
         #: alive nodes, their load, paces and usability (``ray_ft.core.nodes``)
-        self.table = NodeTable(clock, queue_depth)
+        self.table = NodeTable(clock, queue_depth, home)
         self.placement = Placement(config, self.table, clock)  #: which node a call goes to
         self.memory = MemoryPolicy(config, self.table)  #: out-of-memory retries ask for more
         self.max_in_flight = max_in_flight  #: attempts in flight at most (None: no cap)

@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 
+from ray_ft import raycompat
 from ray_ft.config import FTConfig
 from ray_ft.core.batching import MAX_BATCH
 from ray_ft.core.commands import CapacityError
@@ -49,7 +50,9 @@ log = logging.getLogger(__name__)
 
 _NO_OPTIONS: dict[str, Any] = {}  # plain submit(): the executor's own CallSpec
 _SPEC_CACHE_SIZE = 256
-_FIRST_SNAPSHOT_S = 10.0
+# An existing manager may hold exclusions: a warm one answers in milliseconds, and the
+# first placement waits for it this long at most (a new one knows nothing yet: no wait)
+_WARM_SNAPSHOT_S = 1.0
 
 
 class FaultTolerantExecutor(cf.Executor):
@@ -98,17 +101,19 @@ class FaultTolerantExecutor(cf.Executor):
             raise ValueError(msg)
         if not ray.is_initialized():
             ray.init()
+        raycompat.warn_if_unsupported()
         self.max_in_flight = max_in_flight
         self.queue_depth = queue_depth
         self._clock = clock
         client: ManagerClient
+        existed = True  # a handle passed in: it may hold exclusions
         if manager is False:
             client = LocalManagerClient(FaultToleranceManager(self.config, clock=clock))
         else:
             if manager is None:
-                from ray_ft.actors.manager_actor import get_manager
+                from ray_ft.actors.manager_actor import ensure_manager
 
-                manager = get_manager(config if config is not None else {})
+                manager, existed = ensure_manager(config if config is not None else {})
             client = ActorManagerClient(manager, clock=clock)
         self.manager = manager if manager is not False else None
         workers = _workers if _workers is not None else TaskWorkers(self._setup)
@@ -120,6 +125,7 @@ class FaultTolerantExecutor(cf.Executor):
             metrics=get_metrics(),
             cancel_kills_worker=workers.cancel_kills_worker,
             batching=workers.batches and self.config.batching,
+            home=ray.get_runtime_context().get_node_id(),
         )
         # the manager sums every driver's demand into the autoscaler's one request
         link = ElasticLink(manager, clock=clock) if manager is not False else None
@@ -137,7 +143,9 @@ class FaultTolerantExecutor(cf.Executor):
         self._default_spec = CallSpec.of(self._task_options, self.config.task_timeout)
         self._ids = itertools.count(1)
         polled = self._loop.poll(force=True)  # the first look at the nodes, made here
-        first = client.fetch(timeout=_FIRST_SNAPSHOT_S)  # never place blind
+        # a new manager holds nothing yet: launch on Ray's alive nodes at once and apply
+        # its snapshot when it comes (the loop's poll asks for it)
+        first = client.fetch(timeout=_WARM_SNAPSHOT_S) if existed else None
         self._loop.apply([*polled, *([("exclusions", first)] if first else [])])
         self._loop.thread.start()
 

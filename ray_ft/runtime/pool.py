@@ -26,6 +26,7 @@ import ray
 import ray.exceptions as ray_exc
 from ray import cloudpickle
 
+from ray_ft import raycompat
 from ray_ft.config import FTConfig
 from ray_ft.core.commands import Exclusions
 from ray_ft.core.work import Attempt, Work
@@ -250,9 +251,7 @@ class ActorWorkers:
         an excluded or draining node (an actor on a draining node is replaced before its
         node goes, and dies with it)."""
         excluded = sorted(self._node_exclusions.excluded | self._draining_nodes.keys())
-        options = dict(self._actor_options, max_restarts=0)
-        if excluded:
-            options["label_selector"] = {"ray.io/node-id": f"!in({','.join(excluded)})"}
+        options = raycompat.avoid_nodes(dict(self._actor_options, max_restarts=0), excluded)
         draining = self._draining_nodes
         staying = sum(1 for a in self.actors.values() if a.node_id not in draining)
         while staying < self.size:

@@ -123,12 +123,9 @@ def connect_error(address: str | None, exc: BaseException) -> str:
     where = address or "auto (RAY_ADDRESS or a local cluster)"
     text = str(exc)
     first = text.splitlines()[0] if text else type(exc).__name__
-    lowered = text.lower()
-    if (
-        type(exc).__name__ == "AuthenticationError"
-        or "unauthenticated" in lowered
-        or ("auth" in lowered and "token" in lowered)
-    ):
+    from ray_ft import raycompat
+
+    if raycompat.is_authentication_error(exc):
         return (
             f"the Ray cluster at {where} refused this client: authentication ({first}); "
             "set RAY_AUTH_MODE=token and make the cluster's token available (RAY_AUTH_TOKEN, "
@@ -208,12 +205,24 @@ def _print_status(status: dict[str, Any], ray_nodes: dict[str, Any]) -> None:
         mass = status.get("mass_degraded")
         shared = f"; most nodes at once: {mass}" if mass else ""
         print(f"degraded now: {len(status['degraded'])} (placed last, still taking work){shared}")
+    release = status.get("ray")
+    if release:
+        lo, hi = (".".join(map(str, v)) for v in _supported())
+        tested = release.get("problem") or f"tested on {lo} to {hi}"
+        without = ", ".join(release.get("without") or []) or "nothing"
+        print(f"Ray {release['version']}: {tested}; without: {without} (see README)")
     ckpt = status.get("last_checkpoint")
     if ckpt:
         age = time.time() - ckpt["created_at"]
         print(f"last checkpoint: step {ckpt['step']} at {ckpt['path']} ({age:.0f} s ago)")
     else:
         print("last checkpoint: none found")
+
+
+def _supported() -> tuple[tuple[int, int], tuple[int, int]]:
+    from ray_ft.raycompat import SUPPORTED
+
+    return SUPPORTED
 
 
 # -- checkpoints ---------------------------------------------------------------------------
