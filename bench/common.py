@@ -23,9 +23,11 @@ def local_cluster(n_nodes: int = 3, cpus_per_node: int = 1) -> Iterator[Cluster]
         initialize_head=True,
         head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
     )
+    ray.init(address=cluster.address, namespace="ray_ft_bench", log_to_driver=False)
+    # connected before the workers join: Ray before 2.60 connects a driver to any raylet
+    # on its host, and a test that removes "worker nodes" must not remove the driver's
     for _ in range(n_nodes - 1):
         cluster.add_node(num_cpus=cpus_per_node)
-    ray.init(address=cluster.address, namespace="ray_ft_bench", log_to_driver=False)
     cluster.wait_for_nodes()
     try:
         yield cluster

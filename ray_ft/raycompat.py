@@ -36,6 +36,7 @@ __all__ = [
     "resources_per_node",
     "session_name",
     "support_problem",
+    "user_method",
     "warn_if_unsupported",
 ]
 
@@ -211,6 +212,20 @@ def avoid_nodes(options: dict[str, Any], node_ids: Iterable[str]) -> dict[str, A
         hard={key: NotIn(*excluded) for key in ("ray.io/node_id", "ray.io/node-id")}
     )
     return {**options, "scheduling_strategy": strategy}
+
+
+def user_method(method: Any) -> Any:
+    """The user's own function under Ray's tracing shim on an actor class (its first
+    parameter is ``self``, so keywords named ``self`` would clash). Ray 2.60 marks the shim;
+    older releases only wrap it (``functools.wraps``) from ``ray/util/tracing``."""
+    inner = getattr(method, "__wrapped__", None)
+    if inner is None:
+        return method
+    if getattr(method, "__ray_tracing_wrapped__", False):
+        return inner
+    code = getattr(method, "__code__", None)
+    where = getattr(code, "co_filename", "").replace("\\", "/")
+    return inner if where.endswith("ray/util/tracing/tracing_helper.py") else method
 
 
 def object_size(ref: Any) -> int:

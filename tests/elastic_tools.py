@@ -65,11 +65,27 @@ def restore(cluster, n_nodes: int = 4) -> None:
     wait_for(lambda: sum(1 for n in ray.nodes() if n["Alive"]) == n_nodes, timeout=60)
 
 
+def rocksdb_gcs() -> bool:
+    """This Ray's GCS can keep its tables in RocksDB (2.60 can; 2.44 says "Unsupported GCS
+    storage type: rocksdb"): read off the GCS binary itself, not guessed from a version."""
+    import glob
+
+    root = os.path.join(os.path.dirname(ray.__file__), "core")
+    found = glob.glob(os.path.join(root, "**", "gcs_server"), recursive=True)
+    if not found:
+        return False
+    with open(found[0], "rb") as f:
+        return b"RocksDbStoreClient" in f.read()
+
+
 @contextlib.contextmanager
 def persistent_cluster(storage: str, n_nodes: int = 3) -> Iterator[Cluster]:
     """Nodes whose GCS keeps its tables in RocksDB under ``storage`` (no Redis), so it
-    can be killed and started again; the environment is set only while Ray starts."""
+    can be killed and started again; the environment is set only while Ray starts. On a
+    Ray without RocksDB storage, an ordinary cluster (its GCS cannot come back)."""
     env = {"RAY_gcs_storage": "rocksdb", "RAY_gcs_storage_path": str(storage)}
+    if not rocksdb_gcs():
+        env = {}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

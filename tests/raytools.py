@@ -20,9 +20,11 @@ def start_cluster(n_nodes: int, cpus_per_node: int = 1) -> Cluster:
         initialize_head=True,
         head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
     )
+    ray.init(address=cluster.address, namespace="ray_ft_tests")
+    # connected before the workers join: Ray before 2.60 connects a driver to any raylet
+    # on its host, and a test that removes "worker nodes" must not remove the driver's
     for _ in range(n_nodes - 1):
         cluster.add_node(num_cpus=cpus_per_node)
-    ray.init(address=cluster.address, namespace="ray_ft_tests")
     cluster.wait_for_nodes()
     return cluster
 

@@ -27,6 +27,7 @@ from tests.elastic_tools import (
     persistent_cluster,
     preempt_one,
     restore,
+    rocksdb_gcs,
     run_through_outage,
 )
 from tests.raytools import kill_manager, wait_for
@@ -163,6 +164,12 @@ def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four)
     kill_manager()
 
 
+needs_rocksdb = pytest.mark.skipif(
+    not rocksdb_gcs(), reason="this Ray's GCS cannot keep its tables in RocksDB (2.60 can)"
+)
+
+
+@needs_rocksdb
 def test_a_gcs_outage_stalls_nothing_and_fails_no_node(four):
     """Last in the module: the GCS is killed and started again on its port."""
     restore(four)
@@ -202,6 +209,7 @@ def test_a_gcs_outage_stalls_nothing_and_fails_no_node(four):
     kill_manager()
 
 
+@needs_rocksdb
 def test_a_gcs_outage_while_the_manager_starts_blames_no_node(four, tmp_path):
     """Cold start: no manager yet; the GCS is killed 2 s after the executor is made (the
     manager and its probes are starting) and started again 15 s later."""

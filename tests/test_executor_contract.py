@@ -169,15 +169,36 @@ def test_map_that_times_out_stops_the_call_it_waited_on(ex, tmp_path):
 
 
 def test_a_closed_map_gives_up_its_calls(ex, tmp_path):
+    """Once advanced, a closed map() gives up what it has not handed out."""
     paths = [str(tmp_path / f"f{i}") for i in range(3)]
-    results = ex.map(sleep_then_touch, paths, [30] * 3)
-    wait_for(lambda: ex.stats()["submitted"] == 3, timeout=30)
+    results = ex.map(sleep_then_touch, paths, [0, 30, 30])
+    assert next(results) == 0
     results.close()
     ex.shutdown(wait=True)
     stats = ex.stats()
-    assert stats["cancelled"] == 3
-    assert stats["succeeded"] == 0
-    assert not any(os.path.exists(p) for p in paths)
+    assert stats["cancelled"] == 2
+    assert stats["succeeded"] == 1
+    assert [os.path.exists(p) for p in paths] == [True, False, False]
+
+
+@pytest.mark.parametrize("drop", ["unused", "del", "close"])
+def test_a_map_never_advanced_runs_its_calls_as_the_stdlib_does(cluster, tmp_path, drop):
+    """``ex.map(f, xs)`` with its iterator unused fires the work, and shutdown(wait=True)
+    waits for it (ThreadPoolExecutor does; CPython issue 11777)."""
+    paths = [str(tmp_path / f"m{i}") for i in range(10)]
+    ex = FaultTolerantExecutor(FAST, manager=False)
+    if drop == "unused":
+        ex.map(sleep_then_touch, paths, [0.2] * 10)  # the iterator is collected at once
+    else:
+        results = ex.map(sleep_then_touch, paths, [0.2] * 10)
+        if drop == "del":
+            del results
+            gc.collect()
+        else:
+            results.close()
+    ex.shutdown(wait=True)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
+    assert ex.stats()["succeeded"] == 10 and ex.stats()["cancelled"] == 0
 
 
 # -- exit waits for pending work -----------------------------------------------------------

@@ -71,3 +71,27 @@ def test_trial_leases_ask_once_admit_the_breakers_limit_and_leave_with_their_nod
     table.set_nodes({"a": {"CPU": 1.0}})
     trials.forget("b")
     assert trials.asked == set()
+
+
+def test_node_churn_keeps_every_index_bounded_by_the_live_nodes(clock):
+    """A spot cluster replaces its nodes all day: after 40 generations of 200 new nodes,
+    every index holds a small multiple of the 200 live ones (the memory heap took an
+    entry per node that ever joined, read only on an out-of-memory retry)."""
+    table = NodeTable(clock, queue_depth=4)
+    w, oom = work(), work(memory=2e9)
+    nodes = 200
+    for generation in range(40):
+        live = {f"g{generation}-n{i}": {"CPU": 2.0, "memory": 8e9} for i in range(nodes)}
+        table.set_nodes(live)
+        if generation == 0:  # the memory index is built here, then read no more
+            assert table.memory_cap(oom) == 8e9
+        for node_id in list(live)[:20]:  # attempts start and end: room and pace entries
+            assert table.roomiest(w, lambda n: True) is not None
+            table.learn(node_id, w.kind, clock() - 1.0, False, clock())
+            table.add_load(node_id, w.shape, 1)
+            table.add_load(node_id, w.shape, -1)
+        sizes = table.sizes()
+        assert sizes["nodes"] == nodes
+        assert sizes["index_entries"] <= sizes["indexes"] * (4 * nodes + 64), (generation, sizes)
+    assert len(table.runtime) <= nodes and len(table.last_done) <= nodes
+    assert table.memory_cap(oom) == 8e9

@@ -54,6 +54,15 @@ def test_calls_go_to_live_actors_and_results_keep_their_order(nodes):
     assert (stats["size"], stats["live"], stats["replaced"]) == (3, 3, 0)
 
 
+def test_a_pool_map_never_advanced_still_runs_its_calls(nodes):
+    """As the executor's (and the stdlib's): ``pool.map(...)`` alone fires the work."""
+    pool = FaultTolerantActorPool(Simulator, size=2, config=FAST, manager=False, num_cpus=0.5)
+    pool.map(Simulator.whoami, range(6), [0.1] * 6)  # the iterator is dropped at once
+    pool.shutdown(wait=True)
+    stats = pool.stats()
+    assert stats["succeeded"] == 6 and stats["cancelled"] == 0, stats
+
+
 def test_sigkilled_actor_is_replaced_and_never_used_again(nodes):
     with FaultTolerantActorPool(
         Simulator, size=3, config=FAST, manager=False, num_cpus=0.5

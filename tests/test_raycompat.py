@@ -61,9 +61,7 @@ def test_avoiding_nodes_gives_options_this_ray_accepts(monkeypatch, label_select
     else:
         strategy = options["scheduling_strategy"]
         assert type(strategy).__name__ == "NodeLabelSchedulingStrategy"
-        named = {
-            (e.key, v) for e in strategy.hard for v in getattr(e.operator, "values", ())
-        }
+        named = {(e.key, v) for e in strategy.hard for v in getattr(e.operator, "values", ())}
         assert {("ray.io/node_id", "a" * 56), ("ray.io/node_id", "b" * 56)} <= named
     _Plain.options(**options)  # Ray validates the keys and values here
 

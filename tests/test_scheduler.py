@@ -370,6 +370,12 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.h.run(self.sched.nodes_changed(nodes))
 
     @invariant()
+    def indexes_are_bounded_by_the_live_nodes(self):
+        """Heaps corrected lazily still shrink with the cluster (a small multiple of it)."""
+        sizes = self.sched.table.sizes()
+        assert sizes["index_entries"] <= sizes["indexes"] * (4 * sizes["nodes"] + 64), sizes
+
+    @invariant()
     def demand_follows_the_queue(self):
         demand = self.sched.demand()
         assert sum(demand.values()) <= 6  # max_in_flight

@@ -311,11 +311,13 @@ class FaultTolerantExecutor(cf.Executor):
 
 class _MapResults(Iterator[Any]):
     """Executor.map's iterator: results in order. It holds no result it has yielded
-    (CPython issue 14406). When it is closed (before its first item too), collected, or
-    ends by a timeout or a call's error, the calls not yet taken are given up, the one it
-    was waiting on included (gh-95166): none runs on for nobody."""
+    (CPython issue 14406). Like the stdlib's generator: one never advanced gives up nothing
+    when it is closed or collected (its calls run, and ``shutdown(wait=True)`` waits for
+    them: ``ex.map(f, xs)`` alone fires the work, CPython issue 11777); once advanced, when
+    it is closed, collected, or ends by a timeout or a call's error, the calls not yet
+    taken are given up, the one it was waiting on included (gh-95166)."""
 
-    __slots__ = ("_end", "_owner", "_works")
+    __slots__ = ("_end", "_owner", "_started", "_works")
 
     def __init__(
         self, owner: FaultTolerantExecutor, works: list[Work], timeout: float | None
@@ -324,11 +326,13 @@ class _MapResults(Iterator[Any]):
         self._owner = owner
         self._works = works
         self._end = None if timeout is None else time.monotonic() + timeout
+        self._started = False
 
     def __iter__(self) -> _MapResults:
         return self
 
     def __next__(self) -> Any:
+        self._started = True
         if not self._works:
             raise StopIteration
         work = self._works.pop()
@@ -346,9 +350,9 @@ class _MapResults(Iterator[Any]):
             del work
 
     def close(self) -> None:
-        """Give up the calls whose results were not taken."""
+        """Give up the calls whose results were not taken (none, if never advanced)."""
         works, self._works = self._works, []
-        if works:
+        if works and self._started:
             self._owner._give_up(works)
 
     def __del__(self) -> None:

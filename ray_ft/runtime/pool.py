@@ -69,9 +69,7 @@ def _call_method(instance: Any, name: str, names: tuple[str, ...], *values: Any)
     method = inspect.getattr_static(type(instance), name)
     if isinstance(method, (staticmethod, classmethod)):
         return getattr(instance, name)(*args, **kwargs)
-    if getattr(method, "__ray_tracing_wrapped__", False):
-        method = method.__wrapped__
-    return method(instance, *args, **kwargs)
+    return raycompat.user_method(method)(instance, *args, **kwargs)
 
 
 def _whereabouts(_self: Any) -> tuple[str, int]:
