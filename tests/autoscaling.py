@@ -72,6 +72,10 @@ def _env() -> dict[str, str]:
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             "RAY_FAKE_CLUSTER": "1",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            # Ray 2.60's `ray start` turns token authentication on once a token exists
+            # (~/.ray/auth_token, written by any earlier local ray.init); these tests'
+            # driver is a plain client: the test cluster runs without it
+            "RAY_AUTH_MODE": "disabled",
         }
     )
     return env

@@ -129,10 +129,13 @@ def gcs_outage(cluster, after: float, seconds: float, marks: dict) -> None:
     marks["up"] = time.monotonic()
 
 
-def run_through_outage(cluster, run, seconds: float = 15.0) -> tuple[float, dict]:
-    """Run ``run(marks)`` while the GCS goes away 4 s in for ``seconds``; its wall time."""
+def run_through_outage(
+    cluster, run, seconds: float = 15.0, after: float = 4.0
+) -> tuple[float, dict]:
+    """Run ``run(marks)`` while the GCS goes away ``after`` s in for ``seconds``; its wall
+    time."""
     marks: dict = {}
-    killer = threading.Thread(target=gcs_outage, args=(cluster, 4.0, seconds, marks))
+    killer = threading.Thread(target=gcs_outage, args=(cluster, after, seconds, marks))
     start = time.monotonic()
     killer.start()
     run(marks)
