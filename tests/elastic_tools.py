@@ -50,8 +50,8 @@ def preempt_one(cluster, after: float, deadline_s: float, out: dict, where: str)
     """``after`` seconds in, drain a busy worker (deadline ``deadline_s``); remove it then."""
     time.sleep(after)
     victim = busy_worker(cluster, where)
-    deadline = time.time() + deadline_s
     raycompat.drain_node(cluster.gcs_address, victim.node_id, "preemption", deadline_s)
+    deadline = (raycompat.draining_nodes() or {})[victim.node_id]  # as Ray holds it
     out["victim"] = victim.node_id
     time.sleep(max(0.0, deadline - time.time()))
     cluster.remove_node(victim, allow_graceful=False)
