@@ -166,6 +166,38 @@ def test_slow_node_is_left_idle_when_others_clear_the_queue_first(harness):
     assert not [a for a in h.running.values() if a.node_id == "slow"], "the slow node got more"
 
 
+def test_a_first_attempt_that_waited_for_a_worker_is_not_slowness(harness):
+    """Cold start: on a fresh cluster only the driver's node has a worker ready; the first
+    attempt elsewhere waits ~1 s for a process. That node still takes its share, and its
+    next attempt replaces the first pace."""
+    sched = Scheduler(CONFIG, clock=harness.clock, queue_depth=4, home="home")
+    h = Harness(sched, harness.clock)
+    h.run(sched.nodes_changed({"home": {"CPU": 1.0}, "cold": {"CPU": 1.0}}))
+    for i in range(4):
+        h.run(sched.submit(work(i, name="burn")))
+    first = {a.node_id: a.attempt_id for a in h.running.values()}
+    assert set(first) == {"home", "cold"}
+    h.clock.advance(1.0)
+    h.finish(first["home"], value=0)  # 1 s of work on a warm worker
+    h.clock.advance(1.2)
+    h.finish(first["cold"], value=0)  # 1 s of work after 1.2 s of process start
+    assert {a.node_id for a in h.running.values()} == {"home", "cold"}, "cold stood back"
+    assert sched.table.provisional >= {("cold", "burn")}
+    cold = next(a for a in h.running.values() if a.node_id == "cold")
+    h.clock.advance(1.0)
+    h.finish(cold.attempt_id, value=0)
+    assert sched.table.runtime[("cold", "burn")] == pytest.approx(1.0)
+    assert ("cold", "burn") not in sched.table.provisional
+
+
+def test_the_drivers_node_is_first_among_equals(harness):
+    sched = Scheduler(CONFIG, clock=harness.clock, queue_depth=4, home="zz-driver")
+    h = Harness(sched, harness.clock)
+    h.run(sched.nodes_changed({n: {"CPU": 1.0} for n in ("a", "b", "zz-driver")}))
+    h.run(sched.submit(work(0)))
+    assert [a.node_id for a in h.running.values()] == ["zz-driver"]
+
+
 def test_nodes_of_equal_pace_never_all_stand_back(harness):
     """Regression: with every pace known and one call queued, some node must take it."""
     sched, h = harness.sched, harness

@@ -86,6 +86,9 @@ class NodeTable:
         self.load: Counter[tuple[str, Shape]] = Counter()
         self.runtime: dict[tuple[str, str], float] = {}
         self.learned_at: dict[tuple[str, str], float] = {}
+        # paces from one finished attempt: on a cold cluster it waited for its node to
+        # start a worker process, so it is never judged slow on it and the next replaces it
+        self.provisional: set[tuple[str, str]] = set()
         # launch times of the attempts in flight per (node, callable), in clock order
         self.running: dict[tuple[str, str], dict[int, float]] = {}
         self.last_done: dict[str, float] = {}
@@ -119,6 +122,7 @@ class NodeTable:
         for kind in self._kinds_at.pop(node_id, ()):
             self.runtime.pop((node_id, kind), None)
             self.learned_at.pop((node_id, kind), None)
+            self.provisional.discard((node_id, kind))
             self.running.pop((node_id, kind), None)
         for shape in self._shapes_at.pop(node_id, ()):
             self.load.pop((node_id, shape), None)
@@ -232,10 +236,17 @@ class NodeTable:
         if node_id in self.nodes:
             self.last_done[node_id] = now
         runtime = max(0.0, now - start) / members
-        old = self.runtime.get((node_id, kind))
-        self.set_pace(
-            node_id, kind, runtime if old is None else (1 - _EWMA) * old + _EWMA * runtime, now
-        )
+        key = (node_id, kind)
+        old = self.runtime.get(key)
+        if old is None or key in self.provisional:  # the first sample, or the second
+            pace = runtime
+            if old is None and node_id in self.nodes:
+                self.provisional.add(key)
+            else:
+                self.provisional.discard(key)
+        else:
+            pace = (1 - _EWMA) * old + _EWMA * runtime
+        self.set_pace(node_id, kind, pace, now)
         return runtime
 
     def learn_lower_bound(self, node_id: str, kind: str, launched_at: float, now: float) -> None:
@@ -408,6 +419,7 @@ class NodeTable:
             "runtime": len(self.runtime),
             "running": len(self.running),
             "last_done": len(self.last_done),
+            "provisional": len(self.provisional),
             "indexes": len(self._index) + len(self._shape_index),
             "index_entries": sum(len(i.room) + len(i.fast) for i in self._index.values())
             + sum(len(s.memory) for s in self._shape_index.values()),

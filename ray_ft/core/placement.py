@@ -17,7 +17,11 @@ from ray_ft.core.elastic import NodeTypes
 from ray_ft.core.nodes import RELEARN_S, SLOW_FACTOR, NodeTable
 from ray_ft.core.work import Shape, Work
 
-__all__ = ["Placement"]
+__all__ = ["WORKER_START_S", "Placement"]
+
+#: what a node's first attempt may have spent waiting for Ray to start a worker process
+#: there (about 1 s on a loaded 2-core machine): a node is not judged slow for it
+WORKER_START_S = 2.0
 
 
 class Placement:
@@ -112,6 +116,8 @@ class Placement:
         mine = table.runtime.get(key)
         if mine is None:
             return False
+        if key in table.provisional:  # one attempt, which may have waited for a worker
+            mine = max(0.0, mine - WORKER_START_S)  # process to start: allow for it
         best = table.fastest(work.shape, work.kind)
         if mine <= SLOW_FACTOR * best:
             return False  # the fast path: not clearly slower than the fastest live node
