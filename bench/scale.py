@@ -160,30 +160,39 @@ def scheduler_figures(
     return results
 
 
+def _generation(
+    sched: Scheduler, clock: FakeClock, g: int, n: int, calls: int, spec: CallSpec, oom: bool
+) -> None:
+    """Replace every node by ``n`` new ones and run ``calls`` calls to the end (the first
+    of them out of memory once when ``oom``: its retry reads the memory index)."""
+    sched.nodes_changed({f"g{g}-n{i}": {"CPU": 4.0, "memory": 16e9} for i in range(n)})
+    launched = []
+    for i in range(calls):
+        work = Work(f"g{g}-{i}", "f", None, b"", (), {}, spec, cf.Future())
+        launched += [c.attempt.attempt_id for c in sched.submit(work) if isinstance(c, Launch)]
+    clock.now += 1.0
+    if oom:
+        kind = FailureType.OUT_OF_MEMORY
+        retry = sched.attempt_done(launched.pop(0), error=MemoryError(), failure_type=kind)
+        clock.now += 120.0
+        retry += sched.tick()
+        launched += [c.attempt.attempt_id for c in retry if isinstance(c, Launch)]
+    for attempt_id in launched:
+        sched.attempt_done(attempt_id, value=None)
+    sched.tick()
+
+
 def churn_memory(n: int = 1000, generations: int = 100, calls_per_node: int = 2) -> dict[str, Any]:
     """Retained memory after generations of a whole cluster replaced, against one."""
     clock = FakeClock()
     sched = Scheduler(FTConfig(), clock=clock)
     spec = CallSpec.of({}, None)
-
-    def generation(g: int) -> None:
-        nodes = {f"g{g}-n{i}": {"CPU": 4.0, "memory": 16e9} for i in range(n)}
-        sched.nodes_changed(nodes)
-        launched = []
-        for i in range(n * calls_per_node):
-            work = Work(f"g{g}-{i}", "f", None, b"", (), {}, spec, cf.Future())
-            launched += [c.attempt.attempt_id for c in sched.submit(work) if isinstance(c, Launch)]
-        clock.now += 1.0
-        for attempt_id in launched:
-            sched.attempt_done(attempt_id, value=None)
-        sched.tick()
-
     tracemalloc.start()
-    generation(0)
+    _generation(sched, clock, 0, n, n * calls_per_node, spec, False)
     gc.collect()
     steady, _ = tracemalloc.get_traced_memory()
     for g in range(1, generations):
-        generation(g)
+        _generation(sched, clock, g, n, n * calls_per_node, spec, False)
     gc.collect()
     after, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -201,31 +210,13 @@ def churn_generations(
     clock = FakeClock()
     sched = Scheduler(FTConfig(), clock=clock)
     spec = CallSpec.of({"memory": 1e9}, None)
-
-    def generation(g: int) -> None:
-        sched.nodes_changed({f"g{g}-n{i}": {"CPU": 4.0, "memory": 16e9} for i in range(n)})
-        launched = []
-        for i in range(calls):
-            work = Work(f"g{g}-{i}", "f", None, b"", (), {}, spec, cf.Future())
-            launched += [c.attempt.attempt_id for c in sched.submit(work) if isinstance(c, Launch)]
-        clock.now += 1.0
-        if g == 0:
-            oom = FailureType.OUT_OF_MEMORY
-            retry = sched.attempt_done(launched.pop(0), error=MemoryError(), failure_type=oom)
-            clock.now += 120.0
-            retry += sched.tick()
-            launched += [c.attempt.attempt_id for c in retry if isinstance(c, Launch)]
-        for attempt_id in launched:
-            sched.attempt_done(attempt_id, value=None)
-        sched.tick()
-
     tracemalloc.start()
-    generation(0)
+    _generation(sched, clock, 0, n, calls, spec, True)
     gc.collect()
     base, _ = tracemalloc.get_traced_memory()
     out: dict[int, float] = {}
     for g in range(1, max(marks) + 1):
-        generation(g)
+        _generation(sched, clock, g, n, calls, spec, False)
         if g in marks:
             gc.collect()
             out[g] = (tracemalloc.get_traced_memory()[0] - base) / 2**20
