@@ -30,7 +30,7 @@ from tests.elastic_tools import (
     rocksdb_gcs,
     run_through_outage,
 )
-from tests.raytools import kill_manager, wait_for
+from tests.raytools import kill_manager, wait_for, wait_for_probes
 
 pytestmark = pytest.mark.cluster
 
@@ -139,6 +139,9 @@ def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four)
     restore(four)
     with FaultTolerantActorPool(Worker, size=3, config=CONFIG, num_cpus=1) as pool:
         wait_for(lambda: pool.stats()["live"] == 3, timeout=60)
+        # past the manager's start-up (its probes start probe_start_delay after it): on
+        # two cores their processes would compete with the replacement actor's start
+        wait_for_probes(pool.manager, four)
         with pool._workers.lock:
             placed = {a.node_id for a in pool._workers.actors.values()}
         victim = next(n for n in four.worker_nodes if n.node_id in placed)
