@@ -286,3 +286,95 @@ def test_a_silent_driver_stops_counting_and_a_restarted_manager_clears_what_stoo
     restarted, asked_again = _watch(clock, restarted=True)
     restarted.step()
     assert asked_again == [[]]  # the request made before the restart is not left standing
+
+
+def test_a_demand_seen_is_cleared_even_when_it_ended_before_the_manager_asked(clock):
+    # a cold executor asked the autoscaler itself; its demand came and went before the new
+    # manager's first round: the manager still clears the request that stands
+    watch, asked = _watch(clock)
+    watch.report("cold", {SIM1: 2}, None)
+    watch.report("cold", {}, None)
+    watch.step()
+    assert asked == [[]]
+
+
+def test_the_first_view_after_the_drain_list_is_read_says_so(clock):
+    from ray_ft.actors._elastic import ElasticWatch
+
+    watch = ElasticWatch(
+        clock=clock, request=lambda b: None, discover=lambda: (False, None), read_draining=dict
+    )
+    first = watch.report("d", {}, None)
+    assert first is not None and first["drains_read"] is False
+    watch.step()  # reads the (empty) drain list of this Ray: a new view, even though empty
+    second = watch.report("d", {}, first["token"])
+    assert second is not None and second["drains_read"] is True
+
+
+# -- the executor's cold watch: the manager's duties until a new manager answers ------------
+
+
+class _Cold:
+    def __init__(self, clock):
+        from ray_ft.runtime.elastic import ColdWatch
+
+        self.asked: list[list[dict]] = []
+        self.draining: dict[str, float] | None = {}
+        self.gcs_away = False
+        self.watch = ColdWatch(read_draining=self._read, request=self._ask, clock=clock)
+
+    def _read(self):
+        if self.gcs_away:
+            raise ConnectionError("GCS unavailable")
+        return self.draining
+
+    def _ask(self, bundles):
+        if self.gcs_away:
+            raise ConnectionError("GCS unavailable")
+        self.asked.append(bundles)
+
+
+def test_a_cold_watch_asks_for_its_own_demand_once_per_change_and_clears_it(clock):
+    cold = _Cold(clock)
+    cold.watch.step()
+    assert cold.asked == []  # nothing wanted, nothing ever asked: a user's request stands
+    cold.watch._demand = {SIM1: 2}
+    cold.gcs_away = True
+    cold.watch.step()  # the GCS is away: asked again next round, nothing raised
+    cold.gcs_away = False
+    cold.watch.step()
+    cold.watch.step()
+    assert cold.asked == [[{"CPU": 1.0, "sim": 1.0}] * 2]
+    cold.watch._demand = {}
+    cold.watch.step()
+    assert cold.asked[-1] == [] and len(cold.asked) == 2
+
+
+def test_a_cold_watch_passes_on_each_new_drain_list_once(clock):
+    cold = _Cold(clock)
+    cold.watch.step()
+    assert cold.watch.take() is None  # nothing drains: nothing to say
+    cold.draining = {"n1": 1000.0}
+    cold.watch.step()
+    assert cold.watch.take() == {"n1": 1000.0}
+    cold.watch.step()
+    assert cold.watch.take() is None  # unchanged: nothing new
+    cold.draining = {}
+    cold.watch.step()
+    assert cold.watch.take() == {}  # the drain was undone (or the node left)
+    cold.draining = None  # this Ray cannot say: nothing passed on
+    cold.watch.step()
+    assert cold.watch.take() is None
+
+
+def test_the_link_keeps_the_cold_watch_until_the_manager_has_read_the_drain_list(clock):
+    from ray_ft.runtime.elastic import ElasticLink
+
+    cold = _Cold(clock)
+    link = ElasticLink(None, clock=clock, wall_clock=lambda: 1000.0, cold=cold.watch)
+    early = {"token": 0, "node_types": None, "draining": {}, "drains_read": False}
+    assert link._events(early) == []  # types unchanged; the cold watch's drains hold
+    assert link.cold is cold.watch
+    later = {"token": 1, "node_types": None, "draining": {"n1": 1003.0}, "drains_read": True}
+    assert link._events(later) == [("draining", {"n1": clock() + 3.0})]
+    assert link.cold is None and cold.watch._stopped.is_set()

@@ -110,6 +110,26 @@ def test_a_preempted_node_costs_no_retry_and_its_work_moves_at_the_notice(four, 
     kill_manager()
 
 
+def test_a_notice_in_the_first_second_of_a_cold_job_moves_its_work_too(four, tmp_path):
+    # no manager yet: the executor reads the drain list itself until its new manager has
+    # (a notice one second into the job came before the manager was up and cost a retry)
+    restore(four)
+    kill_manager()
+    ray.get([ray.remote(burn).remote(i, 0.5) for i in range(4)])  # Ray's workers, not ours
+    info: dict = {}
+    drainer = threading.Thread(target=preempt_one, args=(four, 1.0, 3.0, info, str(tmp_path)))
+    with FaultTolerantExecutor(CONFIG) as ex:
+        drainer.start()
+        results = list(ex.map(burn, range(3), [8.0] * 3, [str(tmp_path)] * 3, timeout=120))
+        drainer.join()
+        stats = ex.stats()
+    assert [i for i, _ in results] == [0, 1, 2]
+    assert info["victim"] not in {node for _, node in results}
+    assert stats["retries"] == 0 and stats["preemption_copies"] >= 1, stats
+    assert stats["excluded_nodes"] == []
+    kill_manager()
+
+
 def test_a_node_killed_without_notice_still_charges(four, tmp_path):
     restore(four)
     with FaultTolerantExecutor(CONFIG) as ex:

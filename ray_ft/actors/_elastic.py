@@ -27,6 +27,7 @@ from ray_ft.manager.elastic import (
     NodeTypes,
     node_types_from_config,
 )
+from ray_ft.nodes import request_resources
 
 __all__ = ["ElasticWatch", "discover_node_types"]
 
@@ -89,12 +90,6 @@ def _monitor_config_path() -> str | None:
     return None
 
 
-def _request_resources(bundles: list[dict[str, float]]) -> None:
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(bundles=bundles)
-
-
 class ElasticWatch:
     """Demand, node types, draining deadlines and idle nodes for the manager actor."""
 
@@ -102,11 +97,13 @@ class ElasticWatch:
         self,
         *,
         clock: Callable[[], float] = time.monotonic,
-        request: Callable[[list[dict[str, float]]], None] = _request_resources,
+        request: Callable[[list[dict[str, float]]], None] = request_resources,
         discover: Callable[[], tuple[bool, NodeTypes | None]] = discover_node_types,
         restarted: bool = False,
+        read_draining: Callable[[], dict[str, float] | None] = raycompat.draining_nodes,
     ) -> None:
         self._clock = clock
+        self._read_draining_nodes = read_draining
         self._request = request
         self._discover = discover
         self._lock = threading.Lock()
@@ -124,6 +121,7 @@ class ElasticWatch:
         # a non-empty request stands, so clearing it is ours to do (after our own restart
         # one may: the request outlives the actor that made it)
         self._asked_any = restarted
+        self._drains_read = False  # the drain list has been read once (or Ray cannot say)
         self._discovered_at = -float("inf")
         self._wake = threading.Event()  # a changed demand is asked for at once
 
@@ -136,6 +134,10 @@ class ElasticWatch:
         with self._lock:
             before = self.book.version
             self.book.report(driver, demand, self._clock())
+            if self.book.drivers():
+                # a driver may have asked the autoscaler itself while this manager started
+                # (runtime ColdWatch): once demand was seen, clearing it is ours to do
+                self._asked_any = True
             if self.book.version != before:
                 self._wake.set()
             if token == self._view_version:
@@ -149,6 +151,7 @@ class ElasticWatch:
             "autoscaled": self.autoscaled,
             "node_types": None if self.node_types is None else self.node_types.to_json(),
             "draining": dict(self.draining),
+            "drains_read": self._drains_read,
         }
 
     def status(self) -> dict[str, Any]:
@@ -207,13 +210,20 @@ class ElasticWatch:
 
     def _read_draining(self) -> None:
         try:
-            draining = raycompat.draining_nodes()
+            draining = self._read_draining_nodes()
         except Exception as exc:
             log.debug("get_draining_nodes failed: %s", exc)
             return
         if draining is None:  # this Ray cannot say: a drained node leaves as a death
+            with self._lock:
+                if not self._drains_read:
+                    self._drains_read = True
+                    self._view_version += 1
             return
         with self._lock:
+            if not self._drains_read:  # executors watch drains themselves until this view
+                self._drains_read = True
+                self._view_version += 1
             if draining != self.draining:
                 now = time.time()
                 for node_id in self.draining.keys() - draining.keys():

@@ -5,7 +5,10 @@ manager actor, which turns every driver's demand into the cluster's one
 ``request_resources`` call, and brings back the autoscaler's node types and the drain
 deadlines of nodes about to go. ``NodeWatcher`` reads Ray's node table on a thread of its
 own, so a GCS that does not answer (a restart) never holds up a ``submit()`` or the loop:
-work goes on being launched onto the nodes already known. Neither ever blocks its caller.
+work goes on being launched onto the nodes already known. ``ColdWatch`` stands in for a
+manager that is still starting: until its first view says it has read the drain list, the
+executor reads the drain list and asks the autoscaler for its own demand itself. None of
+them ever blocks its caller.
 """
 
 from __future__ import annotations
@@ -20,16 +23,19 @@ from typing import Any
 
 import ray
 
+from ray_ft import raycompat
 from ray_ft.core.elastic import NodeTypes
 from ray_ft.core.work import Shape
-from ray_ft.nodes import alive_resources
+from ray_ft.manager.elastic import DemandBook
+from ray_ft.nodes import alive_resources, request_resources
 
-__all__ = ["ElasticLink", "NodeWatcher"]
+__all__ = ["ColdWatch", "ElasticLink", "NodeWatcher"]
 
 log = logging.getLogger(__name__)
 
 _SEND_EVERY_S = 1.0  # a busy executor's report (and look at the view) at least this often
 _CHANGED_EVERY_S = 0.25  # a changed demand goes out at most this often (empty: at once)
+_COLD_EVERY_S = 0.5  # a cold executor reads the drain list this often
 
 
 class ElasticLink:
@@ -41,8 +47,10 @@ class ElasticLink:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        cold: ColdWatch | None = None,
     ) -> None:
         self.handle = handle
+        self.cold = cold  # the manager is new: watch for it until its first full view
         self.driver = uuid.uuid4().hex  # this executor's entry in the manager's demand book
         self._clock = clock
         self._wall = wall_clock
@@ -70,6 +78,11 @@ class ElasticLink:
         request: dict[Any, int] = {}
         for shape, count in demand.items():
             request[shape.key] = request.get(shape.key, 0) + count
+        if self.cold is not None:
+            self.cold.offer(request)
+            draining = self.cold.take()
+            if draining is not None:
+                polled.append(("draining", self._on_clock(draining)))
         now = self._clock()
         changed = request != self._sent
         due = now - self._sent_at >= (_CHANGED_EVERY_S if changed else _SEND_EVERY_S)
@@ -90,19 +103,132 @@ class ElasticLink:
         """A new view as scheduler events: node types (when changed) and drain deadlines
         on the scheduler's clock (a deadline of 0 stays 0: none)."""
         self._token = view.get("token")
+        if self.cold is not None:
+            if not view.get("drains_read", True):
+                # the manager has not read the drain list yet: the cold watch's holds
+                return self._types_changed(view)
+            self.cold.stop()
+            self.cold = None
+        return [*self._types_changed(view), ("draining", self._on_clock(view.get("draining")))]
+
+    def _types_changed(self, view: Mapping[str, Any]) -> list[tuple[str, Any]]:
         raw = view.get("node_types")
         types = NodeTypes.from_json(raw) if raw is not None else None
         out: list[tuple[str, Any]] = []
         if types != self._types:
             self._types = types
             out.append(("node_types", types))
-        now, wall = self._clock(), self._wall()
-        draining = {
-            node: (0.0 if not deadline else now + (float(deadline) - wall))
-            for node, deadline in dict(view.get("draining") or {}).items()
-        }
-        out.append(("draining", draining))
         return out
+
+    def _on_clock(self, draining: Mapping[str, float] | None) -> dict[str, float]:
+        """Drain deadlines (wall seconds) on the scheduler's clock (0 stays 0: none)."""
+        now, wall = self._clock(), self._wall()
+        return {
+            node: (0.0 if not deadline else now + (float(deadline) - wall))
+            for node, deadline in dict(draining or {}).items()
+        }
+
+    def close(self) -> None:
+        if self.cold is not None:
+            self.cold.stop()
+            self.cold = None
+
+
+class ColdWatch:
+    """A new manager's duties, done by the executor until that manager answers: the drain
+    list read, and this driver's own demand asked of the autoscaler (``request_resources``),
+    on a thread of its own so that a GCS away stalls nothing.
+
+    Plain Ray's autoscaler sees a job's pending tasks and its raylets see a drain from the
+    first second; a job must not lose either while ray_ft's manager starts. The request
+    stands after the watch stops: the manager got the same demand and replaces it (and
+    clears it when the demand ends). Two drivers cold at once overwrite each other's request
+    until the manager answers (a second or two): the last call wins, as in Ray.
+    """
+
+    def __init__(
+        self,
+        *,
+        read_draining: Callable[[], dict[str, float] | None] = raycompat.draining_nodes,
+        request: Callable[[list[dict[str, float]]], None] = request_resources,
+        every_s: float = _COLD_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read_draining = read_draining
+        self._clock = clock
+        self._offered_at = -math.inf
+        self._request = request
+        self._every_s = every_s
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._demand: dict[Any, int] = {}
+        self._asked: list[dict[str, float]] | None = None  # None: never asked
+        self._draining: dict[str, float] | None = None  # the newest read not yet taken
+        self._seen: dict[str, float] = {}  # the last read passed on
+        self._thread: threading.Thread | None = None
+
+    def offer(self, request: Mapping[Any, int]) -> None:
+        """This driver's demand now (per resource request); asked for on the thread. A busy
+        loop offers every round; the thread parks when offers stop (an idle executor)."""
+        with self._lock:
+            changed = dict(request) != self._demand
+            self._demand = dict(request)
+            now = self._clock()
+            parked = now - self._offered_at > 4 * self._every_s
+            self._offered_at = now
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ray_ft-cold", daemon=True)
+            self._thread.start()
+        if changed or parked:
+            self._wake.set()
+
+    def take(self) -> dict[str, float] | None:
+        """The drain list (node -> wall deadline) when it changed since the last take."""
+        with self._lock:
+            draining, self._draining = self._draining, None
+        return draining
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    def step(self) -> None:
+        """One round: ask for a changed demand, read the drain list."""
+        with self._lock:
+            demand = dict(self._demand)
+        book = DemandBook()
+        book.report("self", demand, 0.0)
+        bundles = book.bundles()
+        if bundles != (self._asked or []):  # never asked: an empty demand asks nothing
+            try:
+                self._request(bundles)
+            except Exception as exc:  # the GCS is away: asked again next round
+                log.debug("request_resources failed: %s", exc)
+            else:
+                self._asked = bundles
+        try:
+            draining = self._read_draining()
+        except Exception as exc:
+            log.debug("get_draining_nodes failed: %s", exc)
+            return
+        if draining is None:  # this Ray cannot say: nothing to watch
+            return
+        with self._lock:
+            if draining != self._seen:
+                self._seen = dict(draining)
+                self._draining = dict(draining)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("cold watch round failed")
+            with self._lock:
+                parked = self._clock() - self._offered_at > 4 * self._every_s
+            self._wake.wait(None if parked else self._every_s)  # an offer wakes it
+            self._wake.clear()
 
 
 class NodeWatcher:

@@ -31,7 +31,7 @@ from ray_ft.core.work import CallSpec, Work
 from ray_ft.manager.client import ActorManagerClient, LocalManagerClient, ManagerClient
 from ray_ft.manager.state import FaultToleranceManager
 from ray_ft.metrics import get_metrics
-from ray_ft.runtime.elastic import ElasticLink
+from ray_ft.runtime.elastic import ColdWatch, ElasticLink
 from ray_ft.runtime.loop import BUSY, Loop
 from ray_ft.runtime.options import (
     PASSTHROUGH,
@@ -128,7 +128,11 @@ class FaultTolerantExecutor(cf.Executor):
             home=ray.get_runtime_context().get_node_id(),
         )
         # the manager sums every driver's demand into the autoscaler's one request
-        link = ElasticLink(manager, clock=clock) if manager is not False else None
+        # (a new one does so from its first view on: until then the executor reads the drain
+        # list and asks for its own demand itself, as plain Ray's raylets would show them)
+        link = None
+        if manager is not False:
+            link = ElasticLink(manager, clock=clock, cold=None if existed else ColdWatch())
         self._loop = Loop(
             self.config,
             sched,

@@ -89,6 +89,8 @@ class Loop:
         self._given_up: deque[Work] = deque()  # see give_up
         weakref.finalize(self, self.kick.set)  # a dropped idle loop ends its thread
         weakref.finalize(self, workers.close)
+        if link is not None:
+            weakref.finalize(self, link.close)
         self.thread = threading.Thread(
             target=_run, args=(weakref.ref(self), self.kick), name=thread_name, daemon=True
         )
@@ -433,6 +435,8 @@ def _run(weak: weakref.ref[Loop], kick: threading.Event) -> None:
             time.sleep(0.1)
         if state == "done":
             loop.workers.close()
+            if loop._link is not None:
+                loop._link.close()
             return
         if state == "idle":
             del loop  # idle: only the weak reference remains while we wait
