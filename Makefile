@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-fast test-compat lint typecheck pytest bench clean
+.PHONY: setup demo docs test test-fast test-compat lint typecheck pytest bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/ray-ft demo --verify
+
+# docs/configuration.md from FTConfig's field docstrings (a test fails when it is stale)
+docs: $(STAMP)
+	$(BIN)/python -m ray_ft.tools.config_doc
 
 lint: $(STAMP)
 	$(BIN)/ruff check ray_ft tests bench

@@ -21,42 +21,85 @@ JITTER_MODES = ("full", "equal", "none")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FTConfig:
-    """Fault-tolerance settings; see the README for the meaning of every key."""
+    """Fault-tolerance settings. Each field's docstring is its entry in
+    ``docs/configuration.md`` (made by ``make docs``; a test fails when it is stale)."""
 
     max_retries: int = 3
+    """Failures a call may have; the max_retries-th is final (3 means 3 attempts)."""
     retry_delay: float = 5.0
+    """Base delay (s) before the first retry."""
     backoff_multiplier: float = 2.0
+    """The delay grows by this factor per attempt."""
     max_retry_delay: float = 60.0
+    """Cap on one delay (s)."""
     jitter: str = "full"
+    """``"full"`` (uniform in [0, d]), ``"equal"`` (d/2 + uniform in [0, d/2]) or ``"none"``."""
     retry_on: frozenset[FailureType] = SYSTEM_FAILURES
+    """The failure types that are retried (``["node_died", ...]``)."""
     retry_exceptions: tuple[type[BaseException], ...] = ()
+    """Application exception classes retried anyway."""
     task_timeout: float | None = None
+    """Seconds one attempt may run before it is killed and retried (None: no limit)."""
     health_check_interval: float = 30.0
+    """Seconds between health checks of a node (psutil, NVML)."""
     probe_timeout: float = 10.0
+    """Seconds a health check may take before it counts as missed."""
     probe_failure_threshold: int = 3
+    """Consecutive missed health checks before a node is declared failed."""
     checkpoint_interval: int = 10
+    """Generations between checkpoints in ``optimize()``."""
     failure_window: float = 3600.0
+    """Seconds over which a node's failures are counted."""
     worker_failure_threshold: int = 3
+    """More node failures than this in the window open the node's breaker."""
     breaker_timeout: float = 300.0
+    """Seconds a breaker stays OPEN before HALF_OPEN."""
     half_open_max_calls: int = 1
+    """Trial calls a HALF_OPEN node takes at once."""
     capacity_wait_timeout: float = 600.0
+    """Seconds with no usable capacity before pending work fails (``CapacityError``)."""
     cpu_threshold: float | None = None
+    """Opt-in: percent CPU above which a node is degraded (busy is not broken; None: off)."""
     memory_threshold: float = 95.0
+    """Percent memory in use above which a node is degraded."""
     disk_threshold: float = 95.0
+    """Percent disk in use above which a node is degraded."""
     gpu_temp_threshold: float = 85.0
+    """GPU temperature (°C) above which a node is degraded, unless NVML knows the GPU's own limits.
+    """
     gpu_memory_threshold: float | None = None
+    """Opt-in: percent of GPU memory in use above which a node is degraded (TF and JAX preallocate;
+    None: off).
+    """
     liveness_interval: float = 1.0
+    """Seconds between heartbeats to each node's probe."""
     liveness_phi_threshold: float = 8.0
+    """Suspicion (phi accrual) above which a silent node is failed."""
     liveness_timeout_floor: float = 2.0
+    """No node is failed sooner than this many seconds after its last answer."""
     probe_start_delay: float = 5.0
+    """A new manager on a fresh cluster starts its probes this long after itself, so the job's
+    first calls get their worker processes first (a restarted manager starts them at once).
+    """
     speculation: bool | None = None
+    """Backups for stragglers: None is off for the executor and on in ``optimize()``; True or False
+    everywhere.
+    """
     speculation_quantile: float = 0.75
+    """Share of a batch that must be done before its stragglers are backed up."""
     speculation_multiplier: float = 1.5
+    """A straggler runs longer than this times the batch's median runtime ..."""
     speculation_min_runtime: float = 1.0
+    """... and longer than this many seconds."""
     speculation_max_fraction: float = 0.25
+    """Share of the free slots backups may take (at least one)."""
     oom_memory_multiplier: float = 2.0
+    """An out-of-memory retry asks for this times the memory it had."""
     batching: bool = True
+    """Pack queued calls of one callable that take a few ms or less into one Ray task."""
     exit_timeout: float | None = 600.0
+    """Seconds Python's exit waits for unfinished calls, as the stdlib pools wait (None: no bound).
+    """
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

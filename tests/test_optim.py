@@ -20,7 +20,8 @@ def rastrigin(x):
     return float(10 * len(x) + np.sum(x**2 - 10 * np.cos(2 * np.pi * x)))
 
 
-# The documented budget (README): 10-D sphere, population 32, 100 generations = 3,002 evals.
+# The documented budget (docs/internals.md, optimizers): 10-D sphere, population 32,
+# 100 generations = 3,002 evals.
 GA_BUDGET = {"population_size": 32, "generations": 100}
 
 

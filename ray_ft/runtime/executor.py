@@ -167,7 +167,7 @@ class FaultTolerantExecutor(cf.Executor):
         chunksize: int | None = None,
     ) -> Iterator[Any]:
         """Like Executor.map; every call is queued at once. ``chunksize=None`` packs tiny
-        calls by their pace (see README, batching); an int packs that many per Ray task."""
+        calls by their pace (docs/internals.md, batching); an int packs that many per Ray task."""
         return self._map(fn, iterables, timeout, chunksize, _NO_OPTIONS)
 
     def options(self, **options: Any) -> _OptionsView:

@@ -210,7 +210,8 @@ def _print_status(status: dict[str, Any], ray_nodes: dict[str, Any]) -> None:
         lo, hi = (".".join(map(str, v)) for v in _supported())
         tested = release.get("problem") or f"tested on {lo} to {hi}"
         without = ", ".join(release.get("without") or []) or "nothing"
-        print(f"Ray {release['version']}: {tested}; without: {without} (see README)")
+        where = "docs/clusters.md, Ray releases"
+        print(f"Ray {release['version']}: {tested}; without: {without} ({where})")
     ckpt = status.get("last_checkpoint")
     if ckpt:
         age = time.time() - ckpt["created_at"]
