@@ -44,7 +44,7 @@ _LAZY = {
     "FaultTolerantExecutor": "ray_ft.runtime.executor",
     "get_manager": "ray_ft.actors.manager_actor",
     "shutdown_manager": "ray_ft.actors.manager_actor",
-    "ObjectStoreCheckpointStore": "ray_ft.checkpoints.object_store",
+    "ObjectStoreCheckpointStore": "ray_ft.runtime.object_store_checkpoints",
 }
 
 __all__ = [

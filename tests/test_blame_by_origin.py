@@ -19,7 +19,7 @@ import pytest
 import ray
 
 from ray_ft import FailureType, FaultTolerantActorPool, FaultTolerantExecutor, TaskFailedError
-from ray_ft.manager.client import ActorManagerClient
+from ray_ft.runtime.manager_client import ActorManagerClient
 from ray_ft.runtime.workers import TaskWorkers
 from tests.raytools import wait_for
 
@@ -255,7 +255,7 @@ def test_a_manager_that_stops_answering_is_reported_once(cluster, caplog):
     ray.get(handle.excluded_nodes.remote())
     client = ActorManagerClient(handle, refresh_s=0.0)
     ray.kill(handle, no_restart=True)
-    with caplog.at_level(logging.WARNING, logger="ray_ft.manager.client"):
+    with caplog.at_level(logging.WARNING, logger="ray_ft.runtime.manager_client"):
         for _ in range(40):
             client.poll()
             time.sleep(0.06)

@@ -8,12 +8,12 @@ import pickle
 
 import pytest
 
+from ray_ft.core.autoscaling import DRAIN_GRACE_S, Draining, NodeType, NodeTypes
 from ray_ft.core.commands import CapacityError
-from ray_ft.core.elastic import DRAIN_GRACE_S, Draining, NodeType, NodeTypes
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec
 from ray_ft.failures import FailureType
-from ray_ft.manager.elastic import DemandBook, IdleNodes, node_types_from_config
+from ray_ft.manager.demand import DemandBook, IdleNodes, node_types_from_config
 from tests.scheduler_harness import CONFIG, NODES, Harness, work
 
 SIM = NodeTypes((NodeType("sim", (("CPU", 1.0), ("sim", 1.0)), 3),))
@@ -250,7 +250,7 @@ def test_idle_nodes_need_every_resource_free_for_the_linger():
 
 
 def _watch(clock, restarted=False):
-    from ray_ft.actors._elastic import ElasticWatch
+    from ray_ft.actors._cluster_watch import ElasticWatch
 
     asked: list[list[dict]] = []
     watch = ElasticWatch(
@@ -299,7 +299,7 @@ def test_a_demand_seen_is_cleared_even_when_it_ended_before_the_manager_asked(cl
 
 
 def test_the_first_view_after_the_drain_list_is_read_says_so(clock):
-    from ray_ft.actors._elastic import ElasticWatch
+    from ray_ft.actors._cluster_watch import ElasticWatch
 
     watch = ElasticWatch(
         clock=clock, request=lambda b: None, discover=lambda: (False, None), read_draining=dict
@@ -316,7 +316,7 @@ def test_the_first_view_after_the_drain_list_is_read_says_so(clock):
 
 class _Cold:
     def __init__(self, clock):
-        from ray_ft.runtime.elastic import ColdWatch
+        from ray_ft.runtime.cluster_link import ColdWatch
 
         self.asked: list[list[dict]] = []
         self.draining: dict[str, float] | None = {}
@@ -368,7 +368,7 @@ def test_a_cold_watch_passes_on_each_new_drain_list_once(clock):
 
 
 def test_the_link_keeps_the_cold_watch_until_the_manager_has_read_the_drain_list(clock):
-    from ray_ft.runtime.elastic import ElasticLink
+    from ray_ft.runtime.cluster_link import ElasticLink
 
     cold = _Cold(clock)
     link = ElasticLink(None, clock=clock, wall_clock=lambda: 1000.0, cold=cold.watch)

@@ -5,7 +5,7 @@ One per cluster (name + namespace). It wraps a FaultToleranceManager and answers
 run on their own threads: the probe fleet (``_probes``: one HealthProbe per node, liveness
 and health loops), the state writer (``_state_writer``: the state file, coalesced, reloaded
 when Ray restarts the actor, so breakers and failure history survive its own death while a
-new cluster starts clean) and the elastic watch (``_elastic``: demand, drains, idle nodes).
+new cluster starts clean) and the cluster watch (``_cluster_watch``: demand, drains, idle nodes).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import ray
 
 from ray_ft import raycompat
 from ray_ft.actors._checkpoint_keeper import CheckpointKeeper
-from ray_ft.actors._elastic import ElasticWatch
+from ray_ft.actors._cluster_watch import ElasticWatch
 from ray_ft.actors._probes import ProbeFleet
 from ray_ft.actors._state_writer import StateWriter, load_manager
 from ray_ft.actors.health_probe import OWN_WORKER

@@ -14,7 +14,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     if name == "ObjectStoreCheckpointStore":
-        from ray_ft.checkpoints.object_store import ObjectStoreCheckpointStore
+        from ray_ft.runtime.object_store_checkpoints import ObjectStoreCheckpointStore
 
         return ObjectStoreCheckpointStore
     msg = f"module 'ray_ft.checkpoints' has no attribute {name!r}"

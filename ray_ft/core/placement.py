@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 
 from ray_ft.config import FTConfig
-from ray_ft.core.elastic import NodeTypes
+from ray_ft.core.autoscaling import NodeTypes
 from ray_ft.core.nodes import RELEARN_S, SLOW_FACTOR, NodeTable
 from ray_ft.core.work import Shape, Work
 

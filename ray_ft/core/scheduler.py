@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from ray_ft.core.autoscaling import NodeTypes
 from ray_ft.core.batching import batch_size, batchable, take_members
 from ray_ft.core.commands import (
     AcquireTrial,
@@ -31,7 +32,6 @@ from ray_ft.core.commands import (
     LaunchBatch,
     ReleaseTrial,
 )
-from ray_ft.core.elastic import NodeTypes
 from ray_ft.core.outcomes import Outcomes
 from ray_ft.core.state import NullMetrics, Outcome
 from ray_ft.core.work import Attempt, Group, Shape, Work

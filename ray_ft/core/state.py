@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from ray_ft.config import FTConfig
 from ray_ft.core.attribution import CrashLedger, UserErrorRates
+from ray_ft.core.autoscaling import Draining
 from ray_ft.core.batching import batch_timeout
 from ray_ft.core.commands import Command, Exclusions, Launch, Report, Resolve
-from ray_ft.core.elastic import Draining
 from ray_ft.core.inflight import InFlight
 from ray_ft.core.memory import MemoryPolicy
 from ray_ft.core.nodes import NodeTable

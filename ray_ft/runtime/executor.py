@@ -28,11 +28,11 @@ from ray_ft.core.batching import MAX_BATCH
 from ray_ft.core.commands import CapacityError
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec, Work
-from ray_ft.manager.client import ActorManagerClient, LocalManagerClient, ManagerClient
 from ray_ft.manager.state import FaultToleranceManager
 from ray_ft.metrics import get_metrics
-from ray_ft.runtime.elastic import ColdWatch, ElasticLink
+from ray_ft.runtime.cluster_link import ColdWatch, ElasticLink
 from ray_ft.runtime.loop import BUSY, Loop
+from ray_ft.runtime.manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
 from ray_ft.runtime.options import (
     PASSTHROUGH,
     callable_name,

@@ -40,9 +40,9 @@ from ray_ft.core.commands import (
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import Attempt, Group, Work
 from ray_ft.failures import FailureEvent, FailureType, classify_failure
-from ray_ft.manager.client import ManagerClient
 from ray_ft.runtime.batch_task import unpack_outcome
-from ray_ft.runtime.elastic import ElasticLink
+from ray_ft.runtime.cluster_link import ElasticLink
+from ray_ft.runtime.manager_client import ManagerClient
 from ray_ft.runtime.options import unwrap
 from ray_ft.runtime.workers import Polled, WorkerGoneError, Workers
 

@@ -19,7 +19,7 @@ from ray_ft.core.work import Attempt, Work
 from ray_ft.failures import FailureEvent
 from ray_ft.nodes import alive_resources
 from ray_ft.runtime.batch_task import batch_task, pack
-from ray_ft.runtime.elastic import NodeWatcher
+from ray_ft.runtime.cluster_link import NodeWatcher
 from ray_ft.runtime.remote import call_arguments, callable_blob, trampoline
 
 __all__ = ["TaskWorkers", "WorkerGoneError", "Workers"]

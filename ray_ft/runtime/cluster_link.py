@@ -24,9 +24,9 @@ from typing import Any
 import ray
 
 from ray_ft import raycompat
-from ray_ft.core.elastic import NodeTypes
+from ray_ft.core.autoscaling import NodeTypes
 from ray_ft.core.work import Shape
-from ray_ft.manager.elastic import DemandBook
+from ray_ft.manager.demand import DemandBook
 from ray_ft.nodes import alive_resources, request_resources
 
 __all__ = ["ColdWatch", "ElasticLink", "NodeWatcher"]

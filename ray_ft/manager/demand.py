@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ray_ft.core.elastic import AUTO_SIZED, NodeType, NodeTypes
+from ray_ft.core.autoscaling import AUTO_SIZED, NodeType, NodeTypes
 
 __all__ = [
     "DEMAND_TTL_S",

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 from ray_ft import raycompat
-from ray_ft.manager.elastic import (
+from ray_ft.manager.demand import (
     DemandBook,
     IdleNodes,
     NodeType,
