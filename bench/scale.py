@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ray_ft.config import FTConfig
 from ray_ft.core.commands import Exclusions, Launch
+from ray_ft.core.events import AttemptDone, ExclusionsChanged, NodesChanged, Submitted, Tick
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec, Work
 from ray_ft.failures import FailureEvent, FailureType
@@ -85,14 +86,14 @@ def scheduler_cpu_per_call(
     clock = FakeClock()
     sched = Scheduler(FTConfig(), clock=clock)
     nodes = cluster(n, scenario)
-    sched.nodes_changed(nodes)
+    sched.handle(NodesChanged(nodes))
     names = sorted(nodes)
     if scenario == "10% excluded":
         excluded = frozenset(names[: max(1, n // 10)]) if n >= 10 else frozenset()
-        sched.exclusions_changed(Exclusions(excluded=excluded))
+        sched.handle(ExclusionsChanged(Exclusions(excluded=excluded)))
     if scenario == "10% degraded":  # placed last: taking work only where no ok node has room
         degraded = frozenset(names[: max(1, n // 10)]) if n >= 10 else frozenset()
-        sched.exclusions_changed(Exclusions(degraded=degraded))
+        sched.handle(ExclusionsChanged(Exclusions(degraded=degraded)))
     slow = {name for i, name in enumerate(names) if scenario == "slow 1/100" and i % 100 == 7}
     completions: list[tuple[float, int]] = []
     batch = max(1, n // 4)
@@ -134,15 +135,15 @@ def _drive(
         while submitted < calls and room():
             spec = gpu if scenario == "mixed shapes" and submitted % 32 == 0 else cpu
             work = Work(f"f-{submitted}", "f", None, b"", (), {}, spec, cf.Future())
-            take(sched.submit(work))
+            take(sched.handle(Submitted((work,))))
             submitted += 1
         for _ in range(batch):
             if not completions:
                 break
             at, attempt_id = heapq.heappop(completions)
             clock.now = max(clock.now, at)
-            take(sched.attempt_done(attempt_id, value=None))
-        take(sched.tick())
+            take(sched.handle(AttemptDone(attempt_id, value=None)))
+        take(sched.handle(Tick()))
         sched.demand()  # the executor reads its demand once per round (for the autoscaler)
         if not completions and not sched.inflight and submitted >= calls:
             break
@@ -165,21 +166,23 @@ def _generation(
 ) -> None:
     """Replace every node by ``n`` new ones and run ``calls`` calls to the end (the first
     of them out of memory once when ``oom``: its retry reads the memory index)."""
-    sched.nodes_changed({f"g{g}-n{i}": {"CPU": 4.0, "memory": 16e9} for i in range(n)})
+    sched.handle(NodesChanged({f"g{g}-n{i}": {"CPU": 4.0, "memory": 16e9} for i in range(n)}))
     launched = []
     for i in range(calls):
         work = Work(f"g{g}-{i}", "f", None, b"", (), {}, spec, cf.Future())
-        launched += [c.attempt.attempt_id for c in sched.submit(work) if isinstance(c, Launch)]
+        launched += [
+            c.attempt.attempt_id for c in sched.handle(Submitted((work,))) if isinstance(c, Launch)
+        ]
     clock.now += 1.0
     if oom:
         kind = FailureType.OUT_OF_MEMORY
-        retry = sched.attempt_done(launched.pop(0), error=MemoryError(), failure_type=kind)
+        retry = sched.handle(AttemptDone(launched.pop(0), error=MemoryError(), failure_type=kind))
         clock.now += 120.0
-        retry += sched.tick()
+        retry += sched.handle(Tick())
         launched += [c.attempt.attempt_id for c in retry if isinstance(c, Launch)]
     for attempt_id in launched:
-        sched.attempt_done(attempt_id, value=None)
-    sched.tick()
+        sched.handle(AttemptDone(attempt_id, value=None))
+    sched.handle(Tick())
 
 
 def churn_memory(n: int = 1000, generations: int = 100, calls_per_node: int = 2) -> dict[str, Any]:
@@ -362,20 +365,20 @@ def million_calls(n: int = 100, calls: int = 1_000_000, every: int = 200_000) ->
     """Traced memory (MB) every ``every`` calls of a long run: it must stay flat."""
     clock = FakeClock()
     sched = Scheduler(FTConfig(), clock=clock)
-    sched.nodes_changed(cluster(n, "uniform"))
+    sched.handle(NodesChanged(cluster(n, "uniform")))
     spec = CallSpec.of({}, None)
     completions: list[tuple[float, int]] = []
     samples = []
     tracemalloc.start()
     for i in range(calls):
         work = Work(f"f-{i}", "f", None, b"", (), {}, spec, cf.Future())
-        for command in sched.submit(work):
+        for command in sched.handle(Submitted((work,))):
             if isinstance(command, Launch):
                 heapq.heappush(completions, (clock.now + 1.0, command.attempt.attempt_id))
         while len(sched.inflight) >= 2 * n or (completions and sched.pending() > n):
             at, attempt_id = heapq.heappop(completions)
             clock.now = max(clock.now, at)
-            for command in sched.attempt_done(attempt_id, value=None):
+            for command in sched.handle(AttemptDone(attempt_id, value=None)):
                 if isinstance(command, Launch):
                     heapq.heappush(completions, (clock.now + 1.0, command.attempt.attempt_id))
         if (i + 1) % every == 0:

@@ -16,6 +16,7 @@ from ray_ft.core.commands import (
     Report,
     Resolve,
 )
+from ray_ft.core.events import AttemptDone, LaunchFailed, TrialGranted
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec, Work
 from tests.conftest import FakeClock
@@ -52,6 +53,7 @@ class Harness:
         self.batches: list[tuple] = []  # every LaunchBatch's attempts
 
     def run(self, commands) -> None:
+        self.sched.validate()  # after every event the test fed in
         for command in commands:
             if isinstance(command, LaunchBatch):
                 self.batches.append(command.attempts)
@@ -67,7 +69,7 @@ class Harness:
                 assert attempt.node_id not in self.sched.draining  # no new work goes there
                 if self.fail_launches:
                     self.fail_launches -= 1
-                    self.run(self.sched.launch_failed(attempt.attempt_id, ValueError("no")))
+                    self.run(self.sched.handle(LaunchFailed(attempt.attempt_id, ValueError("no"))))
                     continue
                 self.running[attempt.attempt_id] = attempt
             elif isinstance(command, Cancel):
@@ -85,7 +87,7 @@ class Harness:
             elif isinstance(command, AcquireTrial):
                 if self.fail_acquires:  # the executor answers a request it cannot send
                     self.fail_acquires -= 1
-                    self.run(self.sched.trial_granted(command.node_id, False))
+                    self.run(self.sched.handle(TrialGranted(command.node_id, False)))
                     continue
                 self.trial_requests.append(command.node_id)
             else:
@@ -93,4 +95,4 @@ class Harness:
 
     def finish(self, attempt_id: int, **outcome) -> None:
         self.running.pop(attempt_id, None)
-        self.run(self.sched.attempt_done(attempt_id, **outcome))
+        self.run(self.sched.handle(AttemptDone(attempt_id, **outcome)))

@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from ray_ft.core.attribution import Blame, CrashLedger
+from ray_ft.core.events import NodesChanged, Submitted, Tick
 from ray_ft.failures import FailureEvent, FailureType
 from ray_ft.health.monitor import Finding, HealthMonitor, HealthReport, Severity
 from ray_ft.manager.breaker import BreakerState
@@ -311,15 +312,15 @@ def test_a_call_out_of_retries_names_no_undecided_blame(clock):
 
     sched = Scheduler(CONFIG, clock=clock)
     harness = Harness(sched, clock)
-    harness.run(sched.nodes_changed({"a": {"CPU": 1.0}}))
+    harness.run(sched.handle(NodesChanged({"a": {"CPU": 1.0}})))
     call = work(0)
-    harness.run(sched.submit(call))
+    harness.run(sched.handle(Submitted((call,))))
     for _ in range(CONFIG.max_retries):
         (attempt_id,) = list(harness.running)
         crash = RuntimeError("worker died")
         harness.finish(attempt_id, error=crash, failure_type=FailureType.WORKER_CRASH)
         clock.advance(10)
-        harness.run(sched.tick())
+        harness.run(sched.handle(Tick()))
     error = call.future.exception(timeout=0)
     assert error is not None and error.events
     assert all(e.blame not in (None, Blame.UNDECIDED.value) for e in error.events), error.events

@@ -10,6 +10,7 @@ import pytest
 
 from ray_ft.config import FTConfig
 from ray_ft.core.batching import BATCH_TARGET_S, batch_size
+from ray_ft.core.events import AttemptDone, BatchFailed, BatchUnrun, NodesChanged, Submitted, Tick
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec
 from ray_ft.failures import FailureType, TaskFailedError
@@ -21,7 +22,7 @@ CONFIG = FTConfig(max_retries=3, retry_delay=0.1, jitter="none", capacity_wait_t
 
 def make(clock, **kwargs) -> Harness:
     h = Harness(Scheduler(CONFIG, clock=clock, batching=True, **kwargs), clock)
-    h.run(h.sched.nodes_changed(ONE_CPU))
+    h.run(h.sched.handle(NodesChanged(ONE_CPU)))
     return h
 
 
@@ -49,12 +50,12 @@ def test_batch_size_follows_the_pace_and_spreads_the_queue():
 def test_a_lone_call_goes_at_once_and_tiny_queued_calls_are_packed(clock):
     h = make(clock)
     lone = work(0)
-    h.run(h.sched.submit(lone))
+    h.run(h.sched.handle(Submitted((lone,))))
     assert len(h.running) == 1 and not h.batches  # no linger, no batch of one
     finish_all(h, 0.0005)
     assert lone.future.result() == 0
     works = [work(i) for i in range(1, 301)]
-    h.run(h.sched.submit_all(works))
+    h.run(h.sched.handle(Submitted(tuple(works))))
     finish_all(h, 0.0005)
     assert [w.future.result() for w in works] == list(range(1, 301))
     summary = h.sched.summary()
@@ -67,7 +68,7 @@ def test_a_lone_call_goes_at_once_and_tiny_queued_calls_are_packed(clock):
 def test_slow_calls_are_never_packed(clock):
     h = make(clock)
     works = [work(i) for i in range(30)]
-    h.run(h.sched.submit_all(works))
+    h.run(h.sched.handle(Submitted(tuple(works))))
     finish_all(h, 1.0)
     assert [w.future.result() for w in works] == list(range(30))
     assert h.sched.summary()["batches"] == 0 and not h.batches
@@ -75,10 +76,10 @@ def test_slow_calls_are_never_packed(clock):
 
 def test_a_members_exception_is_its_own(clock):
     h = make(clock)
-    h.run(h.sched.submit(work(0)))
+    h.run(h.sched.handle(Submitted((work(0),))))
     finish_all(h, 0.0005)  # learn the pace
     works = [work(i) for i in range(1, 61)]
-    h.run(h.sched.submit_all(works))
+    h.run(h.sched.handle(Submitted(tuple(works))))
 
     def outcome(attempt):
         i = attempt.work.args[0]
@@ -96,17 +97,17 @@ def test_a_poison_member_ends_alone_and_the_rest_succeed(clock):
     """A batch dies as a whole whenever the poison member is in it (its worker exits):
     halves are retried, charging nobody, until the poison runs alone and fails by itself."""
     h = make(clock)
-    h.run(h.sched.submit(work(0)))
+    h.run(h.sched.handle(Submitted((work(0),))))
     finish_all(h, 0.0005)
     works = [work(i) for i in range(1, 65)]
     poison = works[40]
-    h.run(h.sched.submit_all(works))
+    h.run(h.sched.handle(Submitted(tuple(works))))
     crashed = FailureType.WORKER_CRASH
     sizes: list[int] = []  # of the batches the poison was in when they died
     for _ in range(200):
         if not h.running:
             h.clock.advance(1.0)  # retry timers
-            h.run(h.sched.tick())
+            h.run(h.sched.handle(Tick()))
             if not h.running:
                 break
         first = h.running[min(h.running)]
@@ -117,10 +118,10 @@ def test_a_poison_member_ends_alone_and_the_rest_succeed(clock):
             h.running.pop(attempt_id)
         if any(a.work is poison for a in members):
             sizes.append(len(ids))
-            h.run(h.sched.batch_failed(ids, RuntimeError("worker died"), crashed))
+            h.run(h.sched.handle(BatchFailed(tuple(ids), RuntimeError("worker died"), crashed)))
         else:
             for attempt_id, attempt in zip(ids, members, strict=True):
-                h.run(h.sched.attempt_done(attempt_id, value=attempt.work.args[0]))
+                h.run(h.sched.handle(AttemptDone(attempt_id, value=attempt.work.args[0])))
     assert all(w.future.done() for w in works)
     assert [w.future.result() for w in works if w is not poison] == [
         i for i in range(1, 65) if i != 41
@@ -139,23 +140,23 @@ def test_a_batch_times_out_after_timeout_per_member_and_is_split(clock):
     timed = CallSpec.of({"timeout": 1.0}, None)
     first = work(0)
     first.spec = timed
-    h.run(h.sched.submit(first))
+    h.run(h.sched.handle(Submitted((first,))))
     finish_all(h, 0.0005)
     works = [work(i) for i in range(1, 31)]
     for w in works:
         w.spec = timed
-    h.run(h.sched.submit_all(works))
+    h.run(h.sched.handle(Submitted(tuple(works))))
     batch = h.batches[-1]
     # one call's timeout beyond twice the batch's expected run (members x learned pace)
     expected = 2 * 0.0005 * len(batch)
     assert batch[0].deadline == pytest.approx(batch[0].launched_at + 1.0 + expected, rel=0.2)
     h.clock.advance(1.0 * len(batch) + 0.01)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     assert h.sched.stats["batch_splits"] == 1
     assert all(a.attempt_id not in h.running for a in batch)  # cancelled, run again
     finish_all(h, 0.0005)
     h.clock.advance(1.0)  # single attempts launched beside the batch timed out: retried
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     finish_all(h, 0.0005)
     assert [w.future.result() for w in works] == list(range(1, 31))
     assert all(a.work.failures == 0 for a in batch)  # the split charged none of them
@@ -166,7 +167,7 @@ def test_an_explicit_chunksize_is_honoured(clock):
     works = [work(i) for i in range(40)]
     for w in works:
         w.batch_cap = 8
-    h.run(h.sched.submit_all(works))
+    h.run(h.sched.handle(Submitted(tuple(works))))
     finish_all(h, 1.0)  # even slow calls: the caller asked for chunks
     assert {len(b) for b in h.batches} == {8}
     assert [w.future.result() for w in works] == list(range(40))
@@ -174,13 +175,13 @@ def test_an_explicit_chunksize_is_honoured(clock):
 
 def test_a_failed_node_reruns_its_batches_members_and_frees_its_slot(clock):
     h = make(clock)
-    h.run(h.sched.submit(work(0)))
+    h.run(h.sched.handle(Submitted((work(0),))))
     finish_all(h, 0.0005)
     works = [work(i) for i in range(1, 91)]
-    h.run(h.sched.submit_all(works))
+    h.run(h.sched.handle(Submitted(tuple(works))))
     on_a = [a for b in h.batches for a in b if a.node_id == "a"]
     assert on_a
-    h.run(h.sched.nodes_changed({n: r for n, r in ONE_CPU.items() if n != "a"}))
+    h.run(h.sched.handle(NodesChanged({n: r for n, r in ONE_CPU.items() if n != "a"})))
     assert all(a.attempt_id not in h.running for a in on_a)
     finish_all(h, 0.0005)
     assert [w.future.result() for w in works] == list(range(1, 91))
@@ -217,19 +218,19 @@ def test_a_batch_stops_at_its_result_budget_and_the_rest_run_again(monkeypatch):
 
 def test_members_a_batch_did_not_run_go_again_uncharged_in_smaller_batches(clock):
     h = make(clock)
-    h.run(h.sched.submit(work(0)))
+    h.run(h.sched.handle(Submitted((work(0),))))
     finish_all(h, 0.0005)
     works = [work(i) for i in range(1, 61)]
-    h.run(h.sched.submit_all(works))
+    h.run(h.sched.handle(Submitted(tuple(works))))
     batch = max(h.batches, key=len)
     first = [a for a in batch if a.attempt_id in h.running]
     ran, unrun = first[:3], first[3:]
     for attempt in first:
         h.running.pop(attempt.attempt_id)
     for attempt in ran:
-        h.run(h.sched.attempt_done(attempt.attempt_id, value=attempt.work.args[0]))
+        h.run(h.sched.handle(AttemptDone(attempt.attempt_id, value=attempt.work.args[0])))
     before = len(h.batches)
-    h.run(h.sched.batch_unrun([a.attempt_id for a in unrun], len(ran)))
+    h.run(h.sched.handle(BatchUnrun(tuple([a.attempt_id for a in unrun]), len(ran))))
     assert h.sched.summary()["batch_unrun"] == len(unrun)
     again = [b for b in h.batches[before:] if any(a.work is unrun[0].work for a in b)]
     assert again and all(len(b) <= 3 for b in again)

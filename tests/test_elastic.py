@@ -10,6 +10,7 @@ import pytest
 
 from ray_ft.core.autoscaling import DRAIN_GRACE_S, Draining, NodeType, NodeTypes
 from ray_ft.core.commands import CapacityError
+from ray_ft.core.events import DrainingChanged, NodesChanged, NodeTypesChanged, Submitted, Tick
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec
 from ray_ft.failures import FailureType
@@ -85,9 +86,9 @@ def test_demand_book_caps_its_bundles():
 def test_scheduler_demand_is_queued_plus_running_capped_by_max_in_flight(clock):
     sched = Scheduler(CONFIG, clock=clock, max_in_flight=6)
     h = Harness(sched, clock)
-    h.run(sched.nodes_changed({"a": {"CPU": 2.0}}))
+    h.run(sched.handle(NodesChanged({"a": {"CPU": 2.0}})))
     assert sched.demand() == {}
-    h.run(sched.submit_all([work(i) for i in range(10)]))
+    h.run(sched.handle(Submitted(tuple([work(i) for i in range(10)]))))
     ((_shape, count),) = sched.demand().items()
     assert count == 6  # 2 running + 8 queued, at most max_in_flight
     for attempt_id in list(h.running):
@@ -101,8 +102,8 @@ def test_scheduler_demand_is_queued_plus_running_capped_by_max_in_flight(clock):
 def test_no_demand_while_every_queued_call_has_room(clock):
     sched = Scheduler(CONFIG, clock=clock)
     h = Harness(sched, clock)
-    h.run(sched.nodes_changed(NODES))
-    h.run(sched.submit_all([work(i) for i in range(2)]))
+    h.run(sched.handle(NodesChanged(NODES)))
+    h.run(sched.handle(Submitted(tuple([work(i) for i in range(2)]))))
     assert sched.demand() == {}  # all placed, nothing waits
 
 
@@ -112,10 +113,10 @@ def test_no_demand_while_every_queued_call_has_room(clock):
 def test_a_request_no_node_type_fits_fails_at_once(clock):
     sched = Scheduler(CONFIG, clock=clock)
     h = Harness(sched, clock)
-    h.run(sched.nodes_changed({"head": {"CPU": 1.0}}))
-    h.run(sched.node_types_changed(SIM))
+    h.run(sched.handle(NodesChanged({"head": {"CPU": 1.0}})))
+    h.run(sched.handle(NodeTypesChanged(SIM)))
     gpu = work(1, gpu=True)
-    h.run(sched.submit(gpu))
+    h.run(sched.handle(Submitted((gpu,))))
     with pytest.raises(CapacityError, match=r"GPU=1.*sim \(CPU=1, sim=1; max 3\)"):
         gpu.future.result(timeout=0)
 
@@ -123,27 +124,27 @@ def test_a_request_no_node_type_fits_fails_at_once(clock):
 def test_a_request_a_node_type_fits_waits_for_the_autoscaler(clock):
     sched = Scheduler(CONFIG, clock=clock)
     h = Harness(sched, clock)
-    h.run(sched.nodes_changed({"head": {"CPU": 1.0}}))
-    h.run(sched.node_types_changed(SIM))
+    h.run(sched.handle(NodesChanged({"head": {"CPU": 1.0}})))
+    h.run(sched.handle(NodeTypesChanged(SIM)))
     sim = work(1)
     sim.spec = CallSpec.of({"resources": {"sim": 1}}, None)
-    h.run(sched.submit(sim))
+    h.run(sched.handle(Submitted((sim,))))
     clock.advance(CONFIG.capacity_wait_timeout - 1)
-    h.run(sched.tick())
+    h.run(sched.handle(Tick()))
     assert not sim.future.done()
-    h.run(sched.nodes_changed({"head": {"CPU": 1.0}, "w1": {"CPU": 1.0, "sim": 1.0}}))
+    h.run(sched.handle(NodesChanged({"head": {"CPU": 1.0}, "w1": {"CPU": 1.0, "sim": 1.0}})))
     assert [a.node_id for a in h.running.values()] == ["w1"]
 
 
 def test_without_node_types_the_wait_is_as_before(clock):
     sched = Scheduler(CONFIG, clock=clock)
     h = Harness(sched, clock)
-    h.run(sched.nodes_changed({"head": {"CPU": 1.0}}))
+    h.run(sched.handle(NodesChanged({"head": {"CPU": 1.0}})))
     gpu = work(1, gpu=True)
-    h.run(sched.submit(gpu))
+    h.run(sched.handle(Submitted((gpu,))))
     assert not gpu.future.done()
     clock.advance(CONFIG.capacity_wait_timeout + 1)
-    h.run(sched.tick())
+    h.run(sched.handle(Tick()))
     with pytest.raises(CapacityError, match="capacity_wait_timeout"):
         gpu.future.result(timeout=0)
 
@@ -154,17 +155,17 @@ def test_without_node_types_the_wait_is_as_before(clock):
 def _busy(clock, nodes=None):
     sched = Scheduler(CONFIG, clock=clock)
     h = Harness(sched, clock)
-    h.run(sched.nodes_changed(nodes or {"a": {"CPU": 1.0}, "b": {"CPU": 1.0}}))
+    h.run(sched.handle(NodesChanged(nodes or {"a": {"CPU": 1.0}, "b": {"CPU": 1.0}})))
     return sched, h
 
 
 def test_a_drained_nodes_attempt_gets_a_copy_and_costs_no_retry(clock):
     sched, h = _busy(clock)
     call = work(1)
-    h.run(sched.submit(call))
+    h.run(sched.handle(Submitted((call,))))
     (first,) = h.running.values()
     victim = first.node_id
-    h.run(sched.draining_changed({victim: clock() + 3}))
+    h.run(sched.handle(DrainingChanged({victim: clock() + 3})))
     copies = [a for a in h.running.values() if a.node_id != victim]
     assert len(copies) == 1 and copies[0].backup
     assert sched.summary()["preemption_copies"] == 1
@@ -182,10 +183,10 @@ def test_a_drained_nodes_attempt_gets_a_copy_and_costs_no_retry(clock):
 
 def test_a_draining_node_takes_no_new_work_and_leaving_charges_nothing(clock):
     sched, h = _busy(clock)
-    h.run(sched.draining_changed({"a": 0.0}))  # no deadline: a scale-down
-    h.run(sched.submit_all([work(i) for i in range(2)]))
+    h.run(sched.handle(DrainingChanged({"a": 0.0})))  # no deadline: a scale-down
+    h.run(sched.handle(Submitted(tuple([work(i) for i in range(2)]))))
     assert {a.node_id for a in h.running.values()} == {"b"}
-    h.run(sched.nodes_changed({"b": {"CPU": 1.0}}))  # it left
+    h.run(sched.handle(NodesChanged({"b": {"CPU": 1.0}})))  # it left
     stats = sched.summary()
     assert stats["draining_nodes"] == [] and stats["excluded_nodes"] == []
     assert stats["retries"] == 0 and stats["failures_by_type"] == {}
@@ -194,19 +195,19 @@ def test_a_draining_node_takes_no_new_work_and_leaving_charges_nothing(clock):
 def test_a_call_that_ends_before_the_deadline_gets_no_copy(clock):
     sched, h = _busy(clock)
     for i in range(3):  # learn the pace: 1 s on either node
-        h.run(sched.submit(work(i)))
+        h.run(sched.handle(Submitted((work(i),))))
         clock.advance(1)
         h.finish(next(iter(h.running)), value=i)
-    h.run(sched.submit(work(9)))
+    h.run(sched.handle(Submitted((work(9),))))
     (attempt,) = h.running.values()
-    h.run(sched.draining_changed({attempt.node_id: clock() + 30}))
+    h.run(sched.handle(DrainingChanged({attempt.node_id: clock() + 30})))
     assert len(h.running) == 1 and sched.summary()["preemption_copies"] == 0
 
 
 def test_a_node_killed_without_notice_still_charges(clock):
     sched, h = _busy(clock)
     call = work(1)
-    h.run(sched.submit(call))
+    h.run(sched.handle(Submitted((call,))))
     (attempt,) = h.running.values()
     h.finish(attempt.attempt_id, error=RuntimeError("died"), failure_type=FailureType.NODE_DIED)
     stats = sched.summary()
@@ -376,5 +377,5 @@ def test_the_link_keeps_the_cold_watch_until_the_manager_has_read_the_drain_list
     assert link._events(early) == []  # types unchanged; the cold watch's drains hold
     assert link.cold is cold.watch
     later = {"token": 1, "node_types": None, "draining": {"n1": 1003.0}, "drains_read": True}
-    assert link._events(later) == [("draining", {"n1": clock() + 3.0})]
+    assert link._events(later) == [DrainingChanged({"n1": clock() + 3.0})]
     assert link.cold is None and cold.watch._stopped.is_set()

@@ -14,6 +14,7 @@ import pytest
 
 from ray_ft.core.attribution import UserErrorRates
 from ray_ft.core.commands import Launch, Resolve
+from ray_ft.core.events import Aborted, CancelQueued, LaunchFailed, NodesChanged, Submitted, Tick
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.failures import FailureType
 from tests.scheduler_harness import CONFIG, NODES, Harness, work
@@ -35,7 +36,7 @@ def drain(h: Harness, outcome) -> int:
 
 def make(clock, nodes=ONE_CPU, **kwargs) -> Harness:
     h = Harness(Scheduler(CONFIG, clock=clock, **kwargs), clock)
-    h.run(h.sched.nodes_changed(nodes))
+    h.run(h.sched.handle(NodesChanged(nodes)))
     return h
 
 
@@ -78,7 +79,7 @@ def test_user_connection_errors_are_the_tasks_and_surface_as_raised(clock):
     h = make(clock)
     works = [work(i) for i in range(60)]
     for w in works:
-        h.run(h.sched.submit(w))
+        h.run(h.sched.handle(Submitted((w,))))
 
     def service(attempt, _):
         n = attempt.work.args[0]
@@ -105,7 +106,7 @@ def test_user_connection_errors_are_the_tasks_and_surface_as_raised(clock):
 def test_user_memory_error_asks_for_no_more_memory(clock):
     h = make(clock)
     w = work(0)
-    h.run(h.sched.submit(w))
+    h.run(h.sched.handle(Submitted((w,))))
     (attempt_id,) = h.running
     h.finish(attempt_id, error=MemoryError("allocation failed"), failure_type=APP)
     assert isinstance(w.future.exception(), MemoryError)
@@ -117,7 +118,7 @@ def test_only_the_node_whose_user_calls_fail_far_more_is_charged(clock):
     h = make(clock)
     works = [work(i) for i in range(240)]
     for w in works:
-        h.run(h.sched.submit(w))
+        h.run(h.sched.handle(Submitted((w,))))
 
     def half_fail_on_c(attempt, count):
         if (attempt.node_id == "c" and count % 2 == 0) or count % 25 == 0:
@@ -135,13 +136,13 @@ def test_only_the_node_whose_user_calls_fail_far_more_is_charged(clock):
 def test_a_failed_launch_ends_its_own_call_only(clock):
     h = make(clock)
     works = [work(i) for i in range(3)]
-    commands = [c for w in works for c in h.sched.submit(w)]
+    commands = [c for w in works for c in h.sched.handle(Submitted((w,)))]
     launches = [c for c in commands if isinstance(c, Launch)]
     assert len(launches) == 3
     bad = launches[1].attempt
     h.run([c for c in commands if c is not launches[1]])
     h.running.pop(bad.attempt_id, None)
-    h.run(h.sched.launch_failed(bad.attempt_id, ValueError("num_cpus must be >= 0")))
+    h.run(h.sched.handle(LaunchFailed(bad.attempt_id, ValueError("num_cpus must be >= 0"))))
     with pytest.raises(RuntimeError, match="Ray refused to launch f"):
         bad.work.future.result(0)
     for attempt_id in list(h.running):
@@ -153,9 +154,9 @@ def test_a_failed_launch_ends_its_own_call_only(clock):
 def test_an_unpicklable_argument_says_so(clock):
     h = make(clock)
     w = work(0)
-    (launch,) = [c for c in h.sched.submit(w) if isinstance(c, Launch)]
+    (launch,) = [c for c in h.sched.handle(Submitted((w,))) if isinstance(c, Launch)]
     error = pickle.PicklingError("cannot pickle '_thread.lock' object")
-    h.run(h.sched.launch_failed(launch.attempt.attempt_id, error))
+    h.run(h.sched.handle(LaunchFailed(launch.attempt.attempt_id, error)))
     with pytest.raises(TypeError, match="pass picklable arguments"):
         w.future.result(0)
 
@@ -166,15 +167,15 @@ def test_cancel_futures_ends_calls_waiting_to_retry_at_once(clock):
     attempt that fails afterwards ends instead of being retried."""
     config = CONFIG.replace(retry_delay=3.0, max_retry_delay=3.0, speculation=True)
     h = Harness(Scheduler(config, clock=clock), clock)
-    h.run(h.sched.nodes_changed(ONE_CPU))
+    h.run(h.sched.handle(NodesChanged(ONE_CPU)))
     works = [work(i) for i in range(7)]
     for w in works:
-        h.run(h.sched.submit(w))
+        h.run(h.sched.handle(Submitted((w,))))
     first, second, _ = sorted(h.running)
     h.finish(first, error=RuntimeError("crash"), failure_type=FailureType.WORKER_CRASH)
     h.finish(second, error=RuntimeError("crash"), failure_type=FailureType.WORKER_CRASH)
     assert h.sched.pending() == 4  # two waiting to retry, two never started
-    h.run(h.sched.cancel_queued())
+    h.run(h.sched.handle(CancelQueued()))
     assert h.sched.pending() == 0
     retrying = [w for w in works if w.failures == 1]
     assert len(retrying) == 2
@@ -193,14 +194,14 @@ def test_cancel_futures_ends_calls_waiting_to_retry_at_once(clock):
 def test_an_outcome_ray_ft_cannot_take_ends_the_call_with_that_error(clock):
     h = make(clock)
     w = work(0)
-    h.run(h.sched.submit(w))
+    h.run(h.sched.handle(Submitted((w,))))
     (attempt_id,) = h.running
     attempt = h.running.pop(attempt_id)
     boom = RuntimeError("internal error")
-    h.run(h.sched.abort(attempt, boom))
+    h.run(h.sched.handle(Aborted(attempt, boom)))
     assert w.future.exception(0) is boom
     assert h.sched.idle
-    assert h.sched.abort(attempt, boom) == []  # twice: nothing more
+    assert h.sched.handle(Aborted(attempt, boom)) == []  # twice: nothing more
 
 
 def test_a_timed_out_actor_call_never_hands_work_to_the_actor_it_kills(clock):
@@ -210,23 +211,23 @@ def test_a_timed_out_actor_call_never_hands_work_to_the_actor_it_kills(clock):
     h = make(clock, actors, queue_depth=1, cancel_kills_worker=True)
     slow, blocked, queued = work(0, timeout=1.0), work(1), work(2)
     for w in (slow, blocked, queued):
-        h.run(h.sched.submit(w))
+        h.run(h.sched.handle(Submitted((w,))))
     slow_attempt = next(a for a in h.running.values() if a.work is slow)
     clock.advance(1.5)
-    commands = h.sched.tick()
+    commands = h.sched.handle(Tick())
     h.run(commands)
     launched = [c.attempt.node_id for c in commands if isinstance(c, Launch)]
     assert slow_attempt.node_id not in launched
     assert slow_attempt.node_id not in h.sched.nodes
-    h.run(h.sched.nodes_changed(actors))  # a stale table still lists the killed actor
+    h.run(h.sched.handle(NodesChanged(actors)))  # a stale table still lists the killed actor
     assert slow_attempt.node_id not in h.sched.nodes
-    h.run(h.sched.nodes_changed({"actor-2": {"CPU": 1.0}, "actor-3": {"CPU": 1.0}}))
+    h.run(h.sched.handle(NodesChanged({"actor-2": {"CPU": 1.0}, "actor-3": {"CPU": 1.0}})))
     assert not h.sched._retired  # the table dropped it: forgotten
     while not h.sched.idle:
         clock.advance(1.0)
         for attempt_id in list(h.running):
             h.finish(attempt_id, value=0)
-        h.run(h.sched.tick())
+        h.run(h.sched.handle(Tick()))
     assert all(w.future.done() for w in (slow, blocked, queued))
 
 
@@ -237,7 +238,7 @@ def test_every_resolve_is_for_a_distinct_future_after_shutdown_at_any_point(cloc
         works = [work(i) for i in range(6)]
         steps = 0
         for w in works:
-            h.run(h.sched.submit(w))
+            h.run(h.sched.handle(Submitted((w,))))
         while h.running and steps < stop_at:
             attempt_id = min(h.running)
             outcome = (
@@ -247,11 +248,11 @@ def test_every_resolve_is_for_a_distinct_future_after_shutdown_at_any_point(cloc
             )
             h.finish(attempt_id, **outcome)
             steps += 1
-        h.run(h.sched.cancel_queued())
+        h.run(h.sched.handle(CancelQueued()))
         for attempt_id in list(h.running):
             h.finish(attempt_id, value=0)
         clock.advance(10)
-        h.run(h.sched.tick())
+        h.run(h.sched.handle(Tick()))
         assert all(w.future.done() for w in works), stop_at
         assert all(n == 1 for n in h.resolved.values())
-        assert not any(isinstance(c, Resolve) for c in h.sched.tick())
+        assert not any(isinstance(c, Resolve) for c in h.sched.handle(Tick()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 
+from ray_ft.core.events import NodesChanged, Submitted
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec, Work
 from ray_ft.runtime.remote import callable_identity
@@ -34,11 +35,11 @@ def lambda_work(i: int, kind: str) -> Work:
 
 def test_two_lambdas_never_share_a_pace(clock):
     h = Harness(Scheduler(CONFIG, clock=clock), clock)
-    h.run(h.sched.nodes_changed({"a": {"CPU": 1.0}, "b": {"CPU": 1.0}}))
+    h.run(h.sched.handle(NodesChanged({"a": {"CPU": 1.0}, "b": {"CPU": 1.0}})))
     slow = lambda_work(0, "<lambda>#slow")
     fast = lambda_work(1, "<lambda>#fast")
-    h.run(h.sched.submit(slow))
-    h.run(h.sched.submit(fast))
+    h.run(h.sched.handle(Submitted((slow,))))
+    h.run(h.sched.handle(Submitted((fast,))))
     by_work = {a.work.kind: i for i, a in h.running.items()}
     clock.advance(0.01)
     h.finish(by_work["<lambda>#fast"], value=1)

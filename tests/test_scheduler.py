@@ -21,6 +21,18 @@ from ray_ft.core.commands import (
     Exclusions,
     ReleaseTrial,
 )
+from ray_ft.core.events import (
+    BatchFailed,
+    CancelQueued,
+    DrainingChanged,
+    ExclusionsChanged,
+    GaveUp,
+    NodesChanged,
+    Submitted,
+    Tick,
+    TrialGranted,
+    WentIdle,
+)
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec, Work
 from ray_ft.failures import FailureType, TaskFailedError
@@ -32,7 +44,7 @@ from tests.scheduler_harness import CONFIG, NODES, Harness, work
 def harness(clock):
     sched = Scheduler(CONFIG, clock=clock, queue_depth=4)
     h = Harness(sched, clock)
-    h.run(sched.nodes_changed(NODES))
+    h.run(sched.handle(NodesChanged(NODES)))
     return h
 
 
@@ -41,7 +53,7 @@ def test_first_attempts_fill_free_slots_then_wait(harness):
     for i in range(6):
         w = work(i)
         futures.append(w.future)
-        harness.run(harness.sched.submit(w))
+        harness.run(harness.sched.handle(Submitted((w,))))
     assert len(harness.running) == 4  # a: 2 slots, b: 1, c: 1; unknown pace: depth 1
     assert harness.sched.pending() == 2
     first = harness.running[next(iter(harness.running))]
@@ -54,7 +66,7 @@ def test_first_attempts_fill_free_slots_then_wait(harness):
 
 def test_gpu_work_goes_only_where_a_gpu_is(harness):
     for i in range(3):
-        harness.run(harness.sched.submit(work(i, gpu=True)))
+        harness.run(harness.sched.handle(Submitted((work(i, gpu=True),))))
     assert {a.node_id for a in harness.running.values()} == {"c"}
     assert len(harness.running) == 1
 
@@ -62,9 +74,9 @@ def test_gpu_work_goes_only_where_a_gpu_is(harness):
 def test_request_that_fits_nowhere_fails_with_capacity_error(harness):
     w = work(0)
     w = Work("g-0", "g", None, b"", (), {}, CallSpec.of({"resources": {"tpu": 1}}, None), w.future)
-    harness.run(harness.sched.submit(w))
+    harness.run(harness.sched.handle(Submitted((w,))))
     harness.clock.advance(31)
-    harness.run(harness.sched.tick())
+    harness.run(harness.sched.handle(Tick()))
     with pytest.raises(CapacityError, match="tpu=1"):
         w.future.result(0)
     assert harness.reports == []
@@ -72,28 +84,28 @@ def test_request_that_fits_nowhere_fails_with_capacity_error(harness):
 
 def test_retry_waits_its_delay_and_goes_elsewhere(harness):
     w = work(0)
-    harness.run(harness.sched.submit(w))
+    harness.run(harness.sched.handle(Submitted((w,))))
     (attempt,) = harness.running.values()
     harness.finish(
         attempt.attempt_id, error=RuntimeError("x"), failure_type=FailureType.WORKER_CRASH
     )
     assert harness.running == {}
     harness.clock.advance(CONFIG.max_retry_delay)
-    harness.run(harness.sched.tick())
+    harness.run(harness.sched.handle(Tick()))
     (retry,) = harness.running.values()
     assert retry.node_id != attempt.node_id
 
 
 def test_exhausted_retries_raise_task_failed_with_events(harness):
     w = work(0)
-    harness.run(harness.sched.submit(w))
+    harness.run(harness.sched.handle(Submitted((w,))))
     for _ in range(3):
         (attempt,) = harness.running.values()
         harness.finish(
             attempt.attempt_id, error=RuntimeError("x"), failure_type=FailureType.NODE_DIED
         )
         harness.clock.advance(CONFIG.max_retry_delay)
-        harness.run(harness.sched.tick())
+        harness.run(harness.sched.handle(Tick()))
     with pytest.raises(TaskFailedError) as info:
         w.future.result(0)
     assert info.value.attempts == 3 and len(info.value.events) == 3
@@ -101,9 +113,9 @@ def test_exhausted_retries_raise_task_failed_with_events(harness):
 
 def test_timeout_cancels_and_counts(harness):
     w = work(0, timeout=5.0)
-    harness.run(harness.sched.submit(w))
+    harness.run(harness.sched.handle(Submitted((w,))))
     harness.clock.advance(5.0)
-    commands = harness.sched.tick()
+    commands = harness.sched.handle(Tick())
     assert any(isinstance(c, Cancel) for c in commands)
     harness.run(commands)
     assert harness.sched.stats["timeouts"] == 1
@@ -111,11 +123,11 @@ def test_timeout_cancels_and_counts(harness):
 
 def test_abandoned_attempts_rerun_elsewhere_charging_nobody(harness):
     for i in range(4):
-        harness.run(harness.sched.submit(work(i)))
+        harness.run(harness.sched.handle(Submitted((work(i),))))
     on_a = [a for a in harness.running.values() if a.node_id == "a"]
     harness.run(
-        harness.sched.exclusions_changed(
-            Exclusions(excluded=frozenset({"a"}), failed=frozenset({"a"}))
+        harness.sched.handle(
+            ExclusionsChanged(Exclusions(excluded=frozenset({"a"}), failed=frozenset({"a"})))
         )
     )
     assert all(a.attempt_id not in harness.running for a in on_a)
@@ -125,7 +137,7 @@ def test_abandoned_attempts_rerun_elsewhere_charging_nobody(harness):
 
 def test_placement_failure_is_no_retry(harness):
     w = work(0)
-    harness.run(harness.sched.submit(w))
+    harness.run(harness.sched.handle(Submitted((w,))))
     (attempt,) = harness.running.values()
     harness.finish(attempt.attempt_id, error=RuntimeError("unschedulable"), placement=True)
     (again,) = harness.running.values()
@@ -135,24 +147,28 @@ def test_placement_failure_is_no_retry(harness):
 
 def test_trial_lease_only_for_queued_work_and_returned_when_idle(harness):
     snapshot = Exclusions(half_open=(("b", 1),))
-    harness.run(harness.sched.exclusions_changed(snapshot))
+    harness.run(harness.sched.handle(ExclusionsChanged(snapshot)))
     assert harness.trial_requests == []  # nothing queued: no lease taken
     for i in range(8):
-        harness.run(harness.sched.submit(work(i)))
+        harness.run(harness.sched.handle(Submitted((work(i),))))
     assert harness.trial_requests == ["b"]
-    harness.run(harness.sched.trial_granted("b", True))
+    harness.run(harness.sched.handle(TrialGranted("b", True)))
     trials = [a for a in harness.running.values() if a.trial]
     assert [a.node_id for a in trials] == ["b"]
-    harness.run(harness.sched.trial_granted("b", True))  # a second grant with work queued
-    assert harness.sched.release_leases() in ([], [ReleaseTrial("b", False)])
+    harness.run(harness.sched.handle(TrialGranted("b", True)))  # a second grant with work queued
+    assert harness.sched.handle(WentIdle()) in ([], [ReleaseTrial("b", False)])
 
 
 def test_slow_node_is_left_idle_when_others_clear_the_queue_first(harness):
     sched = Scheduler(CONFIG, clock=harness.clock, queue_depth=4)
     h = Harness(sched, harness.clock)
-    h.run(sched.nodes_changed({"fast1": {"CPU": 1.0}, "fast2": {"CPU": 1.0}, "slow": {"CPU": 1.0}}))
+    h.run(
+        sched.handle(
+            NodesChanged({"fast1": {"CPU": 1.0}, "fast2": {"CPU": 1.0}, "slow": {"CPU": 1.0}})
+        )
+    )
     for i in range(24):
-        h.run(sched.submit(work(i, name="eval")))
+        h.run(sched.handle(Submitted((work(i, name="eval"),))))
     # learn the pace: fast nodes 0.4 s, the slow one 3.2 s
     for _ in range(8):
         h.clock.advance(0.4)
@@ -172,9 +188,9 @@ def test_a_first_attempt_that_waited_for_a_worker_is_not_slowness(harness):
     next attempt replaces the first pace."""
     sched = Scheduler(CONFIG, clock=harness.clock, queue_depth=4, home="home")
     h = Harness(sched, harness.clock)
-    h.run(sched.nodes_changed({"home": {"CPU": 1.0}, "cold": {"CPU": 1.0}}))
+    h.run(sched.handle(NodesChanged({"home": {"CPU": 1.0}, "cold": {"CPU": 1.0}})))
     for i in range(4):
-        h.run(sched.submit(work(i, name="burn")))
+        h.run(sched.handle(Submitted((work(i, name="burn"),))))
     first = {a.node_id: a.attempt_id for a in h.running.values()}
     assert set(first) == {"home", "cold"}
     h.clock.advance(1.0)
@@ -193,8 +209,8 @@ def test_a_first_attempt_that_waited_for_a_worker_is_not_slowness(harness):
 def test_the_drivers_node_is_first_among_equals(harness):
     sched = Scheduler(CONFIG, clock=harness.clock, queue_depth=4, home="zz-driver")
     h = Harness(sched, harness.clock)
-    h.run(sched.nodes_changed({n: {"CPU": 1.0} for n in ("a", "b", "zz-driver")}))
-    h.run(sched.submit(work(0)))
+    h.run(sched.handle(NodesChanged({n: {"CPU": 1.0} for n in ("a", "b", "zz-driver")})))
+    h.run(sched.handle(Submitted((work(0),))))
     assert [a.node_id for a in h.running.values()] == ["zz-driver"]
 
 
@@ -203,12 +219,12 @@ def test_nodes_of_equal_pace_never_all_stand_back(harness):
     sched, h = harness.sched, harness
     for rnd in range(3):
         for i in range(4):
-            h.run(sched.submit(work(rnd * 10 + i)))
+            h.run(sched.handle(Submitted((work(rnd * 10 + i),))))
         h.clock.advance(1.0)
         for attempt_id in sorted(h.running):
             h.finish(attempt_id, value=0)
     assert sched.idle and not h.running
-    h.run(sched.submit(work(99)))
+    h.run(sched.handle(Submitted((work(99),))))
     assert len(h.running) == 1
 
 
@@ -216,12 +232,12 @@ def test_a_stale_pace_stops_deepening_the_queue(harness):
     """Quick first calls taught a deep queue; one call stuck far longer than that pace
     lowers the node's depth even while its other slot keeps finishing quick calls."""
     sched, h = harness.sched, harness
-    h.run(sched.nodes_changed({"duo": {"CPU": 2.0}}))
-    h.run(sched.submit(work(0)))
+    h.run(sched.handle(NodesChanged({"duo": {"CPU": 2.0}})))
+    h.run(sched.handle(Submitted((work(0),))))
     h.clock.advance(0.01)
     h.finish(next(iter(h.running)), value=0)  # pace: 10 ms -> depth 4, 8 in flight
     for i in range(1, 40):
-        h.run(sched.submit(work(i)))
+        h.run(sched.handle(Submitted((work(i),))))
     stuck = min(h.running.values(), key=lambda a: a.attempt_id)
     assert len(h.running) == 8
     for _ in range(20):  # the other slot keeps finishing calls every 10 ms
@@ -242,7 +258,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         config = CONFIG.replace(speculation=True, speculation_min_runtime=0.5)
         self.sched = Scheduler(config, clock=self.clock, queue_depth=3, max_in_flight=6)
         self.h = Harness(self.sched, self.clock)
-        self.h.run(self.sched.nodes_changed(NODES))
+        self.h.run(self.sched.handle(NodesChanged(NODES)))
         self.works: list[Work] = []
         self.failures: Counter[str] = Counter()
         self.shut = False
@@ -253,7 +269,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def submit(self, gpu, timed, name):
         w = work(len(self.works), gpu=gpu, timeout=3.0 if timed else None, name=name)
         self.works.append(w)
-        self.h.run(self.sched.submit(w))
+        self.h.run(self.sched.handle(Submitted((w,))))
 
     @precondition(lambda self: self.h.running)
     @rule(
@@ -289,18 +305,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         batch = [work(len(self.works) + i, name="s") for i in range(4)]
         self.works.extend(batch)
         for w in batch:
-            self.h.run(self.sched.submit(w))
+            self.h.run(self.sched.handle(Submitted((w,))))
         self.clock.advance(0.3)
         mine = sorted(i for i, a in self.h.running.items() if a.work in batch)
         for attempt_id in mine[:keep] + mine[keep + 1 :]:
             self.h.finish(attempt_id, value=attempt_id)
         self.clock.advance(1.0)
-        self.h.run(self.sched.tick())
+        self.h.run(self.sched.handle(Tick()))
 
     @rule(dt=st.floats(0.0, 5.0))
     def tick(self, dt):
         self.clock.advance(dt)
-        self.h.run(self.sched.tick())
+        self.h.run(self.sched.handle(Tick()))
 
     @rule(
         node=st.sampled_from(sorted(NODES)),
@@ -315,7 +331,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             "all_degraded": Exclusions(degraded=frozenset(NODES)),
             "clear": Exclusions(),
         }[how]
-        self.h.run(self.sched.exclusions_changed(snapshot))
+        self.h.run(self.sched.handle(ExclusionsChanged(snapshot)))
 
     @precondition(lambda self: any(not w.future.done() for w in self.works))
     @rule(data=st.data())
@@ -323,14 +339,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         """A map() iterator closed: its calls are given up, queued, running or waiting."""
         pending = [w for w in self.works if not w.future.done()]
         chosen = data.draw(st.lists(st.sampled_from(pending), min_size=1, max_size=3))
-        self.h.run(self.sched.give_up(chosen))
+        self.h.run(self.sched.handle(GaveUp(tuple(chosen))))
         assert all(w.future.done() for w in chosen)
 
     @precondition(lambda self: self.h.trial_requests)
     @rule(granted=st.booleans())
     def answer_trial(self, granted):
         node = self.h.trial_requests.pop(0)
-        self.h.run(self.sched.trial_granted(node, granted))
+        self.h.run(self.sched.handle(TrialGranted(node, granted)))
 
     @rule(launches=st.integers(0, 2), acquires=st.integers(0, 1))
     def commands_fail(self, launches, acquires):
@@ -343,12 +359,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     def shutdown_cancel(self):
         """shutdown(cancel_futures=True) at any point: nothing new is submitted."""
         self.shut = True
-        self.h.run(self.sched.cancel_queued())
+        self.h.run(self.sched.handle(CancelQueued()))
 
     @rule(drop=st.sampled_from(["b", "c", None]))
     def membership(self, drop):
         nodes = {n: r for n, r in NODES.items() if n != drop}
-        self.h.run(self.sched.nodes_changed(nodes))
+        self.h.run(self.sched.handle(NodesChanged(nodes)))
 
     @rule(leaving=st.sampled_from(["a", "b", "c", "new"]))
     def churn(self, leaving):
@@ -356,7 +372,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.joined += 1
         nodes = {n: r for n, r in self.sched.nodes.items() if not n.startswith(leaving)}
         nodes[f"new-{self.joined}"] = {"CPU": 2.0, "memory": 8e9}
-        self.h.run(self.sched.nodes_changed(nodes))
+        self.h.run(self.sched.handle(NodesChanged(nodes)))
         live = set(self.sched.nodes)
         table = self.sched.table
         assert {n for n, _ in table.load} <= live and {n for n, _ in table.runtime} <= live
@@ -369,13 +385,13 @@ class SchedulerMachine(RuleBasedStateMachine):
     def drain(self, node, deadline):
         """A drain notice (a spot preemption with a deadline, or a scale-down without)."""
         listed = {**self.sched._drain_listed, node: deadline and self.clock() + deadline}
-        self.h.run(self.sched.draining_changed(listed))
+        self.h.run(self.sched.handle(DrainingChanged(listed)))
         assert node not in self.sched.nodes or node in self.sched.draining
 
     @rule()
     def drains_end(self):
         """The manager lists no drain any more (they were undone, or the nodes left)."""
-        self.h.run(self.sched.draining_changed({}))
+        self.h.run(self.sched.handle(DrainingChanged({})))
 
     @precondition(lambda self: self.sched.draining)
     @rule(data=st.data(), rejoin=st.booleans())
@@ -390,7 +406,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                 attempt.attempt_id, error=RuntimeError("died"), failure_type=FailureType.NODE_DIED
             )
         self.h.run(
-            self.sched.nodes_changed({n: r for n, r in self.sched.nodes.items() if n != node})
+            self.sched.handle(
+                NodesChanged({n: r for n, r in self.sched.nodes.items() if n != node})
+            )
         )
         assert self.sched.stats["retries"] == retries
         assert all(e.blame == "none" for e in self.h.reports[reports:])
@@ -399,20 +417,13 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.joined += 1
             nodes = dict(self.sched.nodes)
             nodes[f"new-{self.joined}"] = dict(NODES[node] if node in NODES else NODES["a"])
-            self.h.run(self.sched.nodes_changed(nodes))
+            self.h.run(self.sched.handle(NodesChanged(nodes)))
 
     @invariant()
-    def indexes_are_bounded_by_the_live_nodes(self):
-        """Heaps corrected lazily still shrink with the cluster (a small multiple of it)."""
-        sizes = self.sched.table.sizes()
-        assert sizes["index_entries"] <= sizes["indexes"] * (4 * sizes["nodes"] + 64), sizes
-
-    @invariant()
-    def demand_follows_the_queue(self):
-        demand = self.sched.demand()
-        assert sum(demand.values()) <= 6  # max_in_flight
-        if not self.sched._queued():
-            assert demand == {}
+    def the_state_is_valid(self):
+        """Capacity per node and shape, copies, batches, demand, bounded indexes."""
+        self.sched.validate()
+        assert sum(self.sched.demand().values()) <= 6  # max_in_flight
 
     @invariant()
     def a_call_state_says_where_it_is(self):
@@ -431,30 +442,20 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert w.state == "done", w.state  # resolved only by Scheduler._end
 
     @invariant()
-    def capacity_and_attempts(self):
-        load = Counter((a.node_id, a.work.shape) for a in self.sched.inflight.values())
-        for (node, shape), count in load.items():
-            assert count <= shape.slots_on(self.sched.nodes.get(node, {})) * 3
-        assert len(self.sched.inflight) <= 6
-        copies = Counter(id(a.work) for a in self.sched.inflight.values())
-        assert max(copies.values(), default=0) <= 2  # an attempt and at most one backup
-        for a in self.sched.inflight.values():
-            if a.backup:
-                twins = [b for b in self.sched.inflight.values() if b.work is a.work]
-                assert len({b.node_id for b in twins}) == len(twins)  # on another node
+    def no_call_fails_more_than_allowed(self):
         for w in self.works:
             assert w.failures <= CONFIG.max_retries
 
     def teardown(self):
         # drain: everything heals, every attempt succeeds, time passes
-        self.h.run(self.sched.draining_changed({}))
-        self.h.run(self.sched.nodes_changed(NODES))
-        self.h.run(self.sched.exclusions_changed(Exclusions()))
+        self.h.run(self.sched.handle(DrainingChanged({})))
+        self.h.run(self.sched.handle(NodesChanged(NODES)))
+        self.h.run(self.sched.handle(ExclusionsChanged(Exclusions())))
         for _ in range(300):
             self.clock.advance(1.0)  # every node has the same pace: none may stand back
             for attempt_id in sorted(self.h.running):
                 self.h.finish(attempt_id, value=0)
-            self.h.run(self.sched.tick())
+            self.h.run(self.sched.handle(Tick()))
             if self.sched.idle and not self.h.running:
                 break
         for w in self.works:  # every future ends exactly once: resolved, or cancelled
@@ -486,7 +487,7 @@ class BatchingMachine(SchedulerMachine):
         """Tiny calls of one callable, queued at once (a map): packed once paced."""
         batch = [work(len(self.works) + i, name="t") for i in range(size)]
         self.works.extend(batch)
-        self.h.run(self.sched.submit_all(batch))
+        self.h.run(self.sched.handle(Submitted(tuple(batch))))
         self.clock.advance(0.001)
         for attempt_id in sorted(self.h.running)[:2]:
             self.h.finish(attempt_id, value=attempt_id)
@@ -500,30 +501,22 @@ class BatchingMachine(SchedulerMachine):
         for attempt_id in ids:
             self.h.running.pop(attempt_id)
         self.h.run(
-            self.sched.batch_failed(
-                ids,
-                RuntimeError(how),
-                FailureType.WORKER_CRASH,
-                placement=how == "placement",
-                launch=how == "launch",
+            self.sched.handle(
+                BatchFailed(
+                    tuple(ids),
+                    RuntimeError(how),
+                    FailureType.WORKER_CRASH,
+                    placement=how == "placement",
+                    launch=how == "launch",
+                )
             )
         )
 
     @invariant()
-    def capacity_and_attempts(self):
-        slots = Counter()  # a batch holds one slot, whatever its members
-        for key in {
-            (a.node_id, a.work.shape, id(a.group or a)) for a in self.sched.inflight.values()
-        }:
-            slots[key[:2]] += 1
-        for (node, shape), count in slots.items():
-            assert count <= shape.slots_on(self.sched.nodes.get(node, {})) * 3
+    def the_state_is_valid(self):
+        """A batch holds one slot; its live count is its live members; one callable."""
+        self.sched.validate()
         assert len(self.sched.inflight) <= 6
-        for group in {
-            id(a.group): a.group for a in self.sched.inflight.values() if a.group
-        }.values():
-            live = [a for a in group.attempts if self.sched.inflight.get(a.attempt_id) is a]
-            assert group.live == len(live) and len({a.work.kind for a in live}) <= 1
         for w in self.works:
             assert w.failures <= CONFIG.max_retries
 
@@ -541,37 +534,39 @@ def test_a_call_no_node_can_take_waits_aside_and_fails_after_capacity_wait(clock
         "c": {"CPU": 1.0},
     }
     h = Harness(Scheduler(CONFIG, clock=clock), clock)
-    h.run(h.sched.nodes_changed(nodes))
+    h.run(h.sched.handle(NodesChanged(nodes)))
 
     def special(i: int) -> Work:
         spec = CallSpec.of({"resources": {"special": 1}}, None)
         return Work(f"s-{i}", "s", None, b"", (i,), {}, spec, cf.Future())
 
     first, second, third = special(0), special(1), special(2)
-    h.run(h.sched.submit(first))
+    h.run(h.sched.handle(Submitted((first,))))
     (attempt,) = h.running.values()
     h.finish(attempt.attempt_id, error=RuntimeError("unschedulable"), placement=True)
     (moved,) = h.running.values()  # re-placed on the other special node
-    h.run(h.sched.submit(second))
+    h.run(h.sched.handle(Submitted((second,))))
     assert {a.node_id for a in h.running.values()} == {"a", "b"}
-    h.run(h.sched.nodes_changed({n: r for n, r in nodes.items() if n != moved.node_id}))
-    h.run(h.sched.submit(third))  # queued behind `first`, which only the lost node could take
+    h.run(h.sched.handle(NodesChanged({n: r for n, r in nodes.items() if n != moved.node_id})))
+    h.run(
+        h.sched.handle(Submitted((third,)))
+    )  # queued behind `first`, which only the lost node could take
     (running,) = h.running.values()
     h.finish(running.attempt_id, value=1)
     assert [a.work for a in h.running.values()] == [third]  # not held up by `first`
     clock.advance(CONFIG.capacity_wait_timeout + 1)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     with pytest.raises(CapacityError, match="special"):
         first.future.result(0)
 
 
 def test_a_trial_granted_after_its_node_left_is_given_back(harness):
-    harness.run(harness.sched.exclusions_changed(Exclusions(half_open=(("b", 1),))))
+    harness.run(harness.sched.handle(ExclusionsChanged(Exclusions(half_open=(("b", 1),)))))
     for i in range(8):
-        harness.run(harness.sched.submit(work(i)))
+        harness.run(harness.sched.handle(Submitted((work(i),))))
     assert "b" in harness.trial_requests
-    harness.run(harness.sched.nodes_changed({n: r for n, r in NODES.items() if n != "b"}))
-    commands = harness.sched.trial_granted("b", True)
+    harness.run(harness.sched.handle(NodesChanged({n: r for n, r in NODES.items() if n != "b"})))
+    commands = harness.sched.handle(TrialGranted("b", True))
     assert [type(c).__name__ for c in commands] == ["ReleaseTrial"]
     assert "b" not in harness.sched.table.leases and not harness.sched.trials.asked
 
@@ -581,11 +576,28 @@ def test_a_call_cancelled_while_queued_does_not_take_its_nodes_room_with_it(cloc
     room off the heap without a launch, so the next queued call waited for good."""
     sched = Scheduler(CONFIG, clock=clock, queue_depth=1)
     h = Harness(sched, clock)
-    h.run(sched.nodes_changed({"a": {"CPU": 1.0}}))
+    h.run(sched.handle(NodesChanged({"a": {"CPU": 1.0}})))
     first, *cancelled, last = (work(i) for i in range(5))
     for w in (first, *cancelled, last):
-        h.run(sched.submit(w))
+        h.run(sched.handle(Submitted((w,))))
     assert all(w.future.cancel() for w in cancelled)
     clock.advance(1.0)
     h.finish(next(iter(h.running)), value=0)
     assert [a.work for a in h.running.values()] == [last]
+
+
+def test_an_event_nobody_handles_is_refused_not_dropped(clock):
+    sched = Scheduler(CONFIG, clock=clock)
+    with pytest.raises(AssertionError):
+        sched.handle(("nodes", NODES))  # the old tagged tuple: not an event
+
+
+def test_validate_names_a_broken_invariant(clock):
+    h = Harness(Scheduler(CONFIG, clock=clock, queue_depth=1), clock)
+    h.run(h.sched.handle(NodesChanged(NODES)))
+    h.run(h.sched.handle(Submitted((work(0),))))
+    (attempt,) = h.running.values()
+    h.sched.validate()
+    attempt.work.state = "queued"  # a call in flight that says it waits
+    with pytest.raises(AssertionError, match="in flight but 'queued'"):
+        h.sched.validate()

@@ -9,6 +9,7 @@ import pytest
 
 from ray_ft.config import FTConfig
 from ray_ft.core.commands import Cancel
+from ray_ft.core.events import AttemptDone, NodesChanged, Submitted, Tick
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.speculation import Cohort, Stragglers
 from ray_ft.core.work import Attempt, CallSpec, Work
@@ -31,7 +32,7 @@ def work(i: int, **options) -> Work:
 
 def harness(clock, config: FTConfig = SPECULATING) -> Harness:
     h = Harness(Scheduler(config, clock=clock, queue_depth=4), clock)
-    h.run(h.sched.nodes_changed(NODES))
+    h.run(h.sched.handle(NodesChanged(NODES)))
     return h
 
 
@@ -39,7 +40,7 @@ def straggler(h: Harness, clock, count: int = 4) -> tuple[list[Work], int]:
     """``count`` calls fill the slots; all but the one on node b finish in 0.5 s."""
     works = [work(i) for i in range(count)]
     for w in works:
-        h.run(h.sched.submit(w))
+        h.run(h.sched.handle(Submitted((w,))))
     clock.advance(0.5)
     slow = next(a for a in h.running.values() if a.node_id == "b")
     for attempt_id in [i for i, a in h.running.items() if a.node_id != "b"]:
@@ -51,7 +52,7 @@ def backed_up(h: Harness, clock) -> tuple[int, Attempt]:
     """The straggler of :func:`straggler` once its backup runs: (its attempt id, backup)."""
     _, slow_id = straggler(h, clock)
     clock.advance(1.0)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     return slow_id, next(a for a in h.running.values() if a.backup)
 
 
@@ -59,21 +60,21 @@ def test_a_straggler_gets_one_backup_elsewhere_and_the_backup_wins(clock):
     h = harness(clock)
     works, slow_id = straggler(h, clock)
     clock.advance(0.4)  # 0.9 s: under speculation_min_runtime (1.0)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     assert h.sched.stats["speculated"] == 0
     clock.advance(0.2)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     assert h.sched.stats["speculated"] == 1
     backup = next(a for a in h.running.values() if a.backup)
     assert backup.node_id != "b" and backup.work is h.running[slow_id].work
     clock.advance(0.5)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     assert h.sched.stats["speculated"] == 1  # never a second backup
-    commands = h.sched.attempt_done(backup.attempt_id, value="won")
+    commands = h.sched.handle(AttemptDone(backup.attempt_id, value="won"))
     assert [c.attempt.attempt_id for c in commands if isinstance(c, Cancel)] == [slow_id]
     h.run(commands)
     assert backup.work.future.result(0) == "won"
-    assert h.sched.attempt_done(slow_id, value="late") == []  # the loser's result is dropped
+    assert h.sched.handle(AttemptDone(slow_id, value="late")) == []  # the loser's result is dropped
     summary = h.sched.summary()
     assert (summary["speculated"], summary["speculation_wins"], summary["retries"]) == (1, 1, 0)
     assert all(w.future.done() for w in works) and h.sched.idle
@@ -82,7 +83,7 @@ def test_a_straggler_gets_one_backup_elsewhere_and_the_backup_wins(clock):
 def test_the_original_may_still_win(clock):
     h = harness(clock)
     slow_id, backup = backed_up(h, clock)
-    commands = h.sched.attempt_done(slow_id, value="original")
+    commands = h.sched.handle(AttemptDone(slow_id, value="original"))
     assert [c.attempt for c in commands if isinstance(c, Cancel)] == [backup]
     h.run(commands)
     assert backup.work.future.result(0) == "original"
@@ -104,16 +105,16 @@ def test_a_timed_out_original_leaves_the_backup_running(clock):
     h = harness(clock)
     works = [work(i, timeout=3.0) for i in range(4)]
     for w in works:
-        h.run(h.sched.submit(w))
+        h.run(h.sched.handle(Submitted((w,))))
     clock.advance(0.5)
     slow = next(a for a in h.running.values() if a.node_id == "b")
     for attempt_id in [i for i, a in h.running.items() if a.node_id != "b"]:
         h.finish(attempt_id, value=1)
     clock.advance(1.0)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     backup = next(a for a in h.running.values() if a.backup)
     clock.advance(2.0)  # the original's deadline passes; the backup's does not
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     assert slow.attempt_id not in h.sched.inflight and backup.attempt_id in h.sched.inflight
     assert slow.work.failures == 0
     h.finish(backup.attempt_id, value=2)
@@ -123,18 +124,18 @@ def test_a_timed_out_original_leaves_the_backup_running(clock):
 def test_no_backup_while_first_attempts_wait_or_before_the_quantile(clock):
     h = harness(clock)
     for i in range(8):  # 4 slots: 4 first attempts wait
-        h.run(h.sched.submit(work(i)))
+        h.run(h.sched.handle(Submitted((work(i),))))
     clock.advance(5.0)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     assert h.sched.stats["speculated"] == 0
     h2 = harness(clock)
     for i in range(4):
-        h2.run(h2.sched.submit(work(i)))
+        h2.run(h2.sched.handle(Submitted((work(i),))))
     clock.advance(0.5)
     first = next(iter(h2.running))
     h2.finish(first, value=1)  # 1 of 4 done: below the 0.75 quantile
     clock.advance(5.0)
-    h2.run(h2.sched.tick())
+    h2.run(h2.sched.handle(Tick()))
     assert h2.sched.stats["speculated"] == 0
 
 
@@ -142,24 +143,24 @@ def test_speculation_is_off_unless_asked_for(clock):
     h = harness(clock, SPECULATING.replace(speculation=None))
     straggler(h, clock)
     clock.advance(5.0)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     assert h.sched.stats["speculated"] == 0
     h = harness(clock, SPECULATING.replace(speculation=None))
     works = [work(i, speculation=True) for i in range(4)]  # per call: options(speculation=True)
     for w in works:
-        h.run(h.sched.submit(w))
+        h.run(h.sched.handle(Submitted((w,))))
     clock.advance(0.5)
     for attempt_id in [i for i, a in h.running.items() if a.node_id != "b"]:
         h.finish(attempt_id, value=1)
     clock.advance(1.0)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     assert h.sched.stats["speculated"] == 1
 
 
 def test_out_of_memory_retry_asks_for_twice_its_share_capped_at_the_largest_node(clock):
     h = harness(clock, SPECULATING.replace(speculation=False))
     w = work(0)
-    h.run(h.sched.submit(w))
+    h.run(h.sched.handle(Submitted((w,))))
     (attempt,) = h.running.values()
     share = NODES[attempt.node_id]["memory"] / NODES[attempt.node_id]["CPU"]
     oom = {"error": MemoryError(), "failure_type": FailureType.OUT_OF_MEMORY}
@@ -167,7 +168,7 @@ def test_out_of_memory_retry_asks_for_twice_its_share_capped_at_the_largest_node
     assert w.spec.options["memory"] == min(2 * share, 8 * GiB)
     assert w.events[-1].memory_request is None  # it had asked for none
     clock.advance(2.0)
-    h.run(h.sched.tick())
+    h.run(h.sched.handle(Tick()))
     (retry,) = h.running.values()  # on the one node with room for it (alone there)
     assert retry.work.shape.slots_on(NODES[retry.node_id]) == 1
 
@@ -175,7 +176,7 @@ def test_out_of_memory_retry_asks_for_twice_its_share_capped_at_the_largest_node
 def test_out_of_memory_retry_doubles_an_explicit_request(clock):
     h = harness(clock, SPECULATING.replace(speculation=False))
     w = work(0, memory=int(GiB), timeout=30.0, name="mine")
-    h.run(h.sched.submit(w))
+    h.run(h.sched.handle(Submitted((w,))))
     (attempt,) = h.running.values()
     h.finish(attempt.attempt_id, error=MemoryError(), failure_type=FailureType.OUT_OF_MEMORY)
     assert w.spec.options["memory"] == 2 * GiB
@@ -216,18 +217,18 @@ def test_an_out_of_memory_callable_gives_its_queued_and_later_calls_the_same_mem
     h = harness(clock, SPECULATING.replace(speculation=False))
     works = [work(i) for i in range(6)]  # 4 slots: 2 queue
     for w in works:
-        h.run(h.sched.submit(w))
+        h.run(h.sched.handle(Submitted((w,))))
     first = next(a for a in h.running.values() if a.node_id == "b")
     h.finish(first.attempt_id, error=MemoryError(), failure_type=FailureType.OUT_OF_MEMORY)
     given = 2 * NODES["b"]["memory"]
     queued = [w for w in works if w.started is False]
     assert queued and all(w.spec.options["memory"] == given for w in queued)
     later = work(9)
-    h.run(h.sched.submit(later))
+    h.run(h.sched.handle(Submitted((later,))))
     assert later.spec.options["memory"] == given
     assert h.sched.summary()["memory_raised"] == {"f": given}
     other = Work("g-1", "g", None, b"", (), {}, CallSpec.of({}, None), cf.Future())
-    h.run(h.sched.submit(other))
+    h.run(h.sched.handle(Submitted((other,))))
     assert "memory" not in other.spec.options  # another callable is not touched
 
 
@@ -238,7 +239,7 @@ def test_a_node_whose_copy_lost_learns_its_pace_and_stands_back_until_it_is_old_
     h.finish(backup.attempt_id, value=1)  # the loser on b ran 2 s: b's pace is >= 2 s
     assert h.sched.table.runtime[("b", "f")] >= 2.0
     for i in range(10, 18):  # the next batch: a and c clear it before b would finish one
-        h.run(h.sched.submit(work(i)))
+        h.run(h.sched.handle(Submitted((work(i),))))
     assert "b" not in {a.node_id for a in h.running.values()}
     while h.running:
         clock.advance(0.5)
@@ -246,6 +247,6 @@ def test_a_node_whose_copy_lost_learns_its_pace_and_stands_back_until_it_is_old_
             h.finish(attempt_id, value=0)
     clock.advance(11.0)  # b's pace is old news: it may have recovered
     for i in range(20, 28):
-        h.run(h.sched.submit(work(i)))
+        h.run(h.sched.handle(Submitted((work(i),))))
     assert "b" in {a.node_id for a in h.running.values()}
     assert sum(a.node_id == "b" for a in h.running.values()) == 1  # one try, not one per slot

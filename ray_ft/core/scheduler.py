@@ -1,7 +1,8 @@
 """The executor's brain: a pure, single-threaded scheduler (no Ray, injected clock).
 
-Events go in (submitted, attempt finished, launch failed, nodes changed, exclusions changed,
-trial granted, tick); commands come out (launch, cancel, resolve, report, acquire and
+Events go in through one entry, ``handle(*events)`` (typed, in
+:mod:`ray_ft.core.events`: submitted, attempt done, nodes changed, exclusions changed,
+trial granted, tick, ...); commands come out (launch, cancel, resolve, report, acquire and
 release trial leases). It owns the queues, the retry timer heap, the deadlines, capacity
 and placement, fault attribution and trial leases: its state and primitives are
 :class:`~ray_ft.core.state.SchedulerState`, its failure rules
@@ -19,8 +20,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import heapq
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, assert_never
 
 from ray_ft.core.autoscaling import NodeTypes
 from ray_ft.core.batching import batch_size, batchable, take_members
@@ -31,6 +32,26 @@ from ray_ft.core.commands import (
     Launch,
     LaunchBatch,
     ReleaseTrial,
+)
+from ray_ft.core.events import (
+    Aborted,
+    AttemptDone,
+    BatchFailed,
+    BatchUnrun,
+    CancelQueued,
+    DrainingChanged,
+    Event,
+    ExclusionsChanged,
+    GaveUp,
+    LaunchFailed,
+    NodesChanged,
+    NodeTypesChanged,
+    Submitted,
+    Tick,
+    TrialGranted,
+    WentIdle,
+    WorkerLost,
+    WorkersBroken,
 )
 from ray_ft.core.outcomes import Outcomes
 from ray_ft.core.state import NullMetrics, Outcome
@@ -49,13 +70,69 @@ class Scheduler(Outcomes):
     """Queues, timers, deadlines, capacity and attribution, over the node table and the
     placement, retry, memory and straggler policies: the events, and the dispatch."""
 
-    # -- events --------------------------------------------------------------------------
+    # -- the one entry -------------------------------------------------------------------
 
-    def submit(self, work: Work) -> list[Command]:
-        """A new call: queue it, and launch it at once where a node has room."""
-        return self.submit_all([work])
+    def handle(self, *events: Event) -> list[Command]:
+        """Take events in order; the commands they call for, in order."""
+        out: list[Command] = []
+        for event in events:
+            out.extend(self._handle(event))
+        return out
 
-    def submit_all(self, works: list[Work]) -> list[Command]:
+    def _handle(self, event: Event) -> list[Command]:
+        match event:
+            case AttemptDone():  # the hot path first
+                return self._on_attempt_done(
+                    event.attempt_id,
+                    value=event.value,
+                    error=event.error,
+                    failure_type=event.failure_type,
+                    placement=event.placement,
+                )
+            case Tick():
+                return self._on_tick()
+            case Submitted():
+                return self._on_submitted(event.works)
+            case LaunchFailed():
+                return self._on_launch_failed(event.attempt_id, event.error)
+            case BatchFailed():
+                return self._on_batch_failed(
+                    event.attempt_ids,
+                    event.error,
+                    event.failure_type,
+                    placement=event.placement,
+                    launch=event.launch,
+                )
+            case BatchUnrun():
+                return self._on_batch_unrun(event.attempt_ids, event.ran)
+            case Aborted():
+                return self._on_aborted(event.attempt, event.error)
+            case NodesChanged():
+                return self._on_nodes_changed(event.nodes)
+            case WorkerLost():
+                return self._on_worker_lost(event.node_id, event.reason)
+            case ExclusionsChanged():
+                return self._on_exclusions_changed(event.snapshot)
+            case NodeTypesChanged():
+                return self._on_node_types_changed(event.types)
+            case DrainingChanged():
+                return self._on_draining_changed(event.deadlines)
+            case TrialGranted():
+                return self._on_trial_granted(event.node_id, event.granted)
+            case WorkersBroken():
+                return self._on_workers_broken(event.error)
+            case GaveUp():
+                return self._on_gave_up(event.works)
+            case CancelQueued():
+                return self._on_cancel_queued()
+            case WentIdle():
+                return self._on_went_idle()
+            case _:
+                assert_never(event)
+
+    # -- the events ----------------------------------------------------------------------
+
+    def _on_submitted(self, works: Iterable[Work]) -> list[Command]:
         """New calls (a map): queue them all, then launch where nodes have room."""
         for work in works:
             self.stats["submitted"] += 1
@@ -68,7 +145,7 @@ class Scheduler(Outcomes):
             self._queue(work, front=False)
         return self._dispatch(self._clock())
 
-    def attempt_done(
+    def _on_attempt_done(
         self,
         attempt_id: int,
         *,
@@ -104,7 +181,7 @@ class Scheduler(Outcomes):
         out.extend(self._dispatch(now))
         return out
 
-    def launch_failed(self, attempt_id: int, error: BaseException) -> list[Command]:
+    def _on_launch_failed(self, attempt_id: int, error: BaseException) -> list[Command]:
         """Ray refused the launch (the arguments do not pickle, an option is refused): the
         call fails at once; no other call is touched."""
         attempt = self.inflight.get(attempt_id)
@@ -118,7 +195,7 @@ class Scheduler(Outcomes):
             return out  # the first launch of these same arguments went through
         return [*out, *self._refused(attempt.work, error)]
 
-    def abort(self, attempt: Attempt, error: BaseException) -> list[Command]:
+    def _on_aborted(self, attempt: Attempt, error: BaseException) -> list[Command]:
         """ray_ft itself failed while taking this attempt's outcome: end its call with
         ``error`` rather than leave it pending (the loop's last line of defence)."""
         if self.inflight.get(attempt.attempt_id) is attempt:
@@ -130,7 +207,7 @@ class Scheduler(Outcomes):
             return out
         return [*out, *self._fail(attempt.work, error)]
 
-    def nodes_changed(self, nodes: Mapping[str, Mapping[str, float]]) -> list[Command]:
+    def _on_nodes_changed(self, nodes: Mapping[str, Mapping[str, float]]) -> list[Command]:
         """Ray's alive nodes and their resources; work on vanished nodes is rerun."""
         self._retired &= set(nodes)  # a retired worker the table no longer lists is gone
         incoming = {n: r for n, r in nodes.items() if n not in self._retired}
@@ -145,12 +222,12 @@ class Scheduler(Outcomes):
         out.extend(self._dispatch(self._clock()))
         return out
 
-    def worker_lost(self, node_id: str, reason: str) -> list[Command]:
+    def _on_worker_lost(self, node_id: str, reason: str) -> list[Command]:
         """A worker (an actor) is gone for good: it takes no more work, even if a stale
         node table still lists it, and its attempts rerun elsewhere, charging nobody."""
         return self._retire(node_id, reason)
 
-    def exclusions_changed(self, snapshot: Exclusions) -> list[Command]:
+    def _on_exclusions_changed(self, snapshot: Exclusions) -> list[Command]:
         """A new manager snapshot: failed or dead nodes lose their attempts; HALF_OPEN
         nodes get a trial lease request when queued work could use one."""
         before = self.exclusions.failed | self.exclusions.dead
@@ -165,13 +242,13 @@ class Scheduler(Outcomes):
         out.extend(self._dispatch(self._clock()))
         return out
 
-    def node_types_changed(self, types: NodeTypes | None) -> list[Command]:
+    def _on_node_types_changed(self, types: NodeTypes | None) -> list[Command]:
         """The worker types the cluster's autoscaler can launch (None: no autoscaler, or
         unknown): queued work that fits none of them fails at once."""
         self.placement.node_types = types
         return self._dispatch(self._clock())
 
-    def draining_changed(self, deadlines: Mapping[str, float]) -> list[Command]:
+    def _on_draining_changed(self, deadlines: Mapping[str, float]) -> list[Command]:
         """Nodes with a drain notice and their deadlines (this clock; 0: none): they take
         no new work, and attempts that would outlive the deadline get a copy elsewhere."""
         now = self._clock()
@@ -211,7 +288,7 @@ class Scheduler(Outcomes):
                 out.append(self._start_copy(work, target, now, "preemption_copies"))
         return out
 
-    def trial_granted(self, node_id: str, granted: bool) -> list[Command]:
+    def _on_trial_granted(self, node_id: str, granted: bool) -> list[Command]:
         """The manager's answer to an AcquireTrial."""
         if not granted:
             self.trials.answered(node_id, False)
@@ -223,7 +300,7 @@ class Scheduler(Outcomes):
         self.trials.answered(node_id, True)
         return self._dispatch(self._clock())
 
-    def tick(self) -> list[Command]:
+    def _on_tick(self) -> list[Command]:
         """Fire due retry timers and deadlines, dispatch, fail work with no capacity."""
         now = self._clock()
         out: list[Command] = []
@@ -253,7 +330,7 @@ class Scheduler(Outcomes):
             out.extend(self._speculate(now))
         return out
 
-    def cancel_queued(self) -> list[Command]:
+    def _on_cancel_queued(self) -> list[Command]:
         """shutdown(cancel_futures=True): every call not running now ends at once, those
         waiting out a retry delay included; running attempts finish, and one that fails
         from now on ends instead of being retried."""
@@ -262,9 +339,9 @@ class Scheduler(Outcomes):
         out: list[Command] = []
         for work in works:
             out.extend(self._end_cancelled(work))
-        return [*out, *self.release_leases()]
+        return [*out, *self._on_went_idle()]
 
-    def give_up(self, works: list[Work]) -> list[Command]:
+    def _on_gave_up(self, works: Iterable[Work]) -> list[Command]:
         """The caller will not take these calls' results (their map() iterator was closed
         or timed out): a queued call is cancelled, a running one's attempts are stopped,
         and it ends with CancelledError; nobody is charged."""
@@ -291,7 +368,7 @@ class Scheduler(Outcomes):
             heapq.heapify(self._timers)
         return [*out, *self._dispatch(self._clock())]
 
-    def fail_queued(self, error: BaseException) -> list[Command]:
+    def _on_workers_broken(self, error: BaseException) -> list[Command]:
         """Fail every queued or waiting call with ``error`` (the workers cannot start)."""
         out: list[Command] = []
         works = self._take_waiting()
@@ -302,7 +379,7 @@ class Scheduler(Outcomes):
             out.extend(self._end(work, "failed", error=error))
         return out
 
-    def release_leases(self) -> list[Command]:
+    def _on_went_idle(self) -> list[Command]:
         """Give back every trial lease held but not used (shutdown, or an idle executor)."""
         return [ReleaseTrial(node_id, False) for node_id in self.trials.release_all()]
 
@@ -378,9 +455,9 @@ class Scheduler(Outcomes):
 
     # -- batches --------------------------------------------------------------------
 
-    def batch_failed(
+    def _on_batch_failed(
         self,
-        attempt_ids: list[int],
+        attempt_ids: Iterable[int],
         error: BaseException,
         failure_type: FailureType,
         *,
@@ -395,8 +472,8 @@ class Scheduler(Outcomes):
             return []
         if len(live) == 1:
             if launch:
-                return self.launch_failed(live[0].attempt_id, error)
-            return self.attempt_done(
+                return self._on_launch_failed(live[0].attempt_id, error)
+            return self._on_attempt_done(
                 live[0].attempt_id, error=error, failure_type=failure_type, placement=placement
             )
         assert live[0].group is not None
@@ -404,7 +481,7 @@ class Scheduler(Outcomes):
         out.extend(self._dispatch(self._clock()))
         return out
 
-    def batch_unrun(self, attempt_ids: list[int], ran: int) -> list[Command]:
+    def _on_batch_unrun(self, attempt_ids: Iterable[int], ran: int) -> list[Command]:
         """Members a batch did not run (its results filled its memory budget): first in
         line again, uncharged, in batches no bigger than the part that ran."""
         live = [a for a in (self.inflight.get(i) for i in attempt_ids) if a is not None]

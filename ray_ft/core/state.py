@@ -123,6 +123,51 @@ class SchedulerState:
         ]
         return min(times) if times else None
 
+    def validate(self) -> None:
+        """Check the invariants every event must keep; raise AssertionError naming the
+        first one broken. O(attempts in flight + timers + nodes): for tests, run after
+        every event (as Dask's ``validate_state``), never on the hot path."""
+
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise AssertionError(msg)
+
+        attempts = list(self.inflight.values())
+        running = {id(a.work) for a in attempts}
+        for attempt in attempts:
+            work = attempt.work
+            check(work.state == "running", f"{work.name} in flight but {work.state!r}")
+            check(work.failures <= self.config.max_retries, f"{work.name}: too many failures")
+        for _, _, work in self._timers:
+            check(
+                id(work) in running or work.state == "backoff",
+                f"{work.name} on a retry timer but {work.state!r}",
+            )
+        slots: Counter[tuple[str, Shape]] = Counter()
+        for node_id, shape, _ in {(a.node_id, a.work.shape, id(a.group or a)) for a in attempts}:
+            slots[node_id, shape] += 1  # a batch holds one slot, whatever its members
+        for (node_id, shape), count in slots.items():
+            room = shape.slots_on(self.nodes.get(node_id, {})) * self.queue_depth
+            check(count <= room, f"{count} attempts of {shape} on {node_id} (room {room})")
+        if self.max_in_flight is not None:
+            check(len(attempts) <= self.max_in_flight, f"{len(attempts)} in flight")
+            check(sum(self.demand().values()) <= self.max_in_flight, "demand > max_in_flight")
+        if not self._queued():
+            check(self.demand() == {}, "demand without a queued call")
+        copies: dict[int, list[Attempt]] = {}
+        for attempt in attempts:
+            copies.setdefault(id(attempt.work), []).append(attempt)
+        for twins in copies.values():
+            check(len(twins) <= 2, f"{twins[0].work.name}: {len(twins)} copies in flight")
+            check(len({a.node_id for a in twins}) == len(twins), "a backup on its twin's node")
+        for group in {id(a.group): a.group for a in attempts if a.group is not None}.values():
+            live = [a for a in group.attempts if self.inflight.get(a.attempt_id) is a]
+            check(group.live == len(live), f"a batch counts {group.live} live, has {len(live)}")
+            check(len({a.work.kind for a in live}) <= 1, "a batch of several callables")
+        sizes = self.table.sizes()
+        bound = sizes["indexes"] * (4 * sizes["nodes"] + 64)
+        check(sizes["index_entries"] <= bound, f"node indexes outgrew the nodes: {sizes}")
+
     def demand(self) -> dict[Shape, int]:
         """What this executor would run at once, per shape that has calls queued: those in
         flight plus those queued (``max_in_flight`` at most in all); the autoscaler's demand.

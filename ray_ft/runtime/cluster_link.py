@@ -25,6 +25,7 @@ import ray
 
 from ray_ft import raycompat
 from ray_ft.core.autoscaling import NodeTypes
+from ray_ft.core.events import DrainingChanged, Event, NodeTypesChanged
 from ray_ft.core.work import Shape
 from ray_ft.manager.demand import DemandBook
 from ray_ft.nodes import alive_resources, request_resources
@@ -60,9 +61,9 @@ class ElasticLink:
         self._token: int | None = None
         self._types: NodeTypes | None = None
 
-    def step(self, demand: Mapping[Shape, int]) -> list[tuple[str, Any]]:
+    def step(self, demand: Mapping[Shape, int]) -> list[Event]:
         """Take an arrived view (as scheduler events) and send the demand when due."""
-        polled: list[tuple[str, Any]] = []
+        polled: list[Event] = []
         if self._inflight is not None:
             ready, _ = ray.wait([self._inflight], timeout=0)
             if ready:
@@ -82,7 +83,7 @@ class ElasticLink:
             self.cold.offer(request)
             draining = self.cold.take()
             if draining is not None:
-                polled.append(("draining", self._on_clock(draining)))
+                polled.append(DrainingChanged(self._on_clock(draining)))
         now = self._clock()
         changed = request != self._sent
         due = now - self._sent_at >= (_CHANGED_EVERY_S if changed else _SEND_EVERY_S)
@@ -99,7 +100,7 @@ class ElasticLink:
         self._inflight, self._sent, self._sent_at = ref, request, now
         # an empty demand that went out replaces any answer still due: both carry the view
 
-    def _events(self, view: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    def _events(self, view: Mapping[str, Any]) -> list[Event]:
         """A new view as scheduler events: node types (when changed) and drain deadlines
         on the scheduler's clock (a deadline of 0 stays 0: none)."""
         self._token = view.get("token")
@@ -109,15 +110,15 @@ class ElasticLink:
                 return self._types_changed(view)
             self.cold.stop()
             self.cold = None
-        return [*self._types_changed(view), ("draining", self._on_clock(view.get("draining")))]
+        return [*self._types_changed(view), DrainingChanged(self._on_clock(view.get("draining")))]
 
-    def _types_changed(self, view: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    def _types_changed(self, view: Mapping[str, Any]) -> list[Event]:
         raw = view.get("node_types")
         types = NodeTypes.from_json(raw) if raw is not None else None
-        out: list[tuple[str, Any]] = []
+        out: list[Event] = []
         if types != self._types:
             self._types = types
-            out.append(("node_types", types))
+            out.append(NodeTypesChanged(types))
         return out
 
     def _on_clock(self, draining: Mapping[str, float] | None) -> dict[str, float]:

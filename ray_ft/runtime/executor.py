@@ -26,6 +26,7 @@ from ray_ft import raycompat
 from ray_ft.config import FTConfig
 from ray_ft.core.batching import MAX_BATCH
 from ray_ft.core.commands import CapacityError
+from ray_ft.core.events import ExclusionsChanged
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec, Work
 from ray_ft.manager.state import FaultToleranceManager
@@ -150,7 +151,7 @@ class FaultTolerantExecutor(cf.Executor):
         # a new manager holds nothing yet: launch on Ray's alive nodes at once and apply
         # its snapshot when it comes (the loop's poll asks for it)
         first = client.fetch(timeout=_WARM_SNAPSHOT_S) if existed else None
-        self._loop.apply([*polled, *([("exclusions", first)] if first else [])])
+        self._loop.apply([*polled, *([ExclusionsChanged(first)] if first else [])])
         self._loop.thread.start()
 
     # -- the Executor API ----------------------------------------------------------------

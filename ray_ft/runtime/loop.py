@@ -37,6 +37,22 @@ from ray_ft.core.commands import (
     Report,
     Resolve,
 )
+from ray_ft.core.events import (
+    Aborted,
+    AttemptDone,
+    BatchFailed,
+    BatchUnrun,
+    CancelQueued,
+    Event,
+    ExclusionsChanged,
+    GaveUp,
+    LaunchFailed,
+    Submitted,
+    Tick,
+    TrialGranted,
+    WentIdle,
+    WorkerLost,
+)
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import Attempt, Group, Work
 from ray_ft.failures import FailureEvent, FailureType, classify_failure
@@ -44,7 +60,7 @@ from ray_ft.runtime.batch_task import unpack_outcome
 from ray_ft.runtime.cluster_link import ElasticLink
 from ray_ft.runtime.manager_client import ManagerClient
 from ray_ft.runtime.options import unwrap
-from ray_ft.runtime.workers import Polled, WorkerGoneError, Workers
+from ray_ft.runtime.workers import WorkerGoneError, Workers
 
 __all__ = ["BUSY", "Loop"]
 
@@ -107,7 +123,7 @@ class Loop:
             BUSY.add(self)  # kept alive until its work is done, even if the caller drops it
             self.idle_now.clear()
             commands = self.feed(polled)
-            commands.extend(self.sched.submit_all(works))
+            commands.extend(self.sched.handle(Submitted(tuple(works))))
         self.execute(commands, raise_for=raise_for)
         self.kick.set()
 
@@ -123,7 +139,7 @@ class Loop:
     def close(self, *, cancel_futures: bool) -> None:
         with self.lock:
             self.closed = True
-            commands = self.sched.cancel_queued() if cancel_futures else []
+            commands = self.sched.handle(CancelQueued()) if cancel_futures else []
         self.execute(commands)
         self.kick.set()
 
@@ -131,7 +147,7 @@ class Loop:
         """Follow the workers and the manager now (an idle loop does not)."""
         self.apply(self.poll(force=True))
 
-    def apply(self, polled: list[Polled]) -> None:
+    def apply(self, polled: list[Event]) -> None:
         with self.lock:
             commands = self.feed(polled)
         self.execute(commands)
@@ -148,19 +164,19 @@ class Loop:
                 commands = self.feed(polled)
                 if self._given_up:
                     given_up = [self._given_up.popleft() for _ in range(len(self._given_up))]
-                    commands.extend(self.sched.give_up(given_up))
+                    commands.extend(self.sched.handle(GaveUp(tuple(given_up))))
                 due = self.sched.next_wakeup()
                 if commands or now - self._ticked_at >= _TICK_S or (due is not None and due <= now):
                     # completions and submits dispatch by themselves: a round ticks only when
                     # something is due, news came in, or every _TICK_S (stragglers, capacity)
                     self._ticked_at = now
-                    commands.extend(self.sched.tick())
+                    commands.extend(self.sched.handle(Tick()))
                 idle = self.sched.idle
                 self._demand = self.sched.demand()
                 refs = list(self._waiting)
                 wakeup = self.sched.next_wakeup()
                 if idle:
-                    commands.extend(self.sched.release_leases())
+                    commands.extend(self.sched.handle(WentIdle()))
         finally:  # what was gathered is carried out even when a later step raised
             self.execute(commands)
         if idle:
@@ -182,7 +198,7 @@ class Loop:
             self._collect(ready)
         return "busy"
 
-    def poll(self, *, force: bool = False) -> list[Polled]:
+    def poll(self, *, force: bool = False) -> list[Event]:
         """Ray and manager calls, outside the lock; their results are fed in later."""
         now = self._clock()
         due = force or now - self._nodes_at >= self.workers.refresh_s
@@ -193,27 +209,13 @@ class Loop:
             polled.extend(self._link.step(self._demand if self.workers.demands else {}))
         snapshot = self.client.poll()
         if snapshot is not None:
-            polled.append(("exclusions", snapshot))
-        polled.extend(("trial", answer) for answer in self.client.trial_answers())
+            polled.append(ExclusionsChanged(snapshot))
+        polled.extend(TrialGranted(*answer) for answer in self.client.trial_answers())
         return self.workers.translate(polled)
 
-    def feed(self, polled: list[Polled]) -> list[Command]:
+    def feed(self, polled: list[Event]) -> list[Command]:
         """Hand polled news to the scheduler (under the lock)."""
-        commands: list[Command] = []
-        for kind, payload in polled:
-            if kind == "nodes":
-                commands.extend(self.sched.nodes_changed(payload))
-            elif kind == "draining":
-                commands.extend(self.sched.draining_changed(payload))
-            elif kind == "node_types":
-                commands.extend(self.sched.node_types_changed(payload))
-            elif kind == "exclusions":
-                commands.extend(self.sched.exclusions_changed(payload))
-            elif kind == "broken":  # the workers cannot be started at all
-                commands.extend(self.sched.fail_queued(payload))
-            else:
-                commands.extend(self.sched.trial_granted(*payload))
-        return commands
+        return self.sched.handle(*polled)
 
     # -- carrying out commands (never under the lock) -------------------------------------
 
@@ -266,7 +268,7 @@ class Loop:
         except Exception as exc:
             log.warning("could not ask the manager for a trial on %s: %s", node_id, exc)
             with self.lock:
-                return self.sched.trial_granted(node_id, False)
+                return self.sched.handle(TrialGranted(node_id, False))
         return []
 
     def _launch(self, attempt: Attempt) -> tuple[list[Command], BaseException | None]:
@@ -276,10 +278,10 @@ class Loop:
             hash(ref)  # a list of refs (num_returns != 1) is refused here, not later
         except WorkerGoneError as exc:
             with self.lock:
-                return self.sched.worker_lost(attempt.node_id, str(exc)), None
+                return self.sched.handle(WorkerLost(attempt.node_id, str(exc))), None
         except Exception as exc:
             with self.lock:
-                return self.sched.launch_failed(attempt.attempt_id, exc), exc
+                return self.sched.handle(LaunchFailed(attempt.attempt_id, exc)), exc
         with self.lock:
             wanted = self.sched.inflight.get(attempt.attempt_id) is attempt
             if wanted:
@@ -298,7 +300,9 @@ class Loop:
         except Exception as exc:
             with self.lock:
                 ids = [a.attempt_id for a in attempts]
-                return self.sched.batch_failed(ids, exc, FailureType.APPLICATION_ERROR, launch=True)
+                return self.sched.handle(
+                    BatchFailed(tuple(ids), exc, FailureType.APPLICATION_ERROR, launch=True)
+                )
         with self.lock:
             wanted = group.live > 0
             if wanted:
@@ -366,20 +370,22 @@ class Loop:
         attempt_id = attempt.attempt_id
         try:
             if error is None:
-                return self.sched.attempt_done(attempt_id, value=value)
-            commands = self.sched.attempt_done(
-                attempt_id,
-                error=unwrap(error),
-                failure_type=classify_failure(error),
-                placement=isinstance(error, ray_exc.TaskUnschedulableError),
+                return self.sched.handle(AttemptDone(attempt_id, value=value))
+            commands = self.sched.handle(
+                AttemptDone(
+                    attempt_id,
+                    error=unwrap(error),
+                    failure_type=classify_failure(error),
+                    placement=isinstance(error, ray_exc.TaskUnschedulableError),
+                )
             )
             reason = self.workers.died(attempt, error)
             if reason is not None:  # out of the scheduler at once: never handed work again
-                commands.extend(self.sched.worker_lost(attempt.node_id, reason))
+                commands.extend(self.sched.handle(WorkerLost(attempt.node_id, reason)))
             return commands
         except Exception as exc:
             log.exception("ray_ft failed to take the outcome of attempt %s", attempt_id)
-            return self.sched.abort(attempt, exc)
+            return self.sched.handle(Aborted(attempt, exc))
 
     def _take_batch(self, group: Group, value: Any, error: BaseException | None) -> list[Command]:
         """A batch's outcome (under the lock): each wanted member's own result or
@@ -389,11 +395,13 @@ class Loop:
         commands: list[Command] = []
         try:
             if error is not None:
-                return self.sched.batch_failed(
-                    [a.attempt_id for a in wanted],
-                    unwrap(error),
-                    classify_failure(error),
-                    placement=isinstance(error, ray_exc.TaskUnschedulableError),
+                return self.sched.handle(
+                    BatchFailed(
+                        tuple([a.attempt_id for a in wanted]),
+                        unwrap(error),
+                        classify_failure(error),
+                        placement=isinstance(error, ray_exc.TaskUnschedulableError),
+                    )
                 )
             unrun: list[int] = []
             for index, attempt in enumerate(group.attempts):
@@ -403,21 +411,27 @@ class Loop:
                 if not ran:
                     unrun.append(attempt.attempt_id)
                 elif raised is None:
-                    commands.extend(self.sched.attempt_done(attempt.attempt_id, value=result))
+                    commands.extend(
+                        self.sched.handle(AttemptDone(attempt.attempt_id, value=result))
+                    )
                 else:
                     commands.extend(
-                        self.sched.attempt_done(
-                            attempt.attempt_id,
-                            error=raised,
-                            failure_type=FailureType.APPLICATION_ERROR,
+                        self.sched.handle(
+                            AttemptDone(
+                                attempt.attempt_id,
+                                error=raised,
+                                failure_type=FailureType.APPLICATION_ERROR,
+                            )
                         )
                     )
             if unrun:
-                commands.extend(self.sched.batch_unrun(unrun, len(group.attempts) - len(unrun)))
+                commands.extend(
+                    self.sched.handle(BatchUnrun(tuple(unrun), len(group.attempts) - len(unrun)))
+                )
         except Exception as exc:
             log.exception("ray_ft failed to take the outcome of a batch")
             for attempt in wanted:
-                commands.extend(self.sched.abort(attempt, exc))
+                commands.extend(self.sched.handle(Aborted(attempt, exc)))
         return commands
 
 

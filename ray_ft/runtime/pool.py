@@ -29,11 +29,18 @@ from ray import cloudpickle
 from ray_ft import raycompat
 from ray_ft.config import FTConfig
 from ray_ft.core.commands import Exclusions
+from ray_ft.core.events import (
+    DrainingChanged,
+    Event,
+    ExclusionsChanged,
+    NodesChanged,
+    WorkersBroken,
+)
 from ray_ft.core.work import Attempt, Work
 from ray_ft.failures import FailureEvent
 from ray_ft.nodes import alive_nodes
 from ray_ft.runtime.executor import FaultTolerantExecutor
-from ray_ft.runtime.workers import Polled, WorkerGoneError
+from ray_ft.runtime.workers import WorkerGoneError
 
 __all__ = ["ActorWorkers", "FaultTolerantActorPool"]
 
@@ -112,7 +119,7 @@ class ActorWorkers:
         self._node_exclusions = Exclusions()
         self._draining_nodes: dict[str, float] = {}  # node -> deadline: actors there move
         self._table_at = -float("inf")
-        self._news: list[Polled] = []
+        self._news: list[Event] = []
         with self.lock:
             self._top_up()
 
@@ -167,7 +174,7 @@ class ActorWorkers:
             out.append(dataclasses.replace(event, worker_id=node_id))
         return out
 
-    def poll(self, due: bool, current: dict[str, dict[str, float]]) -> list[Polled]:
+    def poll(self, due: bool, current: dict[str, dict[str, float]]) -> list[Event]:
         """Collect constructors, drop the dead, start replacements (under the actors' own
         lock: callers' threads come here too)."""
         if not due:
@@ -177,27 +184,27 @@ class ActorWorkers:
             news, self._news = self._news, []
             workers = {k: dict(_ONE_SLOT) for k, a in self.actors.items() if a.node_id}
         if workers != current:
-            news.append(("nodes", workers))
+            news.append(NodesChanged(workers))
         return news
 
-    def translate(self, polled: list[Polled]) -> list[Polled]:
+    def translate(self, polled: list[Event]) -> list[Event]:
         """The manager's node verdicts and drain notices, applied to the actors there."""
-        out = []
-        for kind, payload in polled:
-            if kind == "exclusions":
+        out: list[Event] = []
+        for event in polled:
+            if isinstance(event, ExclusionsChanged):
                 with self.lock:
-                    self._node_exclusions = payload
-                    payload = self._actor_exclusions(payload)
-            elif kind == "draining":  # a notice: replacements start now, calls move off
+                    self._node_exclusions = event.snapshot
+                    event = ExclusionsChanged(self._actor_exclusions(event.snapshot))
+            elif isinstance(event, DrainingChanged):  # replacements start now, calls move off
                 with self.lock:
-                    self._draining_nodes = dict(payload)
-                    payload = {
-                        k: payload[a.node_id]
-                        for k, a in self.actors.items()
-                        if a.node_id in payload
-                    }
+                    deadlines = event.deadlines
+                    self._draining_nodes = dict(deadlines)
+                    by_actor = {k: a.node_id for k, a in self.actors.items() if a.node_id}
+                    event = DrainingChanged(
+                        {k: deadlines[n] for k, n in by_actor.items() if n in deadlines}
+                    )
                     self._top_up()
-            out.append((kind, payload))
+            out.append(event)
         return out
 
     def close(self) -> None:
@@ -280,7 +287,7 @@ class ActorWorkers:
                 error = RuntimeError(msg)
                 error.__cause__ = exc
                 self.broken = error
-                self._news.append(("broken", error))  # the queued calls fail with it
+                self._news.append(WorkersBroken(error))  # the queued calls fail with it
 
     def _kill(self, actor: _Actor) -> None:
         actor.dead = True

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_ft.core.events import Event, NodesChanged
 from ray_ft.core.work import Attempt, Work
 from ray_ft.failures import FailureEvent
 from ray_ft.nodes import alive_resources
@@ -27,7 +28,6 @@ __all__ = ["TaskWorkers", "WorkerGoneError", "Workers"]
 log = logging.getLogger(__name__)
 
 _REMOTE_CACHE_SIZE = 4096
-Polled = tuple[str, Any]  # ("nodes", table), ("exclusions", snapshot), ... fed to the scheduler
 
 
 class WorkerGoneError(RuntimeError):
@@ -68,11 +68,11 @@ class Workers(Protocol):
         """Failure events as the manager takes them (named by Ray node)."""
         ...
 
-    def poll(self, due: bool, current: dict[str, dict[str, float]]) -> list[Polled]:
+    def poll(self, due: bool, current: dict[str, dict[str, float]]) -> list[Event]:
         """News of the worker table (``due``: time to look again); never blocks long."""
         ...
 
-    def translate(self, polled: list[Polled]) -> list[Polled]:
+    def translate(self, polled: list[Event]) -> list[Event]:
         """The manager's node news, as the scheduler's workers see it."""
         ...
 
@@ -121,7 +121,7 @@ class TaskWorkers:
     def node_events(self, events: list[FailureEvent]) -> list[FailureEvent]:
         return events  # worker ids are node ids
 
-    def poll(self, due: bool, current: dict[str, dict[str, float]]) -> list[Polled]:
+    def poll(self, due: bool, current: dict[str, dict[str, float]]) -> list[Event]:
         """Ray's node table, read by a thread of its own (a GCS restart stalls no caller);
         the first look is made here and now (never place blind)."""
         if due and not self._looked:
@@ -131,13 +131,13 @@ class TaskWorkers:
             except Exception as exc:
                 log.debug("ray.nodes() failed: %s", exc)
             else:
-                return [("nodes", nodes)] if nodes != current else []
+                return [NodesChanged(nodes)] if nodes != current else []
         elif due:
             self._watcher.want()
         latest = self._watcher.take()
-        return [("nodes", latest)] if latest is not None and latest != current else []
+        return [NodesChanged(latest)] if latest is not None and latest != current else []
 
-    def translate(self, polled: list[Polled]) -> list[Polled]:
+    def translate(self, polled: list[Event]) -> list[Event]:
         return polled
 
     def close(self) -> None:
