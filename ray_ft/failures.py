@@ -16,6 +16,7 @@ __all__ = [
     "FailureEvent",
     "FailureType",
     "NodeFailedError",
+    "Severity",
     "TaskFailedError",
     "TaskTimeoutError",
     "classify_failure",
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 
-class FailureType(str, enum.Enum):
+class FailureType(enum.StrEnum):
     """Why an attempt failed; the value is the lower-case name."""
 
     WORKER_CRASH = "worker_crash"
@@ -32,9 +33,6 @@ class FailureType(str, enum.Enum):
     NETWORK_ERROR = "network_error"
     OUT_OF_MEMORY = "out_of_memory"
     APPLICATION_ERROR = "application_error"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_system(self) -> bool:
@@ -84,6 +82,23 @@ class FailureEvent:
         fields = dict(data)
         fields["failure_type"] = FailureType.parse(fields["failure_type"])
         return cls(**fields)
+
+
+class Severity(enum.StrEnum):
+    """How bad a health finding is: ``fatal`` excludes a node, ``degraded`` pauses new work.
+    Here, not in ``health``, because the manager judges by it too."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    FATAL = "fatal"
+
+    @property
+    def rank(self) -> int:
+        """0 for ok, 1 for degraded, 2 for fatal (for taking the worst of several)."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.OK: 0, Severity.DEGRADED: 1, Severity.FATAL: 2}
 
 
 class TaskTimeoutError(TimeoutError):

@@ -21,7 +21,7 @@ from ray_ft.failures import FailureEvent, FailureType
 __all__ = ["DIRECT_NODE_FAULTS", "SUSPECT_FAILURES", "Blame", "CrashLedger", "UserErrorRates"]
 
 
-class Blame(str, enum.Enum):
+class Blame(enum.StrEnum):
     """Whom a failure is charged to."""
 
     NODE = "node"
@@ -29,9 +29,6 @@ class Blame(str, enum.Enum):
     PLACEMENT = "placement"
     NONE = "none"  # ray_ft abandoned the attempt itself
     UNDECIDED = "undecided"  # a crash that is the node's only if the task succeeds elsewhere
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Evidence against the node at once: Ray says the node (or the link to it) failed. The

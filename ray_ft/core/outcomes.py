@@ -21,7 +21,7 @@ from ray_ft.core.commands import (
     ReleaseTrial,
     Report,
 )
-from ray_ft.core.state import SchedulerState
+from ray_ft.core.state import Outcome, SchedulerState
 from ray_ft.core.work import Attempt, Group, Work
 from ray_ft.failures import (
     FailureEvent,
@@ -39,7 +39,7 @@ class Outcomes(SchedulerState):
 
     def _fail(self, work: Work, error: BaseException) -> list[Command]:
         """End a call with ``error`` (its undecided failures charge nobody)."""
-        return self._end(work, "failed", error=error)
+        return self._end(work, Outcome.FAILED, error=error)
 
     def _capacity_failed(self, work: Work, msg: str) -> list[Command]:
         if not work.started and not work.future.set_running_or_notify_cancel():
@@ -54,7 +54,7 @@ class Outcomes(SchedulerState):
             f"{work.name} was waiting to run again when the executor was shut down with "
             "cancel_futures=True"
         )
-        return self._end(work, "cancelled", error=cf.CancelledError(msg))
+        return self._end(work, Outcome.CANCELLED, error=cf.CancelledError(msg))
 
     def _refused(self, work: Work, error: BaseException) -> list[Command]:
         """Ray refused to launch the call: it fails at once, with what to pass instead."""
@@ -125,7 +125,7 @@ class Outcomes(SchedulerState):
             self._wait_out(work, now + decision.delay)
             return out
         if failure_type is FailureType.APPLICATION_ERROR:
-            return [*out, *self._end(work, "failed", error=error)]
+            return [*out, *self._end(work, Outcome.FAILED, error=error)]
         self._metrics.gave_up(failure_type.value)
         out.extend(self._settle(work))  # the error names its events with their blame
         failed = TaskFailedError(
@@ -136,7 +136,7 @@ class Outcomes(SchedulerState):
             events=work.events or (),
         )
         failed.__cause__ = error
-        return [*out, *self._end(work, "failed", error=failed)]
+        return [*out, *self._end(work, Outcome.FAILED, error=failed)]
 
     def _placement_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
         """Ray could not schedule a pinned attempt there: re-place it, charging nobody.

@@ -55,7 +55,7 @@ from ray_ft.core.events import (
 )
 from ray_ft.core.outcomes import Outcomes
 from ray_ft.core.state import NullMetrics, Outcome
-from ray_ft.core.work import Attempt, Group, Shape, Work
+from ray_ft.core.work import Attempt, Group, Shape, Work, WorkState
 from ray_ft.failures import (
     FailureType,
     TaskTimeoutError,
@@ -173,7 +173,7 @@ class Scheduler(Outcomes):
                 out.append(ReleaseTrial(attempt.node_id, True))
             if work.first_failure_at is not None:
                 self._metrics.recovered(now - work.first_failure_at)
-            out.extend(self._end(work, "succeeded", value=value, runtime=runtime, on=attempt))
+            out.extend(self._end(work, Outcome.SUCCEEDED, value=value, runtime=runtime, on=attempt))
         elif placement:
             out.extend(self._placement_failed(attempt, error))
         else:
@@ -362,7 +362,7 @@ class Scheduler(Outcomes):
                 if attempt.trial:
                     out.append(ReleaseTrial(attempt.node_id, False))
             msg = f"{work.name} was given up: the map() iterator waiting for it was closed"
-            out.extend(self._end(work, "cancelled", error=cf.CancelledError(msg)))
+            out.extend(self._end(work, Outcome.CANCELLED, error=cf.CancelledError(msg)))
         if waiting:  # one pass for the whole set (a closed map gives up many at once)
             self._timers = [t for t in self._timers if not t[2].given_up]
             heapq.heapify(self._timers)
@@ -376,7 +376,7 @@ class Scheduler(Outcomes):
             if not work.started and not work.future.set_running_or_notify_cancel():
                 continue
             work.started = True
-            out.extend(self._end(work, "failed", error=error))
+            out.extend(self._end(work, Outcome.FAILED, error=error))
         return out
 
     def _on_went_idle(self) -> list[Command]:
@@ -396,7 +396,7 @@ class Scheduler(Outcomes):
                 if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
                     break
                 work = queue[0]
-                if work.state == "done":  # ended elsewhere (a twin won, given up, aborted)
+                if work.state == WorkState.DONE:  # ended elsewhere (a twin won, given up, aborted)
                     queue.popleft()
                     continue
                 picked = self.placement.pick(work, len(queue))
@@ -408,7 +408,7 @@ class Scheduler(Outcomes):
                 queue.popleft()
                 if not work.started:
                     if not work.future.set_running_or_notify_cancel():
-                        out.extend(self._end(work, "cancelled"))
+                        out.extend(self._end(work, Outcome.CANCELLED))
                         # the pick took the node's heap entry: give it back, or the node
                         # would get no more of this work until its next event
                         self.table.unpick(picked[0], work.shape, work.kind)
@@ -506,7 +506,7 @@ class Scheduler(Outcomes):
             size = min(size, self.max_in_flight - len(self.inflight))
         members, ended = take_members(head, queue, node_id, size)
         for work in ended:
-            self._end(work, "cancelled")  # nothing to say: cancelled while queued, or ended
+            self._end(work, Outcome.CANCELLED)  # nothing to say: cancelled while queued, or ended
         return members
 
     def _start_group(self, members: list[Work], node_id: str, now: float) -> tuple[Attempt, ...]:

@@ -9,12 +9,13 @@ failure is judged lives in ``ray_ft.core.outcomes``; the events in ``ray_ft.core
 from __future__ import annotations
 
 import dataclasses
+import enum
 import heapq
 import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from ray_ft.config import FTConfig
 from ray_ft.core.attribution import CrashLedger, UserErrorRates
@@ -28,12 +29,18 @@ from ray_ft.core.placement import Placement
 from ray_ft.core.retry import RetryPolicy
 from ray_ft.core.speculation import Stragglers
 from ray_ft.core.trials import TrialLeases
-from ray_ft.core.work import Attempt, Group, Shape, Work
+from ray_ft.core.work import Attempt, Group, Shape, Work, WorkState
 from ray_ft.failures import FailureEvent
 
 __all__ = ["NullMetrics", "Outcome", "SchedulerState"]
 
-Outcome = Literal["succeeded", "failed", "cancelled"]  # how a call ended (a stats key)
+
+class Outcome(enum.StrEnum):
+    """How a call ended (also its key in ``stats``)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class NullMetrics:
@@ -136,11 +143,11 @@ class SchedulerState:
         running = {id(a.work) for a in attempts}
         for attempt in attempts:
             work = attempt.work
-            check(work.state == "running", f"{work.name} in flight but {work.state!r}")
+            check(work.state == WorkState.RUNNING, f"{work.name} in flight but {work.state!r}")
             check(work.failures <= self.config.max_retries, f"{work.name}: too many failures")
         for _, _, work in self._timers:
             check(
-                id(work) in running or work.state == "backoff",
+                id(work) in running or work.state == WorkState.BACKOFF,
                 f"{work.name} on a retry timer but {work.state!r}",
             )
         slots: Counter[tuple[str, Shape]] = Counter()
@@ -227,7 +234,7 @@ class SchedulerState:
 
     def _queue(self, work: Work, *, front: bool = True) -> None:
         """Put a call in line for a slot: first (a rerun, a fired timer) or last (new)."""
-        work.state = "queued"
+        work.state = WorkState.QUEUED
         queue = self._queues.setdefault(work.shape, deque())
         if front:
             queue.appendleft(work)
@@ -236,7 +243,7 @@ class SchedulerState:
 
     def _wait_out(self, work: Work, due: float) -> None:
         """A call waits out a retry delay until ``due`` (then ``tick`` queues it first)."""
-        work.state = "backoff"
+        work.state = WorkState.BACKOFF
         heapq.heappush(self._timers, (due, next(self._seq), work))
 
     def _take_waiting(self) -> list[Work]:
@@ -251,7 +258,7 @@ class SchedulerState:
     ) -> Attempt:
         attempt_id = next(self._ids)
         work.stranded_since = None
-        work.state = "running"
+        work.state = WorkState.RUNNING
         first = group is None or not group.attempts  # a batch holds one slot, one deadline
         deadline = None if work.timeout is None else now + batch_timeout(work.timeout, group)
         if first:
@@ -322,9 +329,9 @@ class SchedulerState:
         """The one way a call ends, once: counted by its outcome, its straggler cohort
         told, its undecided failures settled (cleared by the node it succeeded ``on``, or
         charged to nobody), its future resolved (one cancelled while queued stays so)."""
-        if work.state == "done":
+        if work.state == WorkState.DONE:
             return []
-        work.state = "done"
+        work.state = WorkState.DONE
         self.stats[outcome] += 1
         if work.cohort is not None:
             self._stragglers.finished(work.kind, work.cohort, runtime)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import enum
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from ray_ft.failures import FailureEvent
 
@@ -18,7 +19,16 @@ __all__ = ["Attempt", "CallSpec", "Group", "Shape", "Work", "WorkState"]
 
 # queued: waits for a slot; backoff: waits out a retry delay on the timer heap; running: an
 # attempt (or two copies) in flight; done: ended once, by Scheduler._end, with its outcome
-WorkState = Literal["queued", "backoff", "running", "done"]
+
+
+class WorkState(enum.StrEnum):
+    """Where a call is: waiting for a slot, waiting out a retry delay, running, ended."""
+
+    QUEUED = "queued"
+    BACKOFF = "backoff"
+    RUNNING = "running"
+    DONE = "done"
+
 
 _OWN_OPTIONS = ("timeout", "name", "speculation")  # ray_ft's; never handed to Ray
 _UNBOUNDED_SLOTS = 1000  # a task that asks for no resource at all
@@ -122,7 +132,7 @@ class Work:
     batch_cap: int | None = None  # most members of a batch it may join (chunksize, a split)
     given_up: bool = False  # the caller gave it up (Scheduler.give_up): never run again
     running: Attempt | None = None  # its one attempt in flight, for a call without backups
-    state: WorkState = "queued"  # see WorkState
+    state: WorkState = WorkState.QUEUED
 
     def __post_init__(self) -> None:
         if not self.kind:

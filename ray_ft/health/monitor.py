@@ -9,7 +9,6 @@ double-bit ECC errors, pending page retirement, a lost GPU, hardware thermal slo
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 import psutil
 
 from ray_ft.config import FTConfig
+from ray_ft.failures import Severity
 from ray_ft.health.gpu import (
     GpuBackendUnavailable,
     GPUtilBackend,
@@ -50,25 +50,6 @@ log = logging.getLogger(__name__)
 _DISK_FULL_GB = 0.1  # less free space than this is a full disk: fatal
 _CPU_MIN_INTERVAL_S = 0.1  # the shortest interval a CPU figure is measured over
 _NVML_RETRY_S = 60.0  # a failed nvmlInit is tried again this often (a driver may load later)
-
-
-class Severity(str, enum.Enum):
-    """How bad a health finding is: ``fatal`` excludes a node, ``degraded`` pauses new work."""
-
-    OK = "ok"
-    DEGRADED = "degraded"
-    FATAL = "fatal"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def rank(self) -> int:
-        """0 for ok, 1 for degraded, 2 for fatal (for taking the worst of several)."""
-        return _SEVERITY_RANK[self]
-
-
-_SEVERITY_RANK = {Severity.OK: 0, Severity.DEGRADED: 1, Severity.FATAL: 2}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -16,15 +16,12 @@ from typing import Any
 __all__ = ["BreakerListener", "BreakerState", "CircuitBreaker"]
 
 
-class BreakerState(str, enum.Enum):
+class BreakerState(enum.StrEnum):
     """Breaker states; members compare equal to the strings "CLOSED", "OPEN", "HALF_OPEN"."""
 
     CLOSED = "CLOSED"
     OPEN = "OPEN"
     HALF_OPEN = "HALF_OPEN"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 BreakerListener = Callable[["CircuitBreaker", BreakerState, BreakerState], None]

@@ -7,6 +7,7 @@ them as they are, and ``FaultToleranceManager`` hands them out.
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 from ray_ft.core.attribution import Blame
 from ray_ft.failures import FailureEvent, FailureType
@@ -34,8 +35,8 @@ NODE_FAULTS = frozenset(
 )
 
 
-class WorkerStatus:
-    """String constants for WorkerInfo.status."""
+class WorkerStatus(enum.StrEnum):
+    """A node's status as the manager holds it (``WorkerInfo.status``)."""
 
     ALIVE = "alive"
     DEGRADED = "degraded"  # a degraded health verdict: placed last (work only where no ok

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ray_ft.config import FTConfig
 from ray_ft.core.attribution import SUSPECT_FAILURES, Blame
 from ray_ft.core.retry import RetryDecision, RetryPolicy
-from ray_ft.failures import FailureEvent, FailureType
+from ray_ft.failures import FailureEvent, FailureType, Severity
 from ray_ft.manager import persist
 from ray_ft.manager.breaker import BreakerState, CircuitBreaker
 from ray_ft.manager.crowd import DegradedCrowd, ObserverGuard, PeerCounts
@@ -72,7 +72,7 @@ class FaultToleranceManager:
         self.history: collections.deque[FailureEvent] = collections.deque(maxlen=HISTORY_LIMIT)
         self.failure_counts: collections.Counter[str] = collections.Counter()  #: by type
         self.health_reasons: dict[str, list[str]] = {}  #: node -> its probe's findings
-        self.health_severity: dict[str, str] = {}  #: node -> degraded or fatal (ok: absent)
+        self.health_severity: dict[str, Severity] = {}  #: node -> degraded or fatal (ok: absent)
         self.liveness_failures: dict[str, str] = {}  #: node -> why it looks failed
         self.breaker_transitions: list[dict[str, Any]] = []  #: the last 1,000
         self._trial_leases: dict[str, list[float]] = {}  # node -> when each trial was leased
@@ -241,17 +241,18 @@ class FaultToleranceManager:
 
     def mark_worker_failed(self, worker_id: str, reasons: Iterable[str]) -> None:
         """A fatal health verdict: exclude the node, rerun its work, open its breaker."""
-        self.update_health(worker_id, "fatal", list(reasons))
+        self.update_health(worker_id, Severity.FATAL, list(reasons))
 
     def mark_worker_healthy(self, worker_id: str) -> None:
         """A healthy report and heartbeats: the node is ALIVE (its breaker recovers by trial)."""
         self.liveness_failures.pop(worker_id, None)
-        self.update_health(worker_id, "ok", [])
+        self.update_health(worker_id, Severity.OK, [])
 
-    def update_health(self, worker_id: str, severity: str, reasons: list[str]) -> None:
+    def update_health(self, worker_id: str, severity: Severity | str, reasons: list[str]) -> None:
         """Take a health verdict: ``fatal`` fails the node, ``degraded`` pauses new work."""
+        severity = Severity(severity)  # a probe's answer carries the plain string
         self.workers.get(worker_id) or self.register_worker(worker_id)
-        if severity == "ok":
+        if severity == Severity.OK:
             self.health_severity.pop(worker_id, None)
             self.health_reasons.pop(worker_id, None)
         else:
@@ -512,13 +513,13 @@ class FaultToleranceManager:
 
     def _settle_status(self, worker_id: str, info: WorkerInfo) -> None:
         severity = self.health_severity.get(worker_id)
-        if worker_id in self.liveness_failures or severity == "fatal":
+        if worker_id in self.liveness_failures or severity == Severity.FATAL:
             if info.status != WorkerStatus.FAILED:
                 info.status = WorkerStatus.FAILED
                 breaker = self.breaker(worker_id)
                 if not breaker.is_open():
                     breaker.open()
-        elif severity == "degraded":
+        elif severity == Severity.DEGRADED:
             info.status = WorkerStatus.DEGRADED
         else:
             info.status = WorkerStatus.ALIVE

@@ -16,6 +16,7 @@ work in flight is kept alive (``BUSY``) until the work is done.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import enum
 import logging
 import threading
 import time
@@ -71,6 +72,14 @@ _BUSY_WAIT_S = 0.1  # longest a busy loop waits before it picks up refs launched
 # Loops with work in flight: held here so that a dropped executor finishes its work (the
 # thread holds only a weak reference); released when the loop goes idle.
 BUSY: set[Loop] = set()  # changed under the loop's own lock
+
+
+class Round(enum.StrEnum):
+    """What one round of the loop left: work, nothing to do, or a loop shut down."""
+
+    BUSY = "busy"
+    IDLE = "idle"
+    DONE = "done"
 
 
 class Loop:
@@ -154,8 +163,8 @@ class Loop:
 
     # -- the thread ----------------------------------------------------------------------
 
-    def step(self) -> str:
-        """One round; returns "busy", "idle" (nothing to do) or "done" (shut down, drained)."""
+    def step(self) -> Round:
+        """One round; says whether work is left, none is, or the loop is shut down."""
         now = self._clock()
         polled = self.poll()
         commands: list[Command] = []
@@ -186,17 +195,17 @@ class Loop:
                 if self.sched.idle and not self._given_up:
                     BUSY.discard(self)
                     self.idle_now.set()
-            return "done" if self.closed else "idle"
+            return Round.DONE if self.closed else Round.IDLE
         timeout = _BUSY_WAIT_S if wakeup is None else max(0.0, min(_BUSY_WAIT_S, wakeup - now))
         if not refs:
             self.kick.wait(timeout)
             self.kick.clear()
-            return "busy"
+            return Round.BUSY
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
         if ready:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
             self._collect(ready)
-        return "busy"
+        return Round.BUSY
 
     def poll(self, *, force: bool = False) -> list[Event]:
         """Ray and manager calls, outside the lock; their results are fed in later."""
@@ -445,14 +454,14 @@ def _run(weak: weakref.ref[Loop], kick: threading.Event) -> None:
             state = loop.step()
         except Exception:  # keep serving futures whatever one round hit
             log.exception("executor round failed")
-            state = "busy"
+            state = Round.BUSY
             time.sleep(0.1)
-        if state == "done":
+        if state == Round.DONE:
             loop.workers.close()
             if loop._link is not None:
                 loop._link.close()
             return
-        if state == "idle":
+        if state == Round.IDLE:
             del loop  # idle: only the weak reference remains while we wait
             kick.wait()
             kick.clear()
