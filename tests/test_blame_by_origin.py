@@ -19,6 +19,7 @@ import pytest
 import ray
 
 from ray_ft import FailureType, FaultTolerantActorPool, FaultTolerantExecutor, TaskFailedError
+from ray_ft.core.events import AttemptDone
 from ray_ft.runtime.manager_client import ActorManagerClient
 from ray_ft.runtime.workers import TaskWorkers
 from tests.raytools import wait_for
@@ -159,15 +160,15 @@ def test_a_fault_in_one_command_leaves_every_other_call_resolved(nodes, fault):
         config["task_timeout"] = 1.5
     with FaultTolerantExecutor(config, manager=False, _workers=Faulty(fault)) as ex:
         if fault == "outcome":  # ray_ft itself fails taking one attempt's outcome
-            take = ex._loop.sched.attempt_done
+            take = ex._loop.sched.handle
 
-            def attempt_done(attempt_id, **outcome):
-                if outcome.get("value") == 8:
+            def handle(*events):
+                if any(isinstance(e, AttemptDone) and e.value == 8 for e in events):
                     msg = "injected scheduler fault"
                     raise RuntimeError(msg)
-                return take(attempt_id, **outcome)
+                return take(*events)
 
-            ex._loop.sched.attempt_done = attempt_done
+            ex._loop.sched.handle = handle
         futures, refused = {}, []
         for i in range(24):
             try:
