@@ -339,3 +339,29 @@ def test_median_without_ones_own_count_matches_the_plain_median():
         expected = statistics.median(others) if others else None
         assert _median_without(counts, mine) == expected
         assert _median_without(counts, None) == statistics.median(counts)
+
+
+def test_new_settings_keep_the_breakers_state_and_take_the_new_timeout(clock):
+    from ray_ft.config import FTConfig
+
+    m = manager(clock, worker_failure_threshold=1, failure_window=60, breaker_timeout=30)
+    m.register_worker("a")
+    for _ in range(2):
+        m.handle_worker_failure("a")
+    assert m.breaker("a").state is BreakerState.OPEN
+    before = m.version
+    m.update_config(m.config.replace(breaker_timeout=5.0))
+    assert isinstance(m.config, FTConfig) and m.version > before  # snapshots are void
+    assert m.breaker("a").state is BreakerState.OPEN and m.breaker("a").timeout == 5.0
+    clock.advance(5.0)
+    assert m.breaker("a").state is BreakerState.HALF_OPEN
+
+
+def test_a_node_that_left_loses_its_heartbeat_verdict_through_the_version(clock):
+    m = FaultToleranceManager(clock=clock)
+    m.register_worker("w1", 1)
+    m.update_liveness("w1", False, "silent")
+    assert m.failed_by_liveness("w1")
+    before = m.version
+    m.forget_liveness("w1")
+    assert not m.failed_by_liveness("w1") and m.version > before

@@ -9,10 +9,12 @@ it, or an idle autoscaled node lets its probe go) is forgotten here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -24,9 +26,11 @@ from ray_ft.metrics import get_metrics
 from ray_ft.nodes import alive_nodes
 
 if TYPE_CHECKING:
-    from ray_ft.actors.manager_actor import ManagerActor
+    from ray_ft.actors._cluster_watch import ElasticWatch
+    from ray_ft.config import FTConfig
+    from ray_ft.manager.state import FaultToleranceManager
 
-__all__ = ["ProbeFleet"]
+__all__ = ["FleetLinks", "ProbeFleet"]
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +41,25 @@ _TOMBSTONE_S = 120.0  # a node Ray reports gone is forgotten after this long
 _OBSERVER_STALL_FACTOR = 3.0  # a liveness round this many intervals late: the actor stalled
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetLinks:
+    """What the fleet is given by the manager actor that hosts it, and nothing more."""
+
+    manager: FaultToleranceManager  #: verdicts go here, through its methods, under ``lock``
+    lock: threading.RLock  #: the manager's state and the fleet's tables
+    config: Callable[[], FTConfig]  #: the settings now (``update_config`` replaces them)
+    save: Callable[[], None]  #: ask the state writer for a save (coalesced)
+    elastic: ElasticWatch  #: drain notices and which nodes keep a probe
+    stop: threading.Event  #: the actor shuts down
+    wake: threading.Event  #: a loop's wait ends early (new settings, shutdown)
+    restored: bool  #: the manager restarted (its probes went with the old actor)
+
+
 class ProbeFleet:
     """The probes of the host manager actor, their heartbeats and health answers."""
 
-    def __init__(self, host: ManagerActor) -> None:
-        self._host = host  # its manager, config, lock, elastic watch, writer, stop, wake
+    def __init__(self, links: FleetLinks) -> None:
+        self._host = links
         self._health_lock = threading.Lock()  # health rounds never overlap
         self.probes: dict[str, Any] = {}  #: node -> its probe actor
         self._probe_started: dict[str, float] = {}  # node -> when its probe was started
@@ -60,7 +78,7 @@ class ProbeFleet:
         # a fresh manager on a fresh cluster starts its probes once the job's first calls
         # have their workers (new processes compete for the same cores); a restarted one
         # at once (the cluster was running: its probes were lost with the old actor)
-        delay = 0.0 if host.restored else host.config.probe_start_delay
+        delay = 0.0 if links.restored else links.config().probe_start_delay
         self.probes_from = time.monotonic() + delay  #: when probes are first started
 
     def relearn(self) -> None:
@@ -78,11 +96,11 @@ class ProbeFleet:
         self.synced_at = time.monotonic()
         alive = alive_nodes()
         thresholds = {
-            "cpu": self._host.config.cpu_threshold,
-            "memory": self._host.config.memory_threshold,
-            "disk": self._host.config.disk_threshold,
-            "gpu_temp": self._host.config.gpu_temp_threshold,
-            "gpu_memory": self._host.config.gpu_memory_threshold,
+            "cpu": self._host.config().cpu_threshold,
+            "memory": self._host.config().memory_threshold,
+            "disk": self._host.config().disk_threshold,
+            "gpu_temp": self._host.config().gpu_temp_threshold,
+            "gpu_memory": self._host.config().gpu_memory_threshold,
         }
         changed = False
         with self._host.lock:
@@ -114,20 +132,20 @@ class ProbeFleet:
             # a node gone this long is forgotten: every table holds the live cluster
             changed = bool(self._host.manager.prune_departed(_TOMBSTONE_S)) or changed
             if changed:
-                self._host.writer.save()
+                self._host.save()
 
     def _new_detector(self) -> PhiAccrualDetector:
         return PhiAccrualDetector(
-            threshold=self._host.config.liveness_phi_threshold,
-            timeout_floor=self._host.config.liveness_timeout_floor,
-            expected_interval=self._host.config.liveness_interval,
+            threshold=self._host.config().liveness_phi_threshold,
+            timeout_floor=self._host.config().liveness_timeout_floor,
+            expected_interval=self._host.config().liveness_interval,
         )
 
     def liveness_loop(self) -> None:
         last_round: float | None = None
         while not self._host.stop.is_set():
             started = time.monotonic()
-            interval = self._host.config.liveness_interval
+            interval = self._host.config().liveness_interval
             if last_round is not None and started - last_round > _OBSERVER_STALL_FACTOR * interval:
                 # this actor itself stalled (its node is busy or was paused): the silence
                 # is ours, not the nodes'
@@ -138,7 +156,7 @@ class ProbeFleet:
                 self.sync_nodes()
                 with self._host.lock:
                     if self._host.manager.expire_trial_leases():
-                        self._host.writer.save()
+                        self._host.save()
                 self._liveness_round(started + interval)
             except Exception:  # the loop must outlive any one bad round
                 log.exception("liveness round failed")
@@ -194,9 +212,9 @@ class ProbeFleet:
         with self._host.lock:
             self._never_answered.discard(node_id)
             back = self.book.heartbeat(node_id, arrived)
-            if back or node_id in self._host.manager.liveness_failures:
+            if back or self._host.manager.failed_by_liveness(node_id):
                 self._host.manager.update_liveness(node_id, True)
-                self._host.writer.save()
+                self._host.save()
             rtt = arrived - sent
             previous = self.latency.get(node_id)
             self.latency[node_id] = rtt if previous is None else 0.8 * previous + 0.2 * rtt
@@ -235,7 +253,7 @@ class ProbeFleet:
                     )
                     self._drop_probe(node_id)
             if changed:
-                self._host.writer.save()
+                self._host.save()
             if now - self._metrics_at >= 1.0:  # a gauge per node: once a second is plenty
                 self._metrics_at = now
                 self._export_metrics()
@@ -246,7 +264,7 @@ class ProbeFleet:
                 self.health_round()
             except Exception:  # the loop must outlive any one bad round
                 log.exception("health round failed")
-            self._host.wake.wait(self._host.config.health_check_interval)
+            self._host.wake.wait(self._host.config().health_check_interval)
             self._host.wake.clear()
 
     def health_round(self) -> None:
@@ -265,7 +283,7 @@ class ProbeFleet:
             ready, _ = ray.wait(
                 refs,
                 num_returns=len(refs),
-                timeout=self._host.config.probe_timeout,
+                timeout=self._host.config().probe_timeout,
                 fetch_local=True,
             )
             ready_set = set(ready)
@@ -277,7 +295,7 @@ class ProbeFleet:
                     elif node_id in self.probes:
                         self._count_miss(node_id)
                 self.rounds += 1
-                self._host.writer.save()
+                self._host.save()
 
     def _take_health(self, node_id: str, ref: Any) -> None:
         try:
@@ -297,7 +315,7 @@ class ProbeFleet:
             return  # its probe never answered yet: judged only once it has (liveness)
         self.misses[node_id] += 1
         misses = self.misses[node_id]
-        config = self._host.config
+        config = self._host.config()
         if misses >= config.probe_failure_threshold:
             reason = f"missed {misses} consecutive health checks (timeout {config.probe_timeout}s)"
             self._host.manager.update_health(node_id, "fatal", [reason])
@@ -319,7 +337,7 @@ class ProbeFleet:
         self.latency.pop(node_id, None)
         self.misses.pop(node_id, None)
         self.last_report.pop(node_id, None)
-        self._host.manager.liveness_failures.pop(node_id, None)
+        self._host.manager.forget_liveness(node_id)
 
     def _drop_probe(self, node_id: str) -> None:
         probe = self.probes.pop(node_id, None)

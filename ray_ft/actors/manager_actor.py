@@ -25,7 +25,7 @@ import ray
 from ray_ft import raycompat
 from ray_ft.actors._checkpoint_keeper import CheckpointKeeper
 from ray_ft.actors._cluster_watch import ElasticWatch
-from ray_ft.actors._probes import ProbeFleet
+from ray_ft.actors._probes import FleetLinks, ProbeFleet
 from ray_ft.actors._state_writer import StateWriter, load_manager
 from ray_ft.actors.health_probe import OWN_WORKER
 from ray_ft.config import CLUSTER_KEYS, FTConfig
@@ -62,7 +62,18 @@ class ManagerActor:
         self.wake = threading.Event()  # a loop's wait ends early (new settings, shutdown)
         self.writer = StateWriter(self.state_path, self.lock, self._snapshot, self.stop)
         self.elastic = ElasticWatch(restarted=self.restored)
-        self.fleet = ProbeFleet(self)
+        self.fleet = ProbeFleet(
+            FleetLinks(
+                manager=self.manager,
+                lock=self.lock,
+                config=lambda: self.config,
+                save=self.writer.save,
+                elastic=self.elastic,
+                stop=self.stop,
+                wake=self.wake,
+                restored=self.restored,
+            )
+        )
         self._checkpoints = CheckpointKeeper(self.state_path.parent / "checkpoints")
         self._refused = 0  # reports and trial requests for nodes Ray never reported
         self._threads = [
@@ -157,13 +168,8 @@ class ManagerActor:
         with self.lock:
             if new == self.config:
                 return
-            state = self.manager.get_state()
             self.config = new
-            self.manager = FaultToleranceManager(new)
-            self.manager.load_state(state)
-            for breaker in self.manager.circuit_breakers.values():
-                breaker.timeout = new.breaker_timeout
-                breaker.half_open_max_calls = new.half_open_max_calls
+            self.manager.update_config(new)
             self.fleet.relearn()  # the detectors relearn with the new settings
             self.writer.save()
         self.wake.set()

@@ -54,6 +54,14 @@ class CircuitBreaker:
         self._listeners: list[BreakerListener] = []
         self._lock = threading.RLock()
 
+    def reconfigure(self, timeout: float, half_open_max_calls: int) -> None:
+        """New settings for this breaker; its state and history stay."""
+        if half_open_max_calls < 1:
+            msg = f"half_open_max_calls={half_open_max_calls!r} is not valid; pass >= 1"
+            raise ValueError(msg)
+        self.timeout = float(timeout)
+        self.half_open_max_calls = half_open_max_calls
+
     # -- observation -------------------------------------------------------------------
 
     def reopens_at(self) -> float:

@@ -279,6 +279,15 @@ class FaultToleranceManager:
         self._observer_suspect(extra=0)  # clears the suspicion once few enough look failed
         return True
 
+    def failed_by_liveness(self, worker_id: str) -> bool:
+        """The node stands failed because it stopped answering heartbeats."""
+        return worker_id in self.liveness_failures
+
+    def forget_liveness(self, worker_id: str) -> None:
+        """The node left (its probe's history is dropped): its heartbeat verdict goes too."""
+        if self.liveness_failures.pop(worker_id, None) is not None:
+            self.version += 1
+
     def _observer_suspect(self, extra: int) -> bool:
         """True while a majority of the live nodes, at least three, would look failed with
         ``extra`` more (``ray_ft.manager.crowd.ObserverGuard``)."""
@@ -408,6 +417,15 @@ class FaultToleranceManager:
         """JSON-serializable snapshot of everything that must survive a restart
         (the format: ``ray_ft.manager.persist``)."""
         return persist.encode(self)
+
+    def update_config(self, config: FTConfig) -> None:
+        """Adopt new settings in place: breakers, records and verdicts stay (each breaker
+        takes the new timeout and trial count)."""
+        self.config = config
+        self.policy = RetryPolicy(config)
+        for breaker in self.circuit_breakers.values():
+            breaker.reconfigure(config.breaker_timeout, config.half_open_max_calls)
+        self.version += 1  # snapshots carry what the settings decide: void them
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`get_state` snapshot (failure events keep their wall times)."""
