@@ -45,9 +45,8 @@ test-fast: $(STAMP)
 # and the cluster tests of the Ray layer. CI runs it on the oldest supported release.
 RAY ?= 2.44.1
 COMPAT := .venv-ray-$(RAY)
-COMPAT_TESTS := tests/test_executor_basic.py tests/test_executor_contract.py \
-	tests/test_ray_faults.py tests/test_pool.py tests/test_manager_actor.py \
-	tests/test_elastic_ray.py tests/test_client_libraries.py tests/test_recovery.py
+COMPAT_TESTS := $(addprefix tests/cluster/test_,executor_basic.py executor_contract.py \
+	ray_faults.py pool.py manager_actor.py elastic_ray.py client_libraries.py recovery.py)
 
 test-compat:
 	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
@@ -57,7 +56,7 @@ test-compat:
 	$(COMPAT)/bin/python -c "import ray, sys; print('compat lane: Ray', ray.__version__); \
 		sys.exit(ray.__version__ != '$(RAY)')"
 	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not cluster" \
-		--ignore=tests/test_notebook.py
+		--ignore=tests/cluster/test_notebook.py
 	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider --durations=10 $(COMPAT_TESTS)
 
 bench: $(STAMP)

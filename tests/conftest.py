@@ -6,10 +6,16 @@ import os
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray workers must import test modules to unpickle functions defined in them.
+# Ray workers must import test modules to unpickle functions defined in them: pytest
+# imports each test file by its own name from its folder (tests/core, tests/cluster, ...).
 _here = os.path.dirname(os.path.abspath(__file__))
+_folders = sorted(
+    os.path.join(_here, d)
+    for d in os.listdir(_here)
+    if os.path.isdir(os.path.join(_here, d)) and not d.startswith((".", "_"))
+)
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_here, os.path.dirname(_here), *filter(None, [os.environ.get("PYTHONPATH")])]
+    [_here, *_folders, os.path.dirname(_here), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 
 import sys  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 from ray_ft.config import FTConfig
 from ray_ft.tools import config_doc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_BYTES = 12_500
 

@@ -26,7 +26,7 @@ from tests.raytools import cluster_session, wait_for
 pytestmark = pytest.mark.cluster
 
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 
 
 @pytest.mark.timeout(600)
