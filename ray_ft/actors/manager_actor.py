@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "ray_ft_manager"
 DEFAULT_NAMESPACE = "ray_ft"
 DEFAULT_STATE_DIR = os.path.join("checkpoints", "_manager")
+_NODE_LOG = 10  # breaker transitions shown per node (``ray-ft why``)
 
 
 class ManagerActor:
@@ -185,6 +186,7 @@ class ManagerActor:
         with self.lock:
             m, fleet = self.manager, self.fleet
             now = time.monotonic()
+            transitions = m.transitions_by_node(_NODE_LOG)
             nodes = {}
             for node_id, info in sorted(m.workers.items()):
                 report = fleet.last_report.get(node_id, {})
@@ -210,6 +212,7 @@ class ManagerActor:
                     # a drain notice (spot preemption, scale-down): leaving is nobody's fault
                     "drain": self.elastic.drain_state(node_id),
                     "recent_failures": recent,
+                    "transitions": transitions.get(node_id, []),
                 }
             return {
                 "nodes": nodes,

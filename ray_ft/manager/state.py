@@ -334,6 +334,14 @@ class FaultToleranceManager:
             reasons.append(self.liveness_failures[worker_id])
         return reasons + self.health_reasons.get(worker_id, [])
 
+    def transitions_by_node(self, last: int) -> dict[str, list[dict[str, Any]]]:
+        """Each node's last ``last`` breaker transitions, oldest first: one pass over the
+        bounded history (``HISTORY_LIMIT``), not one per node."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for transition in self.breaker_transitions:
+            out.setdefault(str(transition["worker_id"]), []).append(transition)
+        return {node: moves[-last:] for node, moves in out.items()}
+
     def excluded_workers(self) -> set[str]:
         """Nodes that must receive no new task: dead, failed, or OPEN breaker. A degraded
         node is not excluded: it is placed last (``degraded`` in the snapshot)."""

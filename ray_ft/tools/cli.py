@@ -135,6 +135,30 @@ def connect_error(address: str | None, exc: BaseException) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    status, alive = _fetch_status(args)
+    status["last_checkpoint"] = _last_checkpoint(Path(args.checkpoint_dir))
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    _print_status(status, alive)
+    return 0
+
+
+def _cmd_why(args: argparse.Namespace) -> int:
+    from ray_ft.tools.explain import explain, find_node
+
+    status, alive = _fetch_status(args)
+    try:
+        node_id = find_node(status["nodes"], args.node)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    ray_view = "alive" if alive.get(node_id, {}).get("Alive") else "gone"
+    print(explain(node_id, status["nodes"][node_id]) + f"\n  Ray: {ray_view}")
+    return 0
+
+
+def _fetch_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manager's status and Ray's node table, from the cluster at ``args.address``."""
     import ray
 
     from ray_ft.actors.manager_actor import DEFAULT_NAME, DEFAULT_NAMESPACE
@@ -154,12 +178,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         alive = {n["NodeID"]: n for n in ray.nodes()}
     finally:
         ray.shutdown()
-    status["last_checkpoint"] = _last_checkpoint(Path(args.checkpoint_dir))
-    if args.json:
-        print(json.dumps(status, indent=2, default=str))
-        return 0
-    _print_status(status, alive)
-    return 0
+    return status, alive
 
 
 def _last_checkpoint(root: Path) -> dict[str, Any] | None:
@@ -352,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--name", default=None, help="manager actor name")
     status.add_argument("--checkpoint-dir", default="checkpoints")
     status.set_defaults(func=_cmd_status)
+
+    why = sub.add_parser("why", help="why a node is excluded: its verdict and the events")
+    why.add_argument("node", help="the node id, or the first characters of it")
+    why.add_argument("--address", default=None, help="HOST:PORT of the head (default auto)")
+    why.add_argument("--name", default=None, help="manager actor name")
+    why.set_defaults(func=_cmd_why)
 
     ckpt = sub.add_parser("checkpoints", help="list, verify or show checkpoints")
     ckpt.add_argument("action", choices=["list", "verify", "show"])

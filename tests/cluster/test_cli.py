@@ -123,6 +123,11 @@ def test_status_on_a_live_cluster(cluster, tmp_path):
     assert len(status["nodes"]) == 2
     text = run_cli("status", "--address", cluster.address, timeout=120)
     assert text.returncode == 0 and "OPEN" in text.stdout and "last checkpoint" in text.stdout
+    why = run_cli("why", node[:8], "--address", cluster.address, timeout=120)
+    assert why.returncode == 0, why.stderr
+    assert why.stdout.startswith(f"node {node}:") and "CLOSED -> OPEN" in why.stdout
+    unknown = run_cli("why", "zzzz", "--address", cluster.address, timeout=120)
+    assert unknown.returncode == 2 and "no node id starts with 'zzzz'" in unknown.stderr
     kill_manager()
 
 
