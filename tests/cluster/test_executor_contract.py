@@ -208,7 +208,7 @@ import sys, time
 import ray
 sys.path.insert(0, {root!r})
 from ray_ft import FaultTolerantExecutor
-from tests.test_executor_contract import sleep_then_touch
+from tests.cluster.test_executor_contract import sleep_then_touch
 
 ray.init(address={address!r}, namespace="ray_ft_exit_test")
 ex = FaultTolerantExecutor({{"batching": False}}, manager=False)
