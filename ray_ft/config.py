@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -100,6 +101,12 @@ class FTConfig:
     exit_timeout: float | None = 600.0
     """Seconds Python's exit waits for unfinished calls, as the stdlib pools wait (None: no bound).
     """
+    storage: str | None = None
+    """Where relative checkpoint folders and the manager's state go: a folder or a ``pyarrow.fs``
+    URI (``s3://bucket/prefix``). None: ``$RAY_FT_STORAGE``, else ``~/ray_ft`` on the driver's
+    machine. On a cluster of several machines use a bucket or a shared mount, so a replaced head
+    finds them.
+    """
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -124,6 +131,8 @@ class FTConfig:
             if getattr(self, name) > 1.0:
                 msg = f"{name}={getattr(self, name)!r} is a fraction; pass a value in (0, 1]"
                 raise ValueError(msg)
+        if self.storage is not None:
+            set_(self, "storage", _check_storage(self.storage))
         if self.jitter not in JITTER_MODES:
             msg = f"jitter={self.jitter!r} is not valid; pass one of {', '.join(JITTER_MODES)}"
             raise ValueError(msg)
@@ -270,6 +279,18 @@ def _check_number(name: str, value: Any, kind: type, low: float, inclusive: bool
         msg = f"{name}={value!r} is out of range; pass a value {bound}"
         raise ValueError(msg)
     return kind(value)
+
+
+def _check_storage(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        msg = (
+            f"storage={value!r} is not valid; pass a folder or a URI such as "
+            "'s3://bucket/ray_ft', or None for $RAY_FT_STORAGE (else ~/ray_ft)"
+        )
+        raise ValueError(msg)
+    return value
 
 
 def _parse_retry_on(value: Any) -> frozenset[FailureType]:

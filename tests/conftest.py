@@ -18,6 +18,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [_here, *_folders, os.path.dirname(_here), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 
+# ray_ft's storage (relative checkpoint folders, the manager's state): one temp folder per
+# test session, never the home folder of whoever runs the tests
+import tempfile  # noqa: E402
+
+os.environ.setdefault("RAY_FT_STORAGE", tempfile.mkdtemp(prefix="ray_ft_storage_"))
+
 import sys  # noqa: E402
 
 import pytest  # noqa: E402 - after the environment is set

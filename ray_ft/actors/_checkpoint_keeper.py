@@ -12,7 +12,6 @@ kept per run: two jobs never prune or overwrite each other's.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,7 +25,7 @@ __all__ = ["CheckpointKeeper"]
 class CheckpointKeeper:
     """Runs -> steps -> (object ref or None until reloaded, metadata); durable on disk."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: str) -> None:
         # the actor's own private folder, written only by itself: pickled state a user's
         # optimizer needs may be read back
         self._disk = DiskCheckpointStore(folder, keep_last=None, allow_pickle=True)

@@ -1,10 +1,14 @@
 """The manager actor's state file: written coalesced off the lock, read back at a restart.
 
-``state_dir/<ray session>/manager_state.json`` holds ``FaultToleranceManager.get_state()``
-(format: ``ray_ft.manager.persist``). A change asks for a write; the writer thread writes
+``<storage>/_manager/<ray session>/manager_state.json`` holds
+``FaultToleranceManager.get_state()`` (format: ``ray_ft.manager.persist``); the storage is a
+folder or a ``pyarrow.fs`` URI (``ray_ft.checkpoints.storage``). The Ray session name is the
+cluster's identity: Ray keeps it in the GCS store (Redis, or RocksDB's folder) and a head
+restarted with GCS fault tolerance reuses it, so the new manager finds the old state; a new
+cluster has a new session and starts clean. A change asks for a write; the writer thread writes
 at most once a second, so a storm of reports never waits on disk. What changed in the last
 second before the actor's own crash may be lost (breakers and failure windows are then a
-second behind); a write is atomic (a temporary file, fsync, rename).
+second behind); a write is atomic (a temporary file, fsync, rename; one PUT on object storage).
 """
 
 from __future__ import annotations
@@ -12,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from ray_ft.checkpoints.storage import Files
 from ray_ft.config import FTConfig
 from ray_ft.manager.state import FaultToleranceManager
 
@@ -34,11 +37,13 @@ class StateWriter:
 
     def __init__(
         self,
-        path: Path,
+        files: Files,
+        path: str,
         lock: threading.RLock,
         snapshot: Callable[[], dict[str, Any]],
         stop: threading.Event,
     ) -> None:
+        self.files = files
         self.path = path
         self._lock = lock
         self._snapshot = snapshot
@@ -80,30 +85,24 @@ class StateWriter:
                 return
 
     def _write(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        self.files.makedirs(self.path.rsplit("/", 1)[0])
+        self.files.write(self.path, [json.dumps(state).encode()])
 
 
-def load_manager(path: Path, config: FTConfig) -> tuple[FaultToleranceManager, bool]:
+def load_manager(files: Files, path: str, config: FTConfig) -> tuple[FaultToleranceManager, bool]:
     """A manager with the persisted state, and whether there was one. A corrupt or
     unreadable file is moved aside with a warning and the manager starts fresh (the actor
     must start whatever the file holds)."""
     manager = FaultToleranceManager(config)
     try:
-        with open(path) as fh:
-            state = json.load(fh)
+        state = json.loads(files.read(path))
         manager.load_state(state)
     except FileNotFoundError:
         return manager, False
     except Exception as exc:
-        aside = path.with_name(f"{path.name}.corrupt-{time.time():.0f}")
+        aside = f"{path}.corrupt-{time.time():.0f}"
         with contextlib.suppress(OSError):
-            os.replace(path, aside)
+            files.rename(path, aside)
         log.warning(
             "manager state %s is unreadable (%s: %s); moved it to %s and started fresh",
             path,

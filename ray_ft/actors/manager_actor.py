@@ -17,7 +17,6 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -28,6 +27,7 @@ from ray_ft.actors._cluster_watch import ElasticWatch
 from ray_ft.actors._probes import FleetLinks, ProbeFleet
 from ray_ft.actors._state_writer import StateWriter, load_manager
 from ray_ft.actors.health_probe import OWN_WORKER
+from ray_ft.checkpoints.storage import STORAGE_ENV, open_storage, resolve
 from ray_ft.config import CLUSTER_KEYS, FTConfig
 from ray_ft.failures import FailureEvent
 from ray_ft.manager.state import FaultToleranceManager, WorkerStatus
@@ -45,23 +45,22 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "ray_ft_manager"
 DEFAULT_NAMESPACE = "ray_ft"
-DEFAULT_STATE_DIR = os.path.join("checkpoints", "_manager")
 _NODE_LOG = 10  # breaker transitions shown per node (``ray-ft why``)
 
 
 class ManagerActor:
     """The actor class; use :func:`get_manager` rather than instantiating it."""
 
-    def __init__(self, config: dict[str, Any], state_dir: str) -> None:
+    def __init__(self, config: dict[str, Any], state_dir: str | None = None) -> None:
         self.lock = threading.RLock()  # the manager's state, the fleet's tables
         self.config = FTConfig.from_json_dict(config)
-        session = raycompat.session_name()
-        self.state_path = Path(state_dir) / session / "manager_state.json"
-        self.manager, self.restored = load_manager(self.state_path, self.config)
+        files = open_storage(state_dir or manager_state_dir(None), setting="storage")
+        self.state_path = files.join(raycompat.session_name(), "manager_state.json")
+        self.manager, self.restored = load_manager(files, self.state_path, self.config)
         self.started_at = time.time()
         self.stop = threading.Event()
         self.wake = threading.Event()  # a loop's wait ends early (new settings, shutdown)
-        self.writer = StateWriter(self.state_path, self.lock, self._snapshot, self.stop)
+        self.writer = StateWriter(files, self.state_path, self.lock, self._snapshot, self.stop)
         self.elastic = ElasticWatch(restarted=self.restored)
         self.fleet = ProbeFleet(
             FleetLinks(
@@ -75,7 +74,7 @@ class ManagerActor:
                 restored=self.restored,
             )
         )
-        self._checkpoints = CheckpointKeeper(self.state_path.parent / "checkpoints")
+        self._checkpoints = CheckpointKeeper(self.state_path.rsplit("/", 1)[0] + "/checkpoints")
         self._refused = 0  # reports and trial requests for nodes Ray never reported
         self._threads = [
             threading.Thread(
@@ -304,6 +303,11 @@ def _ray_release() -> dict[str, Any]:
     }
 
 
+def manager_state_dir(storage: str | None) -> str:
+    """Where the manager keeps its state: ``_manager`` under the storage in force."""
+    return resolve("_manager", storage)
+
+
 def _severity(manager: FaultToleranceManager, node_id: str) -> str:
     if node_id in manager.liveness_failures:
         return "fatal"
@@ -328,8 +332,8 @@ def get_manager(
     fixed when the actor is created. A later driver whose ``config`` sets other values gets
     a warning naming both (when the manager answers: nothing waits for it) and does not
     overwrite them; call ``update_config`` on the handle to change them on purpose.
-    ``state_dir`` (default ``./checkpoints/_manager`` on the head node) is where state is
-    persisted.
+    ``state_dir`` is where its state is kept (default: ``_manager`` under the storage,
+    ``FTConfig.storage`` or ``$RAY_FT_STORAGE``, else ``~/ray_ft`` on the manager's node).
     """
     return ensure_manager(config, name=name, namespace=namespace, state_dir=state_dir)[0]
 
@@ -352,7 +356,13 @@ def ensure_manager(
     except ValueError:
         # The actor never decides retries: leave out exception classes it may not import.
         actor_config = {**cfg.to_dict(), "retry_exceptions": []}
-        directory = os.path.abspath(state_dir or DEFAULT_STATE_DIR)
+        # the driver's storage setting when it has one; else the manager's node decides
+        # (its $RAY_FT_STORAGE or home: the driver may be on another machine)
+        chosen = cfg.storage or os.environ.get(STORAGE_ENV)
+        if state_dir is not None:
+            directory: str | None = resolve(state_dir, chosen)
+        else:
+            directory = manager_state_dir(chosen) if chosen else None
         handle, existed = (
             _RemoteManager.options(
                 name=name,

@@ -38,6 +38,7 @@ class Files(Protocol):
     def read_hashed(self, path: str) -> tuple[bytearray, str]: ...
     def listdir(self, path: str) -> list[str]: ...
     def remove(self, path: str) -> None: ...
+    def rename(self, path: str, new: str) -> None: ...
     def remove_tree(self, path: str) -> None: ...
     def makedirs(self, path: str) -> None: ...
     def sync_dir(self, path: str) -> None: ...
@@ -160,6 +161,9 @@ class LocalFiles:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
 
+    def rename(self, path: str, new: str) -> None:
+        os.replace(path, new)
+
     def remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -234,6 +238,9 @@ class ArrowFiles:
     def remove(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
             self.fs.delete_file(path)
+
+    def rename(self, path: str, new: str) -> None:
+        self.fs.move(path, new)
 
     def remove_tree(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):

@@ -40,6 +40,7 @@ from ray_ft.checkpoints.base import (
     check_step,
 )
 from ray_ft.checkpoints.codec import decode, decode_npy, encode, npy_buffers
+from ray_ft.checkpoints.storage import is_uri, resolve
 
 __all__ = ["DEFAULT_RUN", "FORMAT_VERSION", "DiskCheckpointStore"]
 
@@ -62,6 +63,10 @@ class DiskCheckpointStore:
     """Checkpoints under ``root`` (a folder, or a pyarrow.fs URI); keeps the newest
     ``keep_last`` of each run (None keeps all).
 
+    A relative ``root`` goes under the storage in force (``storage``, else
+    ``$RAY_FT_STORAGE``, else ``~/ray_ft``: ``ray_ft.checkpoints.storage``), never under
+    the working directory a job happens to run in.
+
     A store made by ``DiskCheckpointStore(root)`` is unbound: it saves under the run
     ``"default"`` and loads across runs. ``for_run(run_id, fingerprint=...)`` gives the
     same store bound to one run, as ``optimize()`` uses it.
@@ -77,17 +82,39 @@ class DiskCheckpointStore:
         fingerprint: str | None = None,
         describe: dict[str, Any] | None = None,
         files: Files | None = None,
+        storage: str | os.PathLike[str] | None = None,
     ) -> None:
         if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
             msg = f"keep_last={keep_last!r} is not valid; pass a positive int or None"
             raise ValueError(msg)
-        self._files = files if files is not None else open_files(root)
-        self.root: Path | str = Path(root) if "://" not in os.fspath(root) else os.fspath(root)
+        location = resolve(root, storage)
+        self._files = files if files is not None else open_files(location)
+        self.root: Path | str = location if is_uri(location) else Path(location)
+        #: the folder as given when it was relative (re-resolved by ``with_storage``)
+        given = os.fspath(root)
+        relative = not is_uri(given) and not os.path.isabs(os.path.expanduser(given))
+        self.relative_root = given if relative else None
         self.keep_last = keep_last
         self.allow_pickle = allow_pickle
         self.run_id = None if run_id is None else check_run_id(run_id)
         self.fingerprint = fingerprint
         self.describe = dict(describe or {})
+
+    def with_storage(self, storage: str | os.PathLike[str] | None) -> DiskCheckpointStore:
+        """This store under another storage (``FTConfig.storage``) when its folder was given
+        relative; itself otherwise."""
+        if self.relative_root is None or storage is None:
+            return self
+        store = DiskCheckpointStore(
+            self.relative_root,
+            self.keep_last,
+            allow_pickle=self.allow_pickle,
+            run_id=self.run_id,
+            fingerprint=self.fingerprint,
+            describe=self.describe,
+            storage=storage,
+        )
+        return self if store.root == self.root else store
 
     def for_run(
         self,

@@ -91,9 +91,11 @@ def optimize(
     failures: dict[str, int] = {}
     resumed_from = run_id = None
     if checkpoint_store is not None:
+        checkpoint_store = _under_storage(checkpoint_store, executor)
         checkpoint_store, checkpoint, run_id = open_run(
             checkpoint_store, objective, optimizer, resume=resume
         )
+        _say_where(checkpoint_store, run_id, interval, executor)
         if checkpoint is not None:
             start = restore_checkpoint(checkpoint, optimizer)
             history = list(checkpoint.get("history", []))
@@ -101,7 +103,16 @@ def optimize(
             failed = list(checkpoint.get("failed_evaluations", []))
             failures = dict(checkpoint.get("failures", {}))
             resumed_from = start
-            log.info("resumed run %s from the checkpoint of generation %d", run_id, start)
+            if start >= generations:
+                log.info(
+                    "run %s already finished (generation %d of %d): returning its result "
+                    "without evaluating; pass resume=False to run it again",
+                    run_id,
+                    start,
+                    generations,
+                )
+            else:
+                log.info("resumed run %s from the checkpoint of generation %d", run_id, start)
 
     def save(generation: int) -> None:
         if checkpoint_store is None:
@@ -184,6 +195,27 @@ def _evaluate(
         except TaskFailedError as exc:
             outcomes.append(exc)
     return outcomes
+
+
+def _under_storage(store: CheckpointStore, executor: cf.Executor | None) -> CheckpointStore:
+    """A store made with a relative folder goes under the executor's ``FTConfig.storage``."""
+    storage = getattr(getattr(executor, "config", None), "storage", None)
+    rebind = getattr(store, "with_storage", None)
+    return rebind(storage) if storage is not None and rebind is not None else store
+
+
+def _say_where(
+    store: CheckpointStore, run_id: str | None, interval: int, executor: cf.Executor | None
+) -> None:
+    """Log once where the run's checkpoints go; warn if one machine's disk holds them on a
+    cluster of several (through the executor, which knows the cluster)."""
+    location = getattr(store, "root", None)
+    if location is None:
+        return
+    log.info("run %s: checkpoints every %d generations in %s", run_id, interval, location)
+    check = getattr(executor, "check_storage", None)
+    if check is not None:
+        check(str(location))
 
 
 def _default_interval(executor: cf.Executor | None) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 import ray
 
 from ray_ft import raycompat
+from ray_ft.checkpoints.storage import storage_root
 from ray_ft.config import FTConfig
 from ray_ft.core.batching import MAX_BATCH
 from ray_ft.core.commands import CapacityError
@@ -43,6 +44,7 @@ from ray_ft.runtime.options import (
     options_key,
 )
 from ray_ft.runtime.remote import callable_identity, initializer_blob
+from ray_ft.runtime.storage_check import check_storage_setting, warn_if_node_local
 from ray_ft.runtime.workers import TaskWorkers, WorkerGoneError, Workers
 
 __all__ = ["CapacityError", "FaultTolerantExecutor", "WorkerGoneError"]
@@ -100,6 +102,7 @@ class FaultTolerantExecutor(cf.Executor):
         if queue_depth < 1:
             msg = f"queue_depth={queue_depth!r} is not valid; pass a positive int"
             raise ValueError(msg)
+        check_storage_setting(self.config.storage)  # a bad URI fails before any work
         if not ray.is_initialized():
             ray.init()
         raycompat.warn_if_unsupported()
@@ -153,6 +156,12 @@ class FaultTolerantExecutor(cf.Executor):
         first = client.fetch(timeout=_WARM_SNAPSHOT_S) if existed else None
         self._loop.apply([*polled, *([ExclusionsChanged(first)] if first else [])])
         self._loop.thread.start()
+        threading.Thread(  # a GCS call: off the way of the first calls
+            target=self.check_storage,
+            args=(storage_root(self.config.storage),),
+            name="ray_ft-storage-check",
+            daemon=True,
+        ).start()
 
     # -- the Executor API ----------------------------------------------------------------
 
@@ -188,6 +197,15 @@ class FaultTolerantExecutor(cf.Executor):
         if self.config.speculation is None:
             return self.options(speculation=True)
         return self
+
+    def check_storage(self, location: str) -> str | None:
+        """Warn once if ``location`` (checkpoints, the manager's state) is on one machine's
+        disk while the cluster spans several; the warning, or None."""
+        try:
+            return warn_if_node_local(location, storage=self.config.storage)
+        except Exception as exc:  # a check, never a failure: the GCS may be away
+            log.debug("could not check where %s lives: %s", location, exc)
+            return None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; optionally cancel queued futures and wait for the rest."""

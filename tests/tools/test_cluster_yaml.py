@@ -23,6 +23,8 @@ def test_cluster_yaml_is_valid(config):
     assert prepared["head_node_type"] == "head"
     assert "gpu_worker" in prepared["available_node_types"]
     assert any("ray-ft" in cmd for cmd in prepared["setup_commands"])
+    # storage a replaced head finds, for every node and every job
+    assert any("RAY_FT_STORAGE=s3://" in cmd for cmd in prepared["setup_commands"])
 
 
 def test_schema_check_can_fail(config):
