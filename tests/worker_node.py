@@ -1,5 +1,6 @@
 """A worker node in a process of its own, as a machine's raylet is (for tests that kill a
-head and start another): ``python -m tests.worker_node GCS_ADDRESS NUM_CPUS``.
+head and start another): ``python -m tests.worker_node GCS_ADDRESS NUM_CPUS [IP]``. Another
+loopback address as IP (127.0.0.2) makes the node a machine of its own as Ray sees it.
 
 ``ray start --address`` refuses a worker node when Ray binds to loopback only
 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, as every test runs), so the node is made as
@@ -17,9 +18,10 @@ import ray._private.parameter
 
 def main() -> None:
     gcs_address, num_cpus = sys.argv[1], int(sys.argv[2])
+    ip = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
     params = ray._private.parameter.RayParams(
         gcs_address=gcs_address,
-        node_ip_address="127.0.0.1",
+        node_ip_address=ip,
         num_cpus=num_cpus,
         num_gpus=0,
         object_store_memory=150 * 1024 * 1024,

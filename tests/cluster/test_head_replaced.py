@@ -102,8 +102,8 @@ class Site:
         cmd += ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false"]
         return self._spawn(cmd, self.env)
 
-    def start_worker(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "tests.worker_node", self.address, "1"]
+    def start_worker(self, ip: str = "127.0.0.1") -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "tests.worker_node", self.address, "1", ip]
         return self._spawn(cmd, self.env)
 
     def start_job(self, out: Path) -> subprocess.Popen:
@@ -236,3 +236,42 @@ def test_a_replaced_head_resumes_the_resubmitted_job_and_keeps_the_breakers(site
     assert resumed["history"] == clean.history
     assert resumed["best"] == clean.best.genome.tobytes().hex()
     assert resumed["evaluations"] == clean.evaluations
+
+
+SHORT_JOB = """
+import logging, sys
+import ray
+from ray_ft import DiskCheckpointStore, FaultTolerantExecutor, optimize
+from tests.recovery_common import make_optimizer, slow_rastrigin
+logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(message)s")
+ray.init(log_to_driver=False)
+with FaultTolerantExecutor() as ex:
+    optimize(slow_rastrigin, make_optimizer("ga"), generations=2, executor=ex,
+             checkpoint_store=DiskCheckpointStore("checkpoints/short"))
+"""
+
+
+def test_one_machines_disk_on_a_cluster_of_two_machines_is_said_once(site):
+    """A worker on 127.0.0.2 is another machine as Ray sees it: storage on this machine's
+    disk would be lost with it. One WARNING names the node and the setting."""
+    site.start_head("one")
+    site.start_worker("127.0.0.2")
+    site.ask(
+        WAIT_FOR.format(
+            timeout=90,
+            expression="len({n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']}) == 2",
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", SHORT_JOB],
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING ")]
+    assert len(warnings) == 1, done.stderr[-3000:]
+    (said,) = warnings
+    assert "a disk of node 127.0.0.1" in said and "2 machines" in said, said
+    assert "RAY_FT_STORAGE" in said and str(site.storage) in said, said

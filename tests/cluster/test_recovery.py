@@ -2,12 +2,15 @@
 
 On a real 3-node cluster: a clean run; a run whose workers are SIGKILLed and one of whose
 nodes is removed; a run whose driver process is SIGKILLed after a checkpoint and then
-restarted with resume=True. All three must agree bitwise, for the GA and for CMA-ES.
+restarted with resume=True from another folder, its checkpoints in a relative folder with no
+storage set (the stable default, ~/ray_ft). All three must agree bitwise, for the GA and for
+CMA-ES.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -76,21 +79,29 @@ def test_faults_and_driver_kill_give_the_clean_result(cluster, kind, tmp_path):
     assert faulty.failed_evaluations == []
     assert summary(faulty) == summary(clean)
 
-    ckpt, out = tmp_path / "ckpt", tmp_path / "out.json"
+    # The job keeps its checkpoints in a relative folder with no storage set, and runs again
+    # from another folder (as `ray job submit --working-dir` unpacks it on a new session):
+    # they are under ~/ray_ft, not under the folder it ran in.
+    out, home = tmp_path / "out.json", tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_FT_STORAGE"} | {"HOME": str(home)}
     driver = [
         sys.executable,
         "-m",
         "tests.recovery_driver",
         cluster.address,
-        str(ckpt),
+        "checkpoints/job",
         kind,
         str(GENERATIONS),
     ]
-    killed = subprocess.run([*driver, "4", str(out)], timeout=300)
+    first, second = tmp_path / "unpacked-1", tmp_path / "unpacked-2"
+    first.mkdir()
+    second.mkdir()
+    killed = subprocess.run([*driver, "4", str(out)], timeout=300, env=env, cwd=first)
     assert killed.returncode == -signal.SIGKILL
-    assert not out.exists()
+    assert not out.exists() and not (first / "checkpoints").exists()
+    ckpt = home / "ray_ft" / "checkpoints" / "job"
     assert DiskCheckpointStore(ckpt).load_latest()["generation"] == 4
-    subprocess.run([*driver, "-1", str(out)], timeout=300, check=True)
+    subprocess.run([*driver, "-1", str(out)], timeout=300, check=True, env=env, cwd=second)
     resumed = json.loads(out.read_text())
     assert resumed["resumed_from"] == 4
     assert (resumed["history"], resumed["best"], resumed["evaluations"]) == summary(clean)
