@@ -10,7 +10,8 @@
   CPU-bound calls of 2 s on 3 nodes. Job time, and how long a ``submit()`` took inside it.
 
 Each scenario runs once per repetition (the autoscaler's waits dominate; BENCH_REPEATS).
-``ray stop --force`` is run around the autoscaler scenarios: no other Ray may be alive.
+The autoscaler scenarios start their head with ``ray start --head --block`` and stop its
+process tree after (``tests/autoscaling.py``).
 """
 
 from __future__ import annotations

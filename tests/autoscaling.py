@@ -2,9 +2,10 @@
 
 ``ray.cluster_utils.AutoscalingCluster`` reads a provider ``example.yaml`` that Ray's wheel
 does not ship, so the whole config is built here; the head is started with ``ray start``
-and the autoscaler launches and terminates real raylets. ``ray stop --force`` (which
-``AutoscalingCluster`` also runs) kills every Ray process on the machine: modules using
-this start no other cluster.
+and the autoscaler launches and terminates real raylets (inside its own process, so they
+are the head's descendants). The head runs with ``--block`` in a session of its own and is
+stopped with everything under it: never ``ray stop --force``, which would kill every Ray
+process on the machine (``AutoscalingCluster`` runs it).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -81,8 +84,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def ray_stop() -> None:
-    subprocess.run([RAY, "stop", "--force"], env=_env(), capture_output=True, check=False)
+def stop_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process and every process under it (the head's GCS, raylet, autoscaler and
+    the raylets the fake provider started inside it): SIGTERM, then SIGKILL what is left."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parent = psutil.Process(process.pid)
+        tree = [parent, *parent.children(recursive=True)]
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=grace)
+    process.wait(grace)
 
 
 @contextlib.contextmanager
@@ -92,18 +108,19 @@ def autoscaling_cluster(
     *,
     idle_timeout_minutes: float = 0.2,
 ) -> Iterator[str]:
-    """Start the head with the autoscaler; yield its address; stop every Ray process."""
+    """Start the head with the autoscaler (``ray start --head --block``); yield its address;
+    stop the processes it started, and only those."""
     config = autoscaling_config(
         head_resources, worker_types, idle_timeout_minutes=idle_timeout_minutes
     )
     head = dict(head_resources)
-    ray_stop()
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(config, f)
     cmd = [
         RAY,
         "start",
         "--head",
+        "--block",
         f"--autoscaling-config={f.name}",
         "--node-ip-address=127.0.0.1",
         f"--port={HEAD_PORT}",
@@ -113,14 +130,25 @@ def autoscaling_cluster(
     ]
     if head:
         cmd.append(f"--resources={json.dumps(head)}")
-    subprocess.run(cmd, env=_env(), check=True, capture_output=True)
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in Path(log.name).read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                msg = f"the head did not start: {Path(log.name).read_text()[-3000:]}"
+                raise RuntimeError(msg)
+            time.sleep(0.2)
         yield f"127.0.0.1:{HEAD_PORT}"
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
-        ray_stop()
-        os.unlink(f.name)
+        stop_tree(process)
+        log.close()
+        for path in (f.name, log.name):
+            os.unlink(path)
 
 
 def worker_count(resource: str) -> int:
