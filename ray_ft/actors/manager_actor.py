@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "ray_ft_manager"
 DEFAULT_NAMESPACE = "ray_ft"
 _NODE_LOG = 10  # breaker transitions shown per node (``ray-ft why``)
+_STARTING_S = 30.0  # a manager this process made is taken as new for this long
+_made_here: dict[tuple[str, str], float] = {}  # (name, namespace) -> when this process made it
 
 
 class ManagerActor:
@@ -345,14 +348,18 @@ def ensure_manager(
     namespace: str = DEFAULT_NAMESPACE,
     state_dir: str | None = None,
 ) -> tuple[Any, bool]:
-    """(the manager's handle, whether it existed before this call). Never waits for the
-    actor to start: on a fresh cluster there is nothing it could know yet."""
+    """(the manager's handle, whether it is established: False for one made now, or made
+    by this process in the last 30 s, which is still starting). Never waits for the actor
+    to start: on a fresh cluster there is nothing it could know yet."""
     if not ray.is_initialized():
         ray.init()
     raycompat.warn_if_unsupported()
     cfg = FTConfig.coerce(config)
     try:
-        handle, existed = ray.get_actor(name, namespace=namespace), True
+        handle = ray.get_actor(name, namespace=namespace)
+        # made by this process moments ago (get_manager() just before the executor): it is
+        # still starting, and knows nothing yet
+        existed = time.monotonic() - _made_here.get((name, namespace), -math.inf) > _STARTING_S
     except ValueError:
         # The actor never decides retries: leave out exception classes it may not import.
         actor_config = {**cfg.to_dict(), "retry_exceptions": []}
@@ -377,6 +384,7 @@ def ensure_manager(
             ).remote(actor_config, directory),
             False,
         )
+        _made_here[(name, namespace)] = time.monotonic()
     explicit = {} if config is None else _explicit_settings(config)
     if explicit:
         _warn_when_answered(handle, explicit)

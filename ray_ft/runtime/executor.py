@@ -119,6 +119,10 @@ class FaultTolerantExecutor(cf.Executor):
 
                 manager, existed = ensure_manager(config if config is not None else {})
             client = ActorManagerClient(manager, clock=clock)
+        # a new manager holds nothing yet: launch on Ray's alive nodes at once and apply
+        # its snapshot when it comes (the loop's poll asks for it); one that does not answer
+        # within the bound is still starting, and is taken as new
+        first = client.fetch(timeout=_WARM_SNAPSHOT_S) if existed else None
         self.manager = manager if manager is not False else None
         workers = _workers if _workers is not None else TaskWorkers(self._setup)
         sched = Scheduler(
@@ -136,7 +140,7 @@ class FaultTolerantExecutor(cf.Executor):
         # list and asks for its own demand itself, as plain Ray's raylets would show them)
         link = None
         if manager is not False:
-            link = ElasticLink(manager, clock=clock, cold=None if existed else ColdWatch())
+            link = ElasticLink(manager, clock=clock, cold=None if first else ColdWatch())
         self._loop = Loop(
             self.config,
             sched,
@@ -151,9 +155,6 @@ class FaultTolerantExecutor(cf.Executor):
         self._default_spec = CallSpec.of(self._task_options, self.config.task_timeout)
         self._ids = itertools.count(1)
         polled = self._loop.poll(force=True)  # the first look at the nodes, made here
-        # a new manager holds nothing yet: launch on Ray's alive nodes at once and apply
-        # its snapshot when it comes (the loop's poll asks for it)
-        first = client.fetch(timeout=_WARM_SNAPSHOT_S) if existed else None
         self._loop.apply([*polled, *([ExclusionsChanged(first)] if first else [])])
         self._loop.thread.start()
         threading.Thread(  # a GCS call: off the way of the first calls
