@@ -95,8 +95,11 @@ def autoscaler(repeats: int) -> dict[str, dict[str, list[float]]]:
                     rows.setdefault("ray_ft job", []).append(job)
                     rows.setdefault("ray_ft peak", []).append(worker_count(resource))
                     rows.setdefault("ray_ft down", []).append(wait_for_count(resource, floor, 180))
-                # cold: no manager yet, the executor made inside the timed window (a job)
+                # cold: no manager yet, the executor made inside the timed window (a job on
+                # a fresh cluster: no manager state either, or the new manager would take
+                # itself for a restart of the last one)
                 shutdown_manager()
+                os.environ["RAY_FT_STORAGE"] = tempfile.mkdtemp(prefix="ray_ft_bench_")
                 start = time.monotonic()
                 with FaultTolerantExecutor(CONFIG, resources={resource: 1}) as ex:
                     list(ex.map(sleepy, range(calls)))

@@ -81,7 +81,8 @@ class ProbeFleet:
         # have their workers (new processes compete for the same cores); a restarted one
         # at once (the cluster was running: its probes were lost with the old actor)
         delay = 0.0 if links.restored else links.config().probe_start_delay
-        self.probes_from = time.monotonic() + delay  #: when probes are first started
+        self._born = time.monotonic()
+        self.probes_from = self._born + delay  #: when probes are first started
         # on an autoscaled cluster a node that joins later gets its probe _JOIN_DELAY_S after
         # it appeared: it came for waiting work, a probe is a new worker process and a new
         # node starts one at a time, so the first calls there would wait for it (measured:
@@ -157,8 +158,12 @@ class ProbeFleet:
             joined = self._joined.setdefault(node_id, now)
         if now < self.probes_from:
             return False
-        if joined is not None and self._host.elastic.autoscaled and now - joined < _JOIN_DELAY_S:
-            return False
+        if self._host.elastic.autoscaled and not self._host.restored:
+            # every node of an autoscaled cluster is settling while the job's first calls
+            # start: its first nodes too (a fresh manager came with the job)
+            since = self._born if joined is None else joined
+            if now - since < _JOIN_DELAY_S:
+                return False
         self._joined.pop(node_id, None)
         if self._initial is not None:
             self._initial.discard(node_id)  # shrinks to nothing: no table outlives its nodes

@@ -38,11 +38,20 @@ def fleet(*, autoscaled: bool, restored: bool = False, delay: float = 0.0) -> Pr
 
 
 def test_the_first_nodes_get_probes_after_the_fleet_delay_only():
-    probes = fleet(autoscaled=True, delay=5.0)
+    probes = fleet(autoscaled=False, delay=5.0)
     assert not probes._probe_due("w1")  # the fleet's own start delay
     probes.probes_from = time.monotonic()
     assert probes._probe_due("w1") and probes._probe_due("head")
     assert probes._initial == set()  # the table empties as probes start
+
+
+def test_on_an_autoscaled_cluster_a_fresh_manager_lets_every_node_settle_first():
+    probes = fleet(autoscaled=True)
+    assert not probes._probe_due("w1")  # the job that made the manager is starting there
+    probes._born -= _probes._JOIN_DELAY_S
+    assert probes._probe_due("w1")
+    # a restarted manager probes at once: the cluster was running
+    assert fleet(autoscaled=True, restored=True)._probe_due("w1")
 
 
 def test_an_autoscaled_node_gets_its_probe_once_it_has_settled():
