@@ -135,7 +135,9 @@ def test_status_on_a_live_cluster(cluster, tmp_path):
 def test_demo_interrupted_then_resumed(tmp_path):
     """SIGINT mid-run leaves a valid checkpoint; --resume finishes identical to a clean run."""
     ckpt = tmp_path / "demo"
-    args = ["demo", "--generations", "14", "--population", "12", "--checkpoint-dir", str(ckpt)]
+    # 24 generations of ~0.45 s here: the interrupt after the third lands with ~9 s to spare
+    # (with 14, one CI run's demo finished before it: exit 0)
+    args = ["demo", "--generations", "24", "--population", "12", "--checkpoint-dir", str(ckpt)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [*RAY_FT, *args],
@@ -152,14 +154,14 @@ def test_demo_interrupted_then_resumed(tmp_path):
             store = DiskCheckpointStore(ckpt)
             if (store.latest_step() or 0) >= 3:
                 break
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out[-2000:], err[-2000:])
     assert "ray-ft demo --resume" in out
     assert store is not None
     interrupted_at = DiskCheckpointStore(ckpt).load_latest()["generation"]
-    assert 3 <= interrupted_at < 14
+    assert 3 <= interrupted_at < 24
 
     done = run_cli(*args, "--resume", "--verify", cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
