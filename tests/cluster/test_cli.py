@@ -131,7 +131,6 @@ def test_status_on_a_live_cluster(cluster, tmp_path):
     kill_manager()
 
 
-@pytest.mark.cluster
 def _as_from_a_terminal() -> None:
     """SIGINT as a shell gives it: not blocked, not ignored. Inside the whole suite the
     demo ran to its end through the SIGINT twice (exit 0), never alone: a mask or an
@@ -140,6 +139,7 @@ def _as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.cluster
 def test_demo_interrupted_then_resumed(tmp_path):
     """SIGINT mid-run leaves a valid checkpoint; --resume finishes identical to a clean run."""
     ckpt = tmp_path / "demo"
