@@ -80,6 +80,7 @@ def test_storage_in_the_config_is_checked_and_round_trips(tmp_path):
 
 
 def test_an_unknown_scheme_fails_at_start_before_ray_or_any_work(tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")  # without it any URI fails earlier, naming the install
     with pytest.raises(ValueError) as info:
         FaultTolerantExecutor(FTConfig(storage="nosuch://bucket/ray_ft"))
     message = str(info.value)
