@@ -164,3 +164,13 @@ def restore_nodes(cluster: Cluster, n_nodes: int = 3) -> Cluster:
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     return cluster
+
+
+def wait_node_table_settled(cluster: Cluster, timeout: float = 60) -> None:
+    """Wait until Ray's node table lists as alive exactly the Cluster's running nodes.
+
+    A driver started before then may be handed a removed node's raylet (Ray before 2.60
+    connects a new driver to any raylet it lists on its host) and die at ``ray.init``.
+    """
+    running = {n.node_id for n in cluster.list_all_nodes()}
+    wait_for(lambda: {n["NodeID"] for n in ray.nodes() if n["Alive"]} == running, timeout)
