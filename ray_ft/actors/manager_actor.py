@@ -312,9 +312,7 @@ def manager_state_dir(storage: str | None) -> str:
 
 
 def _severity(manager: FaultToleranceManager, node_id: str) -> str:
-    if node_id in manager.liveness_failures:
-        return "fatal"
-    return manager.health_severity.get(node_id, "ok")
+    return manager.verdicts.severity_of(node_id)
 
 
 _RemoteManager: Any = ray.remote(concurrency_groups={"checkpoints": 1})(  # type: ignore[call-overload]

@@ -7,18 +7,16 @@ actor's state writer stores it (coalesced, at most once a second). A file of ano
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ray_ft.failures import FailureEvent
-from ray_ft.manager.records import HISTORY_LIMIT, Task, WorkerInfo
+from ray_ft.manager.records import Task, WorkerInfo
 
 if TYPE_CHECKING:
     from ray_ft.manager.state import FaultToleranceManager
 
-__all__ = ["STATE_FORMAT_VERSION", "decode", "encode"]
+__all__ = ["STATE_FORMAT_VERSION", "Saved", "decode", "encode"]
 
 STATE_FORMAT_VERSION = 2
 
@@ -29,24 +27,27 @@ def encode(m: FaultToleranceManager) -> dict[str, Any]:
         "format_version": STATE_FORMAT_VERSION,
         "config": m.config.to_dict(),
         "workers": {w: dataclasses.asdict(i) for w, i in m.workers.items()},
-        "breakers": {w: b.get_state() for w, b in m.circuit_breakers.items()},
+        **m.node_breakers.to_dict(),  # breakers, breaker_transitions
         "task_retries": dict(m.task_retries),
-        "worker_failures": {
-            w: [e.to_dict() for e in events] for w, events in m.worker_failures.items()
-        },
+        **m.failures.to_dict(),  # worker_failures, history, failure_counts
         "failed_tasks": [dataclasses.asdict(task) for task in m.failed_tasks],
-        "history": [e.to_dict() for e in m.history],
-        "failure_counts": dict(m.failure_counts),
-        "health_reasons": dict(m.health_reasons),
-        "health_severity": dict(m.health_severity),
-        "liveness_failures": dict(m.liveness_failures),
-        "breaker_transitions": list(m.breaker_transitions),
+        **m.verdicts.to_dict(),  # health_reasons, health_severity, liveness_failures
     }
 
 
-def decode(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The manager's attributes from an :func:`encode` snapshot, by name (``breakers``
-    stays each breaker's own state, for ``CircuitBreaker.load_state``)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Saved:
+    """The manager's own fields of a state file (its failure log, breakers and verdicts
+    read their own sections)."""
+
+    workers: dict[str, WorkerInfo]
+    task_retries: dict[str, int]
+    failed_tasks: list[Task]
+
+
+def decode(state: Mapping[str, Any]) -> Saved:
+    """The manager's fields from an :func:`encode` snapshot; a file of another format is
+    refused with what to do."""
     if state.get("format_version", STATE_FORMAT_VERSION) != STATE_FORMAT_VERSION:
         msg = (
             f"manager state format_version={state.get('format_version')!r} is not "
@@ -54,21 +55,8 @@ def decode(state: Mapping[str, Any]) -> dict[str, Any]:
             "to start clean"
         )
         raise ValueError(msg)
-    return {
-        "workers": {w: WorkerInfo(**i) for w, i in state.get("workers", {}).items()},
-        "breakers": dict(state.get("breakers", {})),
-        "task_retries": {t: int(n) for t, n in state.get("task_retries", {}).items()},
-        "worker_failures": {
-            w: [FailureEvent.from_dict(e) for e in events]
-            for w, events in state.get("worker_failures", {}).items()
-        },
-        "failed_tasks": [Task(**d) for d in state.get("failed_tasks", [])],
-        "history": collections.deque(
-            (FailureEvent.from_dict(e) for e in state.get("history", [])), maxlen=HISTORY_LIMIT
-        ),
-        "failure_counts": collections.Counter(state.get("failure_counts", {})),
-        "health_reasons": {w: list(r) for w, r in state.get("health_reasons", {}).items()},
-        "health_severity": dict(state.get("health_severity", {})),
-        "liveness_failures": dict(state.get("liveness_failures", {})),
-        "breaker_transitions": list(state.get("breaker_transitions", [])),
-    }
+    return Saved(
+        workers={w: WorkerInfo(**i) for w, i in state.get("workers", {}).items()},
+        task_retries={t: int(n) for t, n in state.get("task_retries", {}).items()},
+        failed_tasks=[Task(**d) for d in state.get("failed_tasks", [])],
+    )

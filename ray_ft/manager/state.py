@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,9 @@ from ray_ft.core.retry import RetryDecision, RetryPolicy
 from ray_ft.failures import FailureEvent, FailureType, Severity
 from ray_ft.manager import persist
 from ray_ft.manager.breaker import BreakerState, CircuitBreaker
-from ray_ft.manager.crowd import DegradedCrowd, ObserverGuard, PeerCounts
+from ray_ft.manager.crowd import DegradedCrowd, ObserverGuard
+from ray_ft.manager.failure_log import FailureLog
+from ray_ft.manager.node_breakers import NodeBreakers
 from ray_ft.manager.records import (
     HISTORY_LIMIT,
     NODE_FAULTS,
@@ -33,6 +34,7 @@ from ray_ft.manager.records import (
     charges_node,
 )
 from ray_ft.manager.snapshots import SnapshotCache
+from ray_ft.manager.verdicts import NodeVerdicts
 from ray_ft.manager.water_fill import plan_reassignment
 
 if TYPE_CHECKING:
@@ -62,32 +64,71 @@ class FaultToleranceManager:
         self._wall_clock = wall_clock  # failure events and transitions (shown as wall times)
         # the seed's attributes, with the seed's types
         self.workers: dict[str, WorkerInfo] = {}  #: every node Ray has reported, by node id
-        self.circuit_breakers: dict[str, CircuitBreaker] = {}  #: one per node, on first use
+        #: one breaker per node (``circuit_breakers``), their transitions and trial leases
+        self.node_breakers = NodeBreakers(
+            self.config.breaker_timeout,
+            self.config.half_open_max_calls,
+            clock=clock,
+            wall_clock=wall_clock,
+            on_change=self._changed,
+        )
         self.task_retries: dict[str, int] = {}  #: task id -> failures counted
         self.failed_tasks: list[Task] = []  #: tasks that ran out of retries (the last 1,000)
-        #: node -> its node-blamed failures within ``failure_window``
-        self.worker_failures: dict[str, list[FailureEvent]] = {}
+        #: the history, counts by type and each node's window (``worker_failures``)
+        self.failures = FailureLog()
         # beyond the seed
-        #: every failure on record, blamed or not (the last 1,000)
-        self.history: collections.deque[FailureEvent] = collections.deque(maxlen=HISTORY_LIMIT)
-        self.failure_counts: collections.Counter[str] = collections.Counter()  #: by type
-        self.health_reasons: dict[str, list[str]] = {}  #: node -> its probe's findings
-        self.health_severity: dict[str, Severity] = {}  #: node -> degraded or fatal (ok: absent)
-        self.liveness_failures: dict[str, str] = {}  #: node -> why it looks failed
-        self.breaker_transitions: list[dict[str, Any]] = []  #: the last 1,000
-        self._trial_leases: dict[str, list[float]] = {}  # node -> when each trial was leased
+        self.verdicts = NodeVerdicts()  #: what the probes last said of each node
         self._observer = ObserverGuard()  # most nodes look failed at once: suspect us
         self._crowd = DegradedCrowd()  # the degraded nodes, and what most share at once
         #: bumped by every change executors must see; a poll costs O(1), not O(nodes)
         self.version = 0
         self._snapshots = SnapshotCache()  # the exclusions, rebuilt only when they changed
         self._dead_since: dict[str, float] = {}  # node Ray reported gone -> since when
-        self._peers = PeerCounts()  # failures in the window per node, kept sorted
+
+    @property
+    def circuit_breakers(self) -> dict[str, CircuitBreaker]:
+        """Node -> its breaker (the seed's name)."""
+        return self.node_breakers.by_node
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
         """Alias of :attr:`circuit_breakers`."""
-        return self.circuit_breakers
+        return self.node_breakers.by_node
+
+    @property
+    def breaker_transitions(self) -> list[dict[str, Any]]:
+        """The breakers' transitions, oldest first (the last 1,000)."""
+        return self.node_breakers.transitions
+
+    @property
+    def worker_failures(self) -> dict[str, list[FailureEvent]]:
+        """Node -> its node-blamed failures within ``failure_window`` (the seed's name)."""
+        return self.failures.windows
+
+    @property
+    def history(self) -> collections.deque[FailureEvent]:
+        """Every failure on record, blamed or not (the last 1,000)."""
+        return self.failures.history
+
+    @property
+    def failure_counts(self) -> collections.Counter[str]:
+        """Failures on record by type."""
+        return self.failures.counts
+
+    @property
+    def health_reasons(self) -> dict[str, list[str]]:
+        """Node -> its probe's findings (healthy: absent)."""
+        return self.verdicts.reasons
+
+    @property
+    def health_severity(self) -> dict[str, Severity]:
+        """Node -> degraded or fatal (ok: absent)."""
+        return self.verdicts.severity
+
+    @property
+    def liveness_failures(self) -> dict[str, str]:
+        """Node -> why it looks failed to the heartbeat detector (answering: absent)."""
+        return self.verdicts.liveness
 
     @property
     def observer_suspect(self) -> bool:
@@ -119,7 +160,7 @@ class FaultToleranceManager:
         count = self.task_retries.get(task.task_id, 0) + 1
         self.task_retries[task.task_id] = count
         task.attempts = count
-        self._record(
+        self.failures.record(
             FailureEvent(
                 timestamp=self._wall_clock(),
                 failure_type=failure_type,
@@ -151,25 +192,14 @@ class FaultToleranceManager:
             if info.status == WorkerStatus.DEAD:
                 info.status = WorkerStatus.ALIVE
                 self._dead_since.pop(worker_id, None)
-                if worker_id in self.worker_failures:
-                    self._peers.set(worker_id, len(self.worker_failures[worker_id]))
+                self.failures.set_peer(worker_id, True)
                 self.version += 1
                 self._settle(worker_id)
         return info
 
     def breaker(self, worker_id: str) -> CircuitBreaker:
         """The breaker of one node, created CLOSED on first use."""
-        breaker = self.circuit_breakers.get(worker_id)
-        if breaker is None:
-            breaker = CircuitBreaker(
-                self.config.breaker_timeout,
-                half_open_max_calls=self.config.half_open_max_calls,
-                clock=self._clock,
-                name=worker_id,
-            )
-            breaker.add_listener(self._on_transition)
-            self.circuit_breakers[worker_id] = breaker
-        return breaker
+        return self.node_breakers.get(worker_id)
 
     def handle_worker_failure(
         self,
@@ -193,48 +223,32 @@ class FaultToleranceManager:
         breaker = self.circuit_breakers.get(worker_id)
         if breaker is not None and breaker.state is BreakerState.HALF_OPEN:
             breaker.record_success()
-            self.worker_failures.pop(worker_id, None)
-            self._peers.set(worker_id, None)
+            self.failures.clear(worker_id)
 
     def acquire_trial(self, worker_id: str) -> bool:
         """Take one trial slot of an alive HALF_OPEN node; False otherwise."""
         info = self.workers.get(worker_id)
         if info is not None and info.status != WorkerStatus.ALIVE:
             return False
-        breaker = self.breaker(worker_id)
-        granted = breaker.state is BreakerState.HALF_OPEN and breaker.allow_request()
-        if granted:
-            self._trial_leases.setdefault(worker_id, []).append(self._clock())
-            self.version += 1
-        return granted
+        return self.node_breakers.lease(worker_id)
 
     def expire_trial_leases(self, timeout: float | None = None) -> list[str]:
         """Take back trial leases held longer than ``timeout`` (default ``breaker_timeout``):
         a driver that died holding one must not keep the node out of use for good."""
-        limit = self.config.breaker_timeout if timeout is None else timeout
-        now = self._clock()
-        expired = []
-        for worker_id, leases in self._trial_leases.items():
-            while leases and now - leases[0] >= limit:
-                leases.pop(0)
-                self.breaker(worker_id).release_trial()
-                expired.append(worker_id)
-                self.version += 1
-        return expired
+        return self.node_breakers.expire(
+            self.config.breaker_timeout if timeout is None else timeout
+        )
 
     def record_trial(
         self, worker_id: str, success: bool, failure: FailureEvent | None = None
     ) -> None:
         """A trial's outcome: success closes the breaker, a node fault reopens it,
         anything else (the task's own failure, a cancel) just gives the slot back."""
-        leases = self._trial_leases.get(worker_id)
-        if leases:
-            leases.pop(0)
-        self.version += 1
+        self.node_breakers.end_lease(worker_id)
         if success:
             self.record_worker_success(worker_id)
         elif failure is not None and charges_node(failure):
-            self._record(failure)
+            self.failures.record(failure)
             self.breaker(worker_id).record_failure()
         else:
             self.breaker(worker_id).release_trial()
@@ -245,19 +259,14 @@ class FaultToleranceManager:
 
     def mark_worker_healthy(self, worker_id: str) -> None:
         """A healthy report and heartbeats: the node is ALIVE (its breaker recovers by trial)."""
-        self.liveness_failures.pop(worker_id, None)
+        self.verdicts.set_answering(worker_id)
         self.update_health(worker_id, Severity.OK, [])
 
     def update_health(self, worker_id: str, severity: Severity | str, reasons: list[str]) -> None:
         """Take a health verdict: ``fatal`` fails the node, ``degraded`` pauses new work."""
         severity = Severity(severity)  # a probe's answer carries the plain string
         self.workers.get(worker_id) or self.register_worker(worker_id)
-        if severity == Severity.OK:
-            self.health_severity.pop(worker_id, None)
-            self.health_reasons.pop(worker_id, None)
-        else:
-            self.health_severity[worker_id] = severity
-            self.health_reasons[worker_id] = list(reasons)
+        self.verdicts.set_health(worker_id, severity, reasons)
         self._settle(worker_id)
 
     def update_liveness(self, worker_id: str, alive: bool, reason: str | None = None) -> bool:
@@ -270,22 +279,22 @@ class FaultToleranceManager:
         """
         self.workers.get(worker_id) or self.register_worker(worker_id)
         if alive:
-            self.liveness_failures.pop(worker_id, None)
-        elif worker_id not in self.liveness_failures:
+            self.verdicts.set_answering(worker_id)
+        elif not self.verdicts.silent(worker_id):
             if self._observer_suspect(extra=1):
                 return False
-            self.liveness_failures[worker_id] = reason or "stopped answering heartbeats"
+            self.verdicts.set_silent(worker_id, reason or "stopped answering heartbeats")
         self._settle(worker_id)
         self._observer_suspect(extra=0)  # clears the suspicion once few enough look failed
         return True
 
     def failed_by_liveness(self, worker_id: str) -> bool:
         """The node stands failed because it stopped answering heartbeats."""
-        return worker_id in self.liveness_failures
+        return self.verdicts.silent(worker_id)
 
     def forget_liveness(self, worker_id: str) -> None:
         """The node left (its probe's history is dropped): its heartbeat verdict goes too."""
-        if self.liveness_failures.pop(worker_id, None) is not None:
+        if self.verdicts.set_answering(worker_id):
             self.version += 1
 
     def _observer_suspect(self, extra: int) -> bool:
@@ -302,7 +311,7 @@ class FaultToleranceManager:
         if info.status != WorkerStatus.DEAD:
             info.status = WorkerStatus.DEAD
             self._dead_since[worker_id] = self._clock()
-            self._peers.set(worker_id, None)  # a dead node is nobody's peer
+            self.failures.set_peer(worker_id, False)  # a dead node is nobody's peer
             self.version += 1
             self._note_degraded(worker_id, info)
 
@@ -315,13 +324,9 @@ class FaultToleranceManager:
         for worker_id in gone:
             del self._dead_since[worker_id]
             self.workers.pop(worker_id, None)
-            self.circuit_breakers.pop(worker_id, None)
-            self.worker_failures.pop(worker_id, None)
-            self._peers.set(worker_id, None)
-            self.health_reasons.pop(worker_id, None)
-            self.health_severity.pop(worker_id, None)
-            self.liveness_failures.pop(worker_id, None)
-            self._trial_leases.pop(worker_id, None)
+            self.node_breakers.forget(worker_id)
+            self.failures.clear(worker_id)
+            self.verdicts.forget(worker_id)
             self._crowd.nodes.discard(worker_id)
         if gone:
             self.version += 1
@@ -329,35 +334,28 @@ class FaultToleranceManager:
 
     def node_reasons(self, worker_id: str) -> list[str]:
         """Why a node is not ALIVE: its liveness failure first, then its health reasons."""
-        reasons = []
-        if worker_id in self.liveness_failures:
-            reasons.append(self.liveness_failures[worker_id])
-        return reasons + self.health_reasons.get(worker_id, [])
+        return self.verdicts.why(worker_id)
 
     def transitions_by_node(self, last: int) -> dict[str, list[dict[str, Any]]]:
         """Each node's last ``last`` breaker transitions, oldest first: one pass over the
         bounded history (``HISTORY_LIMIT``), not one per node."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for transition in self.breaker_transitions:
-            out.setdefault(str(transition["worker_id"]), []).append(transition)
-        return {node: moves[-last:] for node, moves in out.items()}
+        return self.node_breakers.by_node_transitions(last)
 
     def excluded_workers(self) -> set[str]:
         """Nodes that must receive no new task: dead, failed, or OPEN breaker. A degraded
         node is not excluded: it is placed last (``degraded`` in the snapshot)."""
         excluded = {w for w, info in self.workers.items() if info.status not in TAKES_WORK}
-        excluded.update(w for w, b in self.circuit_breakers.items() if b.is_open())
+        excluded.update(self.node_breakers.open_nodes())
         return excluded
 
     def half_open_workers(self) -> dict[str, int]:
         """HALF_OPEN nodes and the trial calls each still admits."""
-        result = {}
-        for worker_id, breaker in self.circuit_breakers.items():
+
+        def taking(worker_id: str) -> bool:
             info = self.workers.get(worker_id)
-            taking = info is not None and info.status in TAKES_WORK
-            if breaker.state is BreakerState.HALF_OPEN and taking:
-                result[worker_id] = breaker.trials_available()
-        return result
+            return info is not None and info.status in TAKES_WORK
+
+        return self.node_breakers.half_open(taking)
 
     def exclusions_snapshot(self) -> dict[str, Any]:
         """What executors must respect, as plain data (the actor and local client share it).
@@ -381,8 +379,7 @@ class FaultToleranceManager:
             "degraded": sorted(by_status[WorkerStatus.DEGRADED]),
             "half_open": self.half_open_workers(),
         }
-        due = min((b.reopens_at() for b in self.circuit_breakers.values()), default=math.inf)
-        return self._snapshots.store(self.version, due, lists)
+        return self._snapshots.store(self.version, self.node_breakers.next_reopening(), lists)
 
     def exclusions_since(self, token: str | None) -> dict[str, Any] | None:
         """What an executor holding snapshot ``token`` needs: None when it is current, else
@@ -395,13 +392,8 @@ class FaultToleranceManager:
         task_ids: Iterable[str],
         available_workers: Iterable[WorkerInfo | str],
     ) -> dict[str, str]:
-        """Plan where tasks go: never to the failed node, a failed/dead one or an OPEN breaker.
-
-        Free capacity is filled evenly first; tasks beyond it are spread over the eligible
-        workers by load, so no task is dropped while any eligible worker exists. HALF_OPEN
-        nodes take at most their remaining trial allowance. The plan changes no load; the
-        caller dispatches and counts.
-        """
+        """Plan where tasks go: never to the failed node, a failed/dead one or an OPEN
+        breaker (``ray_ft.manager.water_fill``); the caller dispatches and counts."""
         return plan_reassignment(
             failed_worker_id, task_ids, available_workers, self.workers, self.circuit_breakers
         )
@@ -411,10 +403,8 @@ class FaultToleranceManager:
     def recover_from_checkpoint(
         self, checkpoint: Mapping[str, Any], optimizer: BaseOptimizer
     ) -> int:
-        """Restore optimizer state and population; return the generation to resume from.
-
-        The seed's method; the format lives in :mod:`ray_ft.optim.checkpoint`.
-        """
+        """Restore optimizer state and population; return the generation to resume from
+        (the seed's method; the format lives in :mod:`ray_ft.optim.checkpoint`)."""
         from ray_ft.optim.checkpoint import restore_checkpoint
 
         return restore_checkpoint(checkpoint, optimizer)
@@ -431,32 +421,27 @@ class FaultToleranceManager:
         takes the new timeout and trial count)."""
         self.config = config
         self.policy = RetryPolicy(config)
-        for breaker in self.circuit_breakers.values():
-            breaker.reconfigure(config.breaker_timeout, config.half_open_max_calls)
+        self.node_breakers.reconfigure(config.breaker_timeout, config.half_open_max_calls)
         self.version += 1  # snapshots carry what the settings decide: void them
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`get_state` snapshot (failure events keep their wall times)."""
-        fields = persist.decode(state)
-        breakers = fields.pop("breakers")
-        for name, value in fields.items():
-            setattr(self, name, value)
-        self.circuit_breakers = {}
-        for worker_id, breaker_state in breakers.items():
-            self.breaker(worker_id).load_state(breaker_state)
+        saved = persist.decode(state)
+        self.workers = saved.workers
+        self.task_retries = saved.task_retries
+        self.failed_tasks = saved.failed_tasks
+        self.verdicts = NodeVerdicts.from_dict(state)
+        self.node_breakers.load(state)
         self.version += 1  # every cached snapshot is void
         now = self._clock()  # dead nodes restored: their tombstone window starts again
         self._dead_since = {
             w: now for w, info in self.workers.items() if info.status == WorkerStatus.DEAD
         }
-        self._peers.clear()
-        for worker_id, events in self.worker_failures.items():
-            if self.workers.get(worker_id, WorkerInfo(worker_id)).status != WorkerStatus.DEAD:
-                self._peers.set(worker_id, len(events))
+        self.failures = FailureLog.from_dict(state, frozenset(self._dead_since))
 
     def record_event(self, event: FailureEvent) -> None:
         """Keep a failure in the history and counters without charging any node."""
-        self._record(event)
+        self.failures.record(event)
 
     def report_failure(self, event: FailureEvent) -> None:
         """Route an attempt's failure by its blame (see :mod:`ray_ft.core.attribution`).
@@ -479,7 +464,7 @@ class FaultToleranceManager:
             )
             self._charge(event, outlier_only=outlier_only)
         else:
-            self._record(event)
+            self.failures.record(event)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -487,49 +472,34 @@ class FaultToleranceManager:
         """Count a node fault in the window; open the breaker past the threshold."""
         worker_id = event.worker_id
         assert worker_id is not None
-        self._record(event)
-        now = self._wall_clock()
-        window = self._window(worker_id, now)
-        window.append(event)
-        if self.workers.get(worker_id, WorkerInfo(worker_id)).status != WorkerStatus.DEAD:
-            self._peers.set(worker_id, len(window))
+        in_window = self.failures.charge(
+            worker_id,
+            event,
+            self._wall_clock(),
+            self.config.failure_window,
+            peer=worker_id not in self._dead_since,
+        )
         breaker = self.breaker(worker_id)
         if breaker.state is BreakerState.HALF_OPEN:
             breaker.record_failure()
             return
-        if len(window) <= self.config.worker_failure_threshold or breaker.is_open():
+        if in_window <= self.config.worker_failure_threshold or breaker.is_open():
             return
-        if outlier_only and not self._stands_out(worker_id, now):
+        if outlier_only and not self.failures.stands_out(worker_id):
             return
         breaker.open()
 
-    def _window(self, worker_id: str, now: float) -> list[FailureEvent]:
-        """The node's failures within ``failure_window``, the expired dropped from the front
-        (events arrive in time order: amortized O(1) per event)."""
-        window = self.worker_failures.setdefault(worker_id, [])
-        expired = 0
-        while (
-            expired < len(window) and now - window[expired].timestamp > self.config.failure_window
-        ):
-            expired += 1
-        if expired:
-            del window[:expired]
-        return window
-
-    def _stands_out(self, worker_id: str, now: float) -> bool:
-        """More than twice the failures of a typical other node in the window."""
-        return self._peers.stands_out(worker_id, len(self.worker_failures.get(worker_id, [])))
-
     def _settle(self, worker_id: str) -> None:
-        """Recompute a node's status from its liveness and health; fatal opens the breaker."""
+        """Recompute a node's status from its verdicts; a failed node's breaker opens."""
         info = self.workers[worker_id]
-        if info.status == WorkerStatus.DEAD:
+        status = self.verdicts.status(worker_id)
+        if info.status in (WorkerStatus.DEAD, status):
             return
-        before = info.status
-        self._settle_status(worker_id, info)
-        if info.status != before:
-            self.version += 1
-            self._note_degraded(worker_id, info)
+        if status == WorkerStatus.FAILED and not self.breaker(worker_id).is_open():
+            self.breaker(worker_id).open()
+        info.status = status
+        self.version += 1
+        self._note_degraded(worker_id, info)
 
     def _note_degraded(self, worker_id: str, info: WorkerInfo) -> None:
         """Keep the degraded crowd in step with one node's status."""
@@ -537,31 +507,5 @@ class FaultToleranceManager:
         degraded = info.status == WorkerStatus.DEGRADED
         self._crowd.note(worker_id, degraded, live, self.health_reasons)
 
-    def _settle_status(self, worker_id: str, info: WorkerInfo) -> None:
-        severity = self.health_severity.get(worker_id)
-        if worker_id in self.liveness_failures or severity == Severity.FATAL:
-            if info.status != WorkerStatus.FAILED:
-                info.status = WorkerStatus.FAILED
-                breaker = self.breaker(worker_id)
-                if not breaker.is_open():
-                    breaker.open()
-        elif severity == Severity.DEGRADED:
-            info.status = WorkerStatus.DEGRADED
-        else:
-            info.status = WorkerStatus.ALIVE
-
-    def _record(self, event: FailureEvent) -> None:
-        self.history.append(event)
-        self.failure_counts[event.failure_type.value] += 1
-
-    def _on_transition(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+    def _changed(self) -> None:
         self.version += 1
-        self.breaker_transitions.append(
-            {
-                "worker_id": breaker.name,
-                "from": old.value,
-                "to": new.value,
-                "at": self._wall_clock(),
-            }
-        )
-        del self.breaker_transitions[:-HISTORY_LIMIT]

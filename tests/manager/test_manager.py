@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from ray_ft.failures import FailureEvent, FailureType
+from ray_ft.failures import FailureEvent, FailureType, Severity
 from ray_ft.manager.breaker import BreakerState
-from ray_ft.manager.state import FaultToleranceManager, Task, WorkerInfo
+from ray_ft.manager.state import FaultToleranceManager, Task, WorkerInfo, WorkerStatus
 from ray_ft.manager.water_fill import water_fill as _water_fill
 from ray_ft.optim.individual import Individual
 
@@ -365,3 +365,29 @@ def test_a_node_that_left_loses_its_heartbeat_verdict_through_the_version(clock)
     before = m.version
     m.forget_liveness("w1")
     assert not m.failed_by_liveness("w1") and m.version > before
+
+
+def test_each_room_round_trips_its_section_of_the_state_file(clock):
+    """The failure log, the breakers and the verdicts write and read their own sections;
+    what the manager decides from them is the same after a reload."""
+    m = manager(clock, worker_failure_threshold=1, breaker_timeout=50)
+    for node in "abcd":
+        m.register_worker(node)
+    m.handle_worker_failure("a")
+    m.handle_worker_failure("a")  # over the threshold: OPEN, one transition
+    m.handle_worker_failure("b")
+    m.update_health("c", Severity.DEGRADED, ["disk 96% full"])
+    m.update_liveness("d", alive=False, reason="silent 9 s")
+    m.mark_worker_dead("b")  # b's window stays, b is nobody's peer
+    state = json.loads(json.dumps(m.get_state()))
+
+    m2 = manager(type(clock)(start=clock.now), worker_failure_threshold=1, breaker_timeout=50)
+    m2.load_state(state)
+    assert json.loads(json.dumps(m2.get_state())) == state
+    assert m2.breaker_transitions == m.breaker_transitions
+    assert m2.node_reasons("c") == ["disk 96% full"] and m2.node_reasons("d") == ["silent 9 s"]
+    assert m2.health_severity["c"] is Severity.DEGRADED
+    assert m2.workers["c"].status == WorkerStatus.DEGRADED
+    assert m2.workers["d"].status == WorkerStatus.FAILED
+    assert m2.failures.peers.count_of == m.failures.peers.count_of == {"a": 2}
+    assert m2.exclusions_snapshot()["excluded"] == m.exclusions_snapshot()["excluded"]
