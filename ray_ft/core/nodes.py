@@ -23,48 +23,17 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
+from ray_ft.core.node_indexes import Room, ShapeIndex, WorkIndex
+from ray_ft.core.pace import Paces
 from ray_ft.core.work import Shape, Work
 
 __all__ = ["NodeTable"]
 
 QUEUE_TARGET_S = 0.25  # queued work per slot beyond the running attempt, in seconds
 SLOW_FACTOR = 2.0  # a node this many times slower than the fastest may stand back
-RELEARN_S = 10.0  # a node that stood back this long gets an attempt again (it may be well)
 _MAX_INDEXES = 64
-_EWMA = 0.3  # weight of the newest runtime in a pace
 _PARK_S = 0.1  # a node too slow for a call is not looked at again for this long
 Key = tuple[Shape, str]
-Room = tuple[int, float, int, str]  # (tier, -room, home rank, node): a room heap entry
-
-
-class _Index:
-    """Placement indexes of one (shape, callable)."""
-
-    __slots__ = ("fast", "parked", "parked_at", "rate", "room")
-
-    def __init__(self) -> None:
-        # (tier, -room, home rank, node): the roomiest ok node on top, the driver's own
-        # node first among equals (its worker is warm), degraded nodes (tier 1) after
-        # every ok node with room
-        self.room: list[Room] = []
-        self.fast: list[tuple[float, str]] = []  # (runtime, node): the fastest node on top
-        self.rate = 0.0  # sum of slots / runtime over usable nodes with a known pace
-        # nodes found too slow: out of the room heap for _PARK_S, so that a slow node with
-        # much room is not looked at again by every placement in between
-        self.parked: list[Room] = []
-        self.parked_at = 0.0
-
-
-class _ShapeIndex:
-    """Capacity indexes of one shape."""
-
-    __slots__ = ("fits", "free", "memory", "slots")
-
-    def __init__(self) -> None:
-        self.fits = 0  # usable live nodes with at least one slot of this shape
-        self.slots = 0  # slots of this shape on usable live nodes
-        self.free = 0  # free slots of this shape on usable live nodes
-        self.memory: list[tuple[float, str]] = []  # (-memory, node) of nodes that fit
 
 
 class NodeTable:
@@ -84,20 +53,13 @@ class NodeTable:
         # work only when no ok node has room, and never more than a slot's worth
         self.degraded: frozenset[str] | set[str] = frozenset()
         self.load: Counter[tuple[str, Shape]] = Counter()
-        self.runtime: dict[tuple[str, str], float] = {}
-        self.learned_at: dict[tuple[str, str], float] = {}
-        # paces from one finished attempt: on a cold cluster it waited for its node to
-        # start a worker process, so it is never judged slow on it and the next replaces it
-        self.provisional: set[tuple[str, str]] = set()
-        # launch times of the attempts in flight per (node, callable), in clock order
-        self.running: dict[tuple[str, str], dict[int, float]] = {}
-        self.last_done: dict[str, float] = {}
+        self.paces = Paces()  #: pace per (node, callable), and the attempts in flight
         self.leases: Counter[str] = Counter()  # trial leases held, not yet used
         self._slots: dict[str, dict[Shape, int]] = {}  # slots per shape, per node (a cache)
         self._kinds_at: dict[str, set[str]] = {}  # callables with a pace or run per node
         self._shapes_at: dict[str, set[Shape]] = {}  # shapes with load per node
-        self._index: OrderedDict[Key, _Index] = OrderedDict()
-        self._shape_index: OrderedDict[Shape, _ShapeIndex] = OrderedDict()
+        self._index: OrderedDict[Key, WorkIndex] = OrderedDict()
+        self._shape_index: OrderedDict[Shape, ShapeIndex] = OrderedDict()
 
     # -- events ----------------------------------------------------------------------------
 
@@ -119,14 +81,9 @@ class NodeTable:
             return
         self._account(node_id, -1)
         del self.nodes[node_id]
-        for kind in self._kinds_at.pop(node_id, ()):
-            self.runtime.pop((node_id, kind), None)
-            self.learned_at.pop((node_id, kind), None)
-            self.provisional.discard((node_id, kind))
-            self.running.pop((node_id, kind), None)
+        self.paces.forget(node_id, self._kinds_at.pop(node_id, ()))
         for shape in self._shapes_at.pop(node_id, ()):
             self.load.pop((node_id, shape), None)
-        self.last_done.pop(node_id, None)
         self.leases.pop(node_id, None)
         self._slots.pop(node_id, None)
         if node_id in self.degraded:
@@ -181,26 +138,18 @@ class NodeTable:
 
     def started(self, node_id: str, kind: str, attempt_id: int, now: float) -> None:
         """An attempt of this callable was launched on the node."""
-        self.running.setdefault((node_id, kind), {})[attempt_id] = now
+        self.paces.started(node_id, kind, attempt_id, now)
         self._kinds_at.setdefault(node_id, set()).add(kind)
-        key = (node_id, kind)
-        if key in self.runtime and now - self.learned_at.get(key, now) > RELEARN_S:
-            self.learned_at[key] = now  # a stale pace tried again: one attempt per relearn
 
     def stopped(self, node_id: str, kind: str, attempt_id: int) -> None:
         """An attempt of this callable left the node (finished, failed or dropped)."""
-        running = self.running.get((node_id, kind))
-        if running is not None:
-            running.pop(attempt_id, None)  # kept while the node lives: no churn per attempt
+        self.paces.stopped(node_id, kind, attempt_id)
 
     def set_pace(self, node_id: str, kind: str, runtime: float, now: float) -> None:
         """The node's learned runtime for this callable."""
         if node_id not in self.nodes:
             return
-        key = (node_id, kind)
-        old = self.runtime.get(key)
-        self.runtime[key] = runtime
-        self.learned_at[key] = now
+        old = self.paces.set(node_id, kind, runtime, now)
         self._kinds_at.setdefault(node_id, set()).add(kind)
         usable = self.usable(node_id)
         for (shape, index_kind), index in self._index.items():
@@ -230,22 +179,9 @@ class NodeTable:
         """An attempt (a batch of ``members`` calls) launched at ``launched_at`` finished
         now: fold its runtime per call into the node's pace for this callable (EWMA);
         returns that runtime."""
-        start = launched_at
-        if queued_behind:  # it waited in Ray for a slot on its node
-            start = max(start, self.last_done.get(node_id, start))
-        if node_id in self.nodes:
-            self.last_done[node_id] = now
-        runtime = max(0.0, now - start) / members
-        key = (node_id, kind)
-        old = self.runtime.get(key)
-        if old is None or key in self.provisional:  # the first sample, or the second
-            pace = runtime
-            if old is None and node_id in self.nodes:
-                self.provisional.add(key)
-            else:
-                self.provisional.discard(key)
-        else:
-            pace = (1 - _EWMA) * old + _EWMA * runtime
+        runtime, pace = self.paces.fold(
+            node_id, kind, launched_at, queued_behind, now, members, live=node_id in self.nodes
+        )
         self.set_pace(node_id, kind, pace, now)
         return runtime
 
@@ -253,7 +189,7 @@ class NodeTable:
         """A cancelled attempt (its twin won) ran at least this long on its node: a slow
         node's pace is learned even though its attempts never finish."""
         elapsed = now - launched_at
-        if elapsed > self.runtime.get((node_id, kind), 0.0):
+        if elapsed > (self.paces.get(node_id, kind) or 0.0):
             self.set_pace(node_id, kind, elapsed, now)
 
     # -- questions -------------------------------------------------------------------------
@@ -267,13 +203,11 @@ class NodeTable:
         if shape.timed or node_id in self.degraded:
             return 1  # a timed attempt's clock must start when it runs; a degraded node
             # gets no queue beyond its free slots
-        key = (node_id, kind)
-        runtime = self.runtime.get(key)
+        runtime = self.paces.get(node_id, kind)
         if runtime is None:
             return 1  # learn the pace first
-        running = self.running.get(key)
-        if running:  # an attempt running longer than the estimate: the pace went stale
-            oldest = next(iter(running.values()))
+        oldest = self.paces.oldest_running(node_id, kind)
+        if oldest is not None:  # an attempt running longer than the estimate: stale pace
             runtime = max(runtime, self._clock() - oldest)
         return max(1, min(self.queue_depth, math.ceil(QUEUE_TARGET_S / max(runtime, 1e-6))))
 
@@ -360,7 +294,7 @@ class NodeTable:
         heap = self._placement(shape, kind).fast
         while heap:
             runtime, node_id = heap[0]
-            if self.usable(node_id) and self.runtime.get((node_id, kind)) == runtime:
+            if self.usable(node_id) and self.paces.get(node_id, kind) == runtime:
                 return runtime
             heapq.heappop(heap)  # left, unusable or re-paced: a fresh entry exists if due
         return math.inf
@@ -416,10 +350,10 @@ class NodeTable:
         return {
             "nodes": len(self.nodes),
             "load": len(self.load),
-            "runtime": len(self.runtime),
-            "running": len(self.running),
-            "last_done": len(self.last_done),
-            "provisional": len(self.provisional),
+            "runtime": len(self.paces.runtime),
+            "running": len(self.paces.running),
+            "last_done": len(self.paces.last_done),
+            "provisional": len(self.paces.provisional),
             "indexes": len(self._index) + len(self._shape_index),
             "index_entries": sum(len(i.room) + len(i.fast) for i in self._index.values())
             + sum(len(s.memory) for s in self._shape_index.values()),
@@ -441,7 +375,7 @@ class NodeTable:
         stale entries outnumber live ones: amortised O(1) per event)."""
         return 4 * len(self.nodes) + 64
 
-    def _compact_memory(self, shape: Shape, index: _ShapeIndex) -> None:
+    def _compact_memory(self, shape: Shape, index: ShapeIndex) -> None:
         if len(index.memory) > self._bound():
             index.memory = [
                 (-r.get("memory", 0.0), n) for n, r in self.nodes.items() if shape.slots_on(r) > 0
@@ -472,7 +406,7 @@ class NodeTable:
                 capacity.free += sign * max(0, slots - self.load[(node_id, shape)])
         for (shape, kind), index in self._index.items():
             slots = shape.slots_on(resources)
-            runtime = self.runtime.get((node_id, kind))
+            runtime = self.paces.get(node_id, kind)
             if slots > 0 and runtime is not None:
                 index.rate = max(0.0, index.rate + sign * slots / max(runtime, 1e-6))
             if sign > 0 and slots > 0:
@@ -490,7 +424,7 @@ class NodeTable:
             if len(index.room) > self._bound():  # stale entries: compact
                 self._index[(shape, kind)] = self._build(shape, kind)
 
-    def _placement(self, shape: Shape, kind: str) -> _Index:
+    def _placement(self, shape: Shape, kind: str) -> WorkIndex:
         key = (shape, kind)
         index = self._index.get(key)
         if index is None:
@@ -501,9 +435,9 @@ class NodeTable:
             self._index.move_to_end(key)
         return index
 
-    def _build(self, shape: Shape, kind: str) -> _Index:
+    def _build(self, shape: Shape, kind: str) -> WorkIndex:
         """All nodes once: O(n) for the first decision about this (shape, callable)."""
-        index = _Index()
+        index = WorkIndex()
         for node_id, resources in self.nodes.items():
             slots = shape.slots_on(resources)
             if slots <= 0 or not self.usable(node_id):
@@ -511,7 +445,7 @@ class NodeTable:
             room = self.room(node_id, shape, kind)
             if room > 0:
                 index.room.append(self._room_entry(node_id, room))
-            runtime = self.runtime.get((node_id, kind))
+            runtime = self.paces.get(node_id, kind)
             if runtime is not None:
                 index.fast.append((runtime, node_id))
                 index.rate += slots / max(runtime, 1e-6)
@@ -522,17 +456,17 @@ class NodeTable:
     def _fresh(self, fast: list[tuple[float, str]], kind: str) -> list[tuple[float, str]]:
         """One entry per node with its current pace (an unchanged pace pushed again leaves
         equal duplicates, which a value check alone would keep forever)."""
-        current = {n: self.runtime.get((n, kind)) for _, n in fast}
+        current = {n: self.paces.get(n, kind) for _, n in fast}
         heap = [(r, n) for n, r in current.items() if r is not None]
         heapq.heapify(heap)
         return heap
 
-    def _capacity(self, shape: Shape) -> _ShapeIndex:
+    def _capacity(self, shape: Shape) -> ShapeIndex:
         index = self._shape_index.get(shape)
         if index is not None:
             self._shape_index.move_to_end(shape)
             return index
-        index = _ShapeIndex()
+        index = ShapeIndex()
         for node_id, resources in self.nodes.items():
             slots = shape.slots_on(resources)
             if slots <= 0:

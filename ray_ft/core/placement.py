@@ -14,7 +14,8 @@ from collections.abc import Callable, Container
 
 from ray_ft.config import FTConfig
 from ray_ft.core.autoscaling import NodeTypes
-from ray_ft.core.nodes import RELEARN_S, SLOW_FACTOR, NodeTable
+from ray_ft.core.nodes import SLOW_FACTOR, NodeTable
+from ray_ft.core.pace import RELEARN_S
 from ray_ft.core.work import Shape, Work
 
 __all__ = ["WORKER_START_S", "Placement"]
@@ -113,15 +114,16 @@ class Placement:
         finished one more attempt: giving it work would only make the batch end later."""
         table = self.table
         key = (node_id, work.kind)
-        mine = table.runtime.get(key)
+        paces = table.paces
+        mine = paces.get(node_id, work.kind)
         if mine is None:
             return False
-        if key in table.provisional:  # one attempt, which may have waited for a worker
+        if key in paces.provisional:  # one attempt, which may have waited for a worker
             mine = max(0.0, mine - WORKER_START_S)  # process to start: allow for it
         best = table.fastest(work.shape, work.kind)
         if mine <= SLOW_FACTOR * best:
             return False  # the fast path: not clearly slower than the fastest live node
-        if self._clock() - table.learned_at.get(key, -float("inf")) > RELEARN_S:
+        if self._clock() - paces.learned_at.get(key, -float("inf")) > RELEARN_S:
             return False  # its pace is old news: one attempt finds out whether it recovered
         slots = work.shape.slots_on(table.nodes.get(node_id, {}))
         rate = table.rate(work.shape, work.kind)
@@ -141,7 +143,7 @@ class Placement:
                 continue
             if node_id in table.degraded:
                 continue  # a backup is optional: never on a node under pressure
-            pace = table.runtime.get((node_id, work.kind), 0.0)
+            pace = table.paces.get(node_id, work.kind) or 0.0
             free = work.shape.slots_on(resources) - table.load[(node_id, work.shape)]
             if table.usable(node_id) and free > 0 and pace <= threshold:
                 places.append((pace, node_id))

@@ -277,7 +277,7 @@ class Scheduler(Outcomes):
                 work = attempt.work
                 if attempt.group is not None or attempt.backup or self._copied(attempt):
                     continue
-                pace = self.table.runtime.get((node_id, work.kind))
+                pace = self.table.paces.get(node_id, work.kind)
                 if not self.draining.outlives(node_id, attempt.launched_at, pace, now):
                     continue
                 if self.max_in_flight is not None and len(self.inflight) >= self.max_in_flight:
@@ -497,7 +497,7 @@ class Scheduler(Outcomes):
         """The head call and the queued calls packed with it: the same callable and
         request, as many as its pace asks for (``ray_ft.core.batching.batch_size``)."""
         size = batch_size(
-            self.table.runtime.get((node_id, head.kind)),
+            self.table.paces.get(node_id, head.kind),
             len(queue) + 1,
             self.table.total_slots(head.shape),
             head.batch_cap,
@@ -511,7 +511,7 @@ class Scheduler(Outcomes):
 
     def _start_group(self, members: list[Work], node_id: str, now: float) -> tuple[Attempt, ...]:
         group = Group([], live=len(members))
-        pace = self.table.runtime.get((node_id, members[0].kind))
+        pace = self.table.paces.get(node_id, members[0].kind)
         if pace is not None:
             group.expected = pace * len(members)
         for work in members:

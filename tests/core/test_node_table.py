@@ -35,7 +35,7 @@ def test_leases_and_paces_leave_with_their_node(clock):
     table.leases["a"] += 1
     table.learn("a", "f", clock() - 2.0, False, clock())
     table.set_nodes({"b": {"CPU": 1.0}})
-    assert "a" not in table.leases and ("a", "f") not in table.runtime
+    assert "a" not in table.leases and ("a", "f") not in table.paces.runtime
 
 
 def test_memory_policy_remembers_a_bounded_number_of_callables(clock):
@@ -93,5 +93,5 @@ def test_node_churn_keeps_every_index_bounded_by_the_live_nodes(clock):
         sizes = table.sizes()
         assert sizes["nodes"] == nodes
         assert sizes["index_entries"] <= sizes["indexes"] * (4 * nodes + 64), (generation, sizes)
-    assert len(table.runtime) <= nodes and len(table.last_done) <= nodes
+    assert len(table.paces.runtime) <= nodes and len(table.paces.last_done) <= nodes
     assert table.memory_cap(oom) == 8e9

@@ -198,12 +198,12 @@ def test_a_first_attempt_that_waited_for_a_worker_is_not_slowness(harness):
     h.clock.advance(1.2)
     h.finish(first["cold"], value=0)  # 1 s of work after 1.2 s of process start
     assert {a.node_id for a in h.running.values()} == {"home", "cold"}, "cold stood back"
-    assert sched.table.provisional >= {("cold", "burn")}
+    assert sched.table.paces.provisional >= {("cold", "burn")}
     cold = next(a for a in h.running.values() if a.node_id == "cold")
     h.clock.advance(1.0)
     h.finish(cold.attempt_id, value=0)
-    assert sched.table.runtime[("cold", "burn")] == pytest.approx(1.0)
-    assert ("cold", "burn") not in sched.table.provisional
+    assert sched.table.paces.runtime[("cold", "burn")] == pytest.approx(1.0)
+    assert ("cold", "burn") not in sched.table.paces.provisional
 
 
 def test_the_drivers_node_is_first_among_equals(harness):
@@ -375,8 +375,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.h.run(self.sched.handle(NodesChanged(nodes)))
         live = set(self.sched.nodes)
         table = self.sched.table
-        assert {n for n, _ in table.load} <= live and {n for n, _ in table.runtime} <= live
-        assert {n for n, _ in table.running} <= live and set(table.last_done) <= live
+        assert {n for n, _ in table.load} <= live and {n for n, _ in table.paces.runtime} <= live
+        assert {n for n, _ in table.paces.running} <= live and set(table.paces.last_done) <= live
         assert set(table.leases) <= live and set(self.sched.trials.running) <= live
         assert self.sched.trials.asked <= live
         assert all(a.node_id in live for a in self.sched.inflight.values())

@@ -237,7 +237,7 @@ def test_a_node_whose_copy_lost_learns_its_pace_and_stands_back_until_it_is_old_
     _, backup = backed_up(h, clock)
     clock.advance(0.5)
     h.finish(backup.attempt_id, value=1)  # the loser on b ran 2 s: b's pace is >= 2 s
-    assert h.sched.table.runtime[("b", "f")] >= 2.0
+    assert h.sched.table.paces.runtime[("b", "f")] >= 2.0
     for i in range(10, 18):  # the next batch: a and c clear it before b would finish one
         h.run(h.sched.handle(Submitted((work(i),))))
     assert "b" not in {a.node_id for a in h.running.values()}
