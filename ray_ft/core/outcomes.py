@@ -21,6 +21,7 @@ from ray_ft.core.commands import (
     ReleaseTrial,
     Report,
 )
+from ray_ft.core.failure_rules import Next
 from ray_ft.core.state import Outcome, SchedulerState
 from ray_ft.core.work import Attempt, Group, Work
 from ray_ft.failures import (
@@ -74,17 +75,59 @@ class Outcomes(SchedulerState):
     def _failed(
         self, attempt: Attempt, error: BaseException, failure_type: FailureType
     ) -> list[Command]:
+        """Apply the failure rules' verdict (``ray_ft.core.failure_rules``) to an attempt
+        that failed; its blame is decided by where the error was raised."""
         work = attempt.work
-        if attempt.node_id in self.draining and failure_type.is_system:
-            # killed by its node's drain (a preemption): Ray does not count these, nor do we
+        verdict = self.rules.judge(
+            failure_type,
+            error,
+            failures=work.failures,
+            draining=attempt.node_id in self.draining,
+            twin_running=work.speculated and self._twin_running(work),
+            cancelling=self._cancelling,
+        )
+        if verdict.next is Next.RERUN:
             return self._node_gone(attempt, error, preempted=True)
-        if work.speculated and self._twin_running(work):
-            # one copy failed while the other still runs (Spark's rule): no retry counted
+        if verdict.next is Next.RECORD:
             self.stats["speculation_failures"] += 1
             return self._on_record(attempt, error, failure_type, Blame.NONE)
         now = self._clock()
         work.failures += 1
-        decision = self._retry.decide(work.failures, failure_type, error)
+        out = self._charge(attempt, error, failure_type)
+        if work.first_failure_at is None:
+            work.first_failure_at = now
+        if verdict.next is Next.CANCEL:
+            return [*out, *self._end_cancelled(work)]
+        if verdict.next is Next.RETRY:
+            self.stats["retries"] += 1
+            self._metrics.retry()
+            if verdict.elsewhere:
+                work.avoid = work.avoid | {attempt.node_id}
+            if verdict.more_memory:
+                work.spec = self.memory.more_memory(work, attempt.node_id)
+                self._feed_queued(work.kind)
+            self._wait_out(work, now + verdict.delay)
+            return out
+        if verdict.next is Next.FAIL:
+            return [*out, *self._end(work, Outcome.FAILED, error=error)]
+        self._metrics.gave_up(failure_type.value)
+        out.extend(self._settle(work))  # the error names its events with their blame
+        failed = TaskFailedError(
+            f"{work.name} failed {work.failures} times; last: {failure_type.value}: "
+            f"{error}. {verdict.reason}",
+            failure_type=failure_type,
+            attempts=work.failures,
+            events=work.events or (),
+        )
+        failed.__cause__ = error
+        return [*out, *self._end(work, Outcome.FAILED, error=failed)]
+
+    def _charge(
+        self, attempt: Attempt, error: BaseException, failure_type: FailureType
+    ) -> list[Command]:
+        """Put a counted failure on the call's record with its blame, and report the
+        failures whose blame is now known (a trial's node learns its outcome)."""
+        work = attempt.work
         memory = None  # an out-of-memory event records the request it ran with
         if failure_type is FailureType.OUT_OF_MEMORY:
             memory = float(work.spec.options.get("memory") or 0) or None
@@ -108,35 +151,7 @@ class Outcomes(SchedulerState):
         out = self._reports(work, decided)
         if attempt.trial:
             out.append(ReleaseTrial(attempt.node_id, False, event if blame is Blame.NODE else None))
-        if work.first_failure_at is None:
-            work.first_failure_at = now
-        if decision and self._cancelling:
-            return [*out, *self._end_cancelled(work)]
-        if decision:
-            self.stats["retries"] += 1
-            self._metrics.retry()
-            if failure_type is not FailureType.APPLICATION_ERROR:
-                # the node may be at fault: retry elsewhere (an application error is the
-                # task's own, and the same node keeps its warm worker)
-                work.avoid = work.avoid | {attempt.node_id}
-            if failure_type is FailureType.OUT_OF_MEMORY:
-                work.spec = self.memory.more_memory(work, attempt.node_id)
-                self._feed_queued(work.kind)
-            self._wait_out(work, now + decision.delay)
-            return out
-        if failure_type is FailureType.APPLICATION_ERROR:
-            return [*out, *self._end(work, Outcome.FAILED, error=error)]
-        self._metrics.gave_up(failure_type.value)
-        out.extend(self._settle(work))  # the error names its events with their blame
-        failed = TaskFailedError(
-            f"{work.name} failed {work.failures} times; last: {failure_type.value}: "
-            f"{error}. {decision.reason}",
-            failure_type=failure_type,
-            attempts=work.failures,
-            events=work.events or (),
-        )
-        failed.__cause__ = error
-        return [*out, *self._end(work, Outcome.FAILED, error=failed)]
+        return out
 
     def _placement_failed(self, attempt: Attempt, error: BaseException) -> list[Command]:
         """Ray could not schedule a pinned attempt there: re-place it, charging nobody.

@@ -22,6 +22,7 @@ from ray_ft.core.attribution import CrashLedger, UserErrorRates
 from ray_ft.core.autoscaling import Draining
 from ray_ft.core.batching import batch_timeout
 from ray_ft.core.commands import Command, Exclusions, Launch, Report, Resolve
+from ray_ft.core.failure_rules import FailureRules
 from ray_ft.core.inflight import InFlight
 from ray_ft.core.memory import MemoryPolicy
 from ray_ft.core.nodes import NodeTable
@@ -84,7 +85,8 @@ class SchedulerState:
         self._retired: set[str] = set()  #: such workers, until the node table drops them
         self._cancelling = False  #: shutdown(cancel_futures=True): nothing new starts
         self._metrics = metrics if metrics is not None else NullMetrics()
-        self._retry = RetryPolicy(config)  #: retry or give up, and after what delay
+        #: what a failed attempt leads to: retry (when), rerun elsewhere, or end the call
+        self.rules = FailureRules(RetryPolicy(config))
         self._ledger = CrashLedger()  #: system failures whose blame waits for the retry
         self._rates = UserErrorRates()  #: the user's failures per node, against its peers
         #: calls waiting for a slot, first in line first, one queue per request shape
