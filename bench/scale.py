@@ -199,7 +199,11 @@ def churn_memory(n: int = 1000, generations: int = 100, calls_per_node: int = 2)
     gc.collect()
     after, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"steady_mb": steady / 2**20, "after_mb": after / 2**20, "sizes": sched.table.sizes()}
+    return {
+        "steady_mb": steady / 2**20,
+        "after_mb": after / 2**20,
+        "sizes": sched.state.table.sizes(),
+    }
 
 
 def churn_generations(

@@ -53,7 +53,7 @@ class Harness:
         self.batches: list[tuple] = []  # every LaunchBatch's attempts
 
     def run(self, commands) -> None:
-        self.sched.validate()  # after every event the test fed in
+        self.sched.state.validate()  # after every event the test fed in
         for command in commands:
             if isinstance(command, LaunchBatch):
                 self.batches.append(command.attempts)
@@ -61,12 +61,12 @@ class Harness:
                 self.run([Launch(a) for a in command.attempts])
             elif isinstance(command, Launch):
                 attempt = command.attempt
-                excluded = self.sched.exclusions.excluded | {
-                    n for n, _ in self.sched.exclusions.half_open
+                excluded = self.sched.state.exclusions.excluded | {
+                    n for n, _ in self.sched.state.exclusions.half_open
                 }
                 assert attempt.node_id in self.sched.nodes
                 assert attempt.trial or attempt.node_id not in excluded
-                assert attempt.node_id not in self.sched.draining  # no new work goes there
+                assert attempt.node_id not in self.sched.state.draining  # no new work goes there
                 if self.fail_launches:
                     self.fail_launches -= 1
                     self.run(self.sched.handle(LaunchFailed(attempt.attempt_id, ValueError("no"))))

@@ -20,7 +20,7 @@ from typing import Any
 from ray_ft.config import FTConfig
 from ray_ft.core.attribution import CrashLedger, UserErrorRates
 from ray_ft.core.autoscaling import Draining
-from ray_ft.core.batching import batch_timeout
+from ray_ft.core.batching import batch_size, batch_timeout, take_members
 from ray_ft.core.commands import Command, Exclusions, Launch, Report, Resolve
 from ray_ft.core.failure_rules import FailureRules
 from ray_ft.core.inflight import InFlight
@@ -73,8 +73,8 @@ class SchedulerState:
         self.batching = batching
         #: attempts a node may hold beyond its slots, waiting in Ray's queue there
         self.queue_depth = queue_depth
-        self._clock = clock  #: monotonic time: timers, deadlines, paces
-        self._wall_clock = wall_clock  #: stamps failure events (the manager shows wall times)
+        self.clock = clock  #: monotonic time: timers, deadlines, paces
+        self.wall_clock = wall_clock  #: stamps failure events (the manager shows wall times)
         #: alive nodes, their load, paces and usability (``ray_ft.core.nodes``)
         self.table = NodeTable(clock, queue_depth, home)
         self.placement = Placement(config, self.table, clock)  #: which node a call goes to
@@ -82,28 +82,28 @@ class SchedulerState:
         self.max_in_flight = max_in_flight  #: attempts in flight at most (None: no cap)
         #: a Cancel kills the worker (an actor): that worker takes no work from then on
         self.cancel_kills_worker = cancel_kills_worker
-        self._retired: set[str] = set()  #: such workers, until the node table drops them
-        self._cancelling = False  #: shutdown(cancel_futures=True): nothing new starts
-        self._metrics = metrics if metrics is not None else NullMetrics()
+        self.retired: set[str] = set()  #: such workers, until the node table drops them
+        self.cancelling = False  #: shutdown(cancel_futures=True): nothing new starts
+        self.metrics = metrics if metrics is not None else NullMetrics()
         #: what a failed attempt leads to: retry (when), rerun elsewhere, or end the call
         self.rules = FailureRules(RetryPolicy(config))
-        self._ledger = CrashLedger()  #: system failures whose blame waits for the retry
-        self._rates = UserErrorRates()  #: the user's failures per node, against its peers
+        self.ledger = CrashLedger()  #: system failures whose blame waits for the retry
+        self.rates = UserErrorRates()  #: the user's failures per node, against its peers
         #: calls waiting for a slot, first in line first, one queue per request shape
-        self._queues: dict[Shape, deque[Work]] = {}
+        self.queues: dict[Shape, deque[Work]] = {}
         #: calls waiting out a retry delay: a heap of (due time, sequence, call)
-        self._timers: list[tuple[float, int, Work]] = []
+        self.timers: list[tuple[float, int, Work]] = []
         self.inflight = InFlight()  #: the one table of attempts in flight
         self.exclusions = Exclusions()  #: the manager's last verdicts on nodes
         self.draining = Draining()  #: nodes with a drain notice (preemption, scale-down)
-        self._drain_listed: dict[str, float] = {}  #: the manager's last list of them
+        self.drain_listed: dict[str, float] = {}  #: the manager's last list of them
         self.placement.draining = self.draining
         self._running: Counter[Shape] = Counter()  #: slots held in flight, per shape
         self.trials = TrialLeases(self.table, config.half_open_max_calls)  #: HALF_OPEN trials
-        self._stragglers = Stragglers(config)  #: straggler cohorts and the backup budget
-        self._speculative = 0  #: attempts in flight whose call may get a backup
-        self._backups = 0  #: backup attempts in flight
-        self._straggler_check_at = 0.0  #: when running attempts are next checked
+        self.stragglers = Stragglers(config)  #: straggler cohorts and the backup budget
+        self.speculative = 0  #: attempts in flight whose call may get a backup
+        self.backups = 0  #: backup attempts in flight
+        self.straggler_check_at = 0.0  #: when running attempts are next checked
         self._ids = itertools.count(1)  #: attempt ids
         self._seq = itertools.count()  #: timer tie-breaks (first come, first due)
         self.stats: Counter[str] = Counter()  #: counts behind ``summary()``
@@ -121,13 +121,13 @@ class SchedulerState:
     @property
     def idle(self) -> bool:
         """Nothing queued, waiting on a timer, or in flight."""
-        return not self.inflight and not self._timers and not self._queued()
+        return not self.inflight and not self.timers and not self.queued()
 
     def next_wakeup(self) -> float | None:
         """Clock time of the next timer or deadline, None when there is none."""
         times = [
             t
-            for t in (self._timers[0][0] if self._timers else None, self.inflight.next_deadline())
+            for t in (self.timers[0][0] if self.timers else None, self.inflight.next_deadline())
             if t is not None
         ]
         return min(times) if times else None
@@ -147,7 +147,7 @@ class SchedulerState:
             work = attempt.work
             check(work.state == WorkState.RUNNING, f"{work.name} in flight but {work.state!r}")
             check(work.failures <= self.config.max_retries, f"{work.name}: too many failures")
-        for _, _, work in self._timers:
+        for _, _, work in self.timers:
             check(
                 id(work) in running or work.state == WorkState.BACKOFF,
                 f"{work.name} on a retry timer but {work.state!r}",
@@ -161,7 +161,7 @@ class SchedulerState:
         if self.max_in_flight is not None:
             check(len(attempts) <= self.max_in_flight, f"{len(attempts)} in flight")
             check(sum(self.demand().values()) <= self.max_in_flight, "demand > max_in_flight")
-        if not self._queued():
+        if not self.queued():
             check(self.demand() == {}, "demand without a queued call")
         copies: dict[int, list[Attempt]] = {}
         for attempt in attempts:
@@ -183,7 +183,7 @@ class SchedulerState:
         Empty when no call waits for room. O(shapes)."""
         out: dict[Shape, int] = {}
         room = self.max_in_flight
-        for shape, queue in self._queues.items():
+        for shape, queue in self.queues.items():
             if not queue:
                 continue
             count = self._running[shape] + len(queue)
@@ -196,7 +196,7 @@ class SchedulerState:
 
     def pending(self) -> int:
         """Calls queued or waiting out a retry delay."""
-        return self._queued() + len(self._timers)
+        return self.queued() + len(self.timers)
 
     def summary(self) -> dict[str, Any]:
         """The counters behind ``FaultTolerantExecutor.stats()``."""
@@ -229,33 +229,33 @@ class SchedulerState:
             "nodes": sorted(self.nodes),
         }
 
-    def _queued(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
 
     # -- primitives ----------------------------------------------------------------------
 
-    def _queue(self, work: Work, *, front: bool = True) -> None:
+    def queue(self, work: Work, *, front: bool = True) -> None:
         """Put a call in line for a slot: first (a rerun, a fired timer) or last (new)."""
         work.state = WorkState.QUEUED
-        queue = self._queues.setdefault(work.shape, deque())
+        queue = self.queues.setdefault(work.shape, deque())
         if front:
             queue.appendleft(work)
         else:
             queue.append(work)
 
-    def _wait_out(self, work: Work, due: float) -> None:
+    def wait_out(self, work: Work, due: float) -> None:
         """A call waits out a retry delay until ``due`` (then ``tick`` queues it first)."""
         work.state = WorkState.BACKOFF
-        heapq.heappush(self._timers, (due, next(self._seq), work))
+        heapq.heappush(self.timers, (due, next(self._seq), work))
 
-    def _take_waiting(self) -> list[Work]:
+    def take_waiting(self) -> list[Work]:
         """Every call queued or waiting out a retry delay, taken out of both."""
-        works = [w for q in self._queues.values() for w in q] + [w for _, _, w in self._timers]
-        self._queues.clear()
-        self._timers.clear()
+        works = [w for q in self.queues.values() for w in q] + [w for _, _, w in self.timers]
+        self.queues.clear()
+        self.timers.clear()
         return works
 
-    def _start(
+    def start(
         self, work: Work, node_id: str, trial: bool, now: float, group: Group | None = None
     ) -> Attempt:
         attempt_id = next(self._ids)
@@ -279,11 +279,11 @@ class SchedulerState:
             self.table.add_load(node_id, work.shape, +1)
             self._running[work.shape] += 1
         self.table.started(node_id, work.kind, attempt_id, now)
-        self._speculative += work.speculate
+        self.speculative += work.speculate
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.inflight))
         return attempt
 
-    def _drop(self, attempt: Attempt) -> None:
+    def drop(self, attempt: Attempt) -> None:
         self.inflight.remove(attempt)
         self.table.stopped(attempt.node_id, attempt.work.kind, attempt.attempt_id)
         group = attempt.group
@@ -297,10 +297,10 @@ class SchedulerState:
                 del self._running[shape]
         if attempt.trial:
             self.trials.ended(attempt.node_id)
-        self._speculative -= attempt.work.speculate
-        self._backups -= attempt.backup
+        self.speculative -= attempt.work.speculate
+        self.backups -= attempt.backup
 
-    def _learn(self, attempt: Attempt, now: float) -> float:
+    def learn(self, attempt: Attempt, now: float) -> float:
         """The attempt's runtime per call, folded into its node's pace (a batch once)."""
         group = attempt.group
         if group is not None and group.runtime is not None:
@@ -318,7 +318,7 @@ class SchedulerState:
             group.runtime = runtime
         return runtime
 
-    def _end(
+    def end(
         self,
         work: Work,
         outcome: Outcome,
@@ -336,27 +336,27 @@ class SchedulerState:
         work.state = WorkState.DONE
         self.stats[outcome] += 1
         if work.cohort is not None:
-            self._stragglers.finished(work.kind, work.cohort, runtime)
+            self.stragglers.finished(work.kind, work.cohort, runtime)
             work.cohort = None
-        out = self._settle(work, on)
+        out = self.settle(work, on)
         if not work.started:
             work.future.cancel()
             return out
         out.append(Resolve(work.future, value=value, error=error))
         return out
 
-    def _settle(self, work: Work, on: Attempt | None = None) -> list[Command]:
+    def settle(self, work: Work, on: Attempt | None = None) -> list[Command]:
         """Decide the call's undecided failures (cleared by the node it succeeded ``on``,
         or charged to nobody); a second call finds nothing left."""
         if not work.failures:
             return []
         if on is not None:
-            decided = self._ledger.succeeded(work.task_id, on.node_id)
+            decided = self.ledger.succeeded(work.task_id, on.node_id)
         else:
-            decided = self._ledger.finished(work.task_id)
-        return self._reports(work, decided)
+            decided = self.ledger.finished(work.task_id)
+        return self.reports(work, decided)
 
-    def _reports(self, work: Work, decided: list[FailureEvent]) -> list[Command]:
+    def reports(self, work: Work, decided: list[FailureEvent]) -> list[Command]:
         """Report failures whose blame is now known; note it on the work's own events."""
         if not decided:
             return []
@@ -368,19 +368,47 @@ class SchedulerState:
             ]
         return [Report(tuple(decided))]
 
-    def _twin_running(self, work: Work) -> bool:
+    def batch_members(self, head: Work, queue: deque[Work], node_id: str) -> list[Work]:
+        """The head call and the queued calls packed with it: the same callable and
+        request, as many as its pace asks for (``ray_ft.core.batching.batch_size``)."""
+        size = batch_size(
+            self.table.paces.get(node_id, head.kind),
+            len(queue) + 1,
+            self.table.total_slots(head.shape),
+            head.batch_cap,
+        )
+        if self.max_in_flight is not None:
+            size = min(size, self.max_in_flight - len(self.inflight))
+        members, ended = take_members(head, queue, node_id, size)
+        for work in ended:
+            self.end(work, Outcome.CANCELLED)  # nothing to say: cancelled while queued, or ended
+        return members
+
+    def start_group(self, members: list[Work], node_id: str, now: float) -> tuple[Attempt, ...]:
+        """Start a batch: one attempt per member, holding one slot together."""
+        group = Group([], live=len(members))
+        pace = self.table.paces.get(node_id, members[0].kind)
+        if pace is not None:
+            group.expected = pace * len(members)
+        for work in members:
+            self.start(work, node_id, False, now, group)
+        self.stats["batches"] += 1
+        self.stats["batched_calls"] += len(members)
+        return tuple(group.attempts)
+
+    def twin_running(self, work: Work) -> bool:
         return self.inflight.has_twin(work)
 
-    def _copied(self, attempt: Attempt) -> bool:
+    def copied(self, attempt: Attempt) -> bool:
         """The attempt's call has another copy in flight."""
         return any(t is not attempt for t in self.inflight.twins(attempt.work))
 
-    def _start_copy(self, work: Work, node_id: str, now: float, counter: str) -> Launch:
+    def start_copy(self, work: Work, node_id: str, now: float, counter: str) -> Launch:
         """A second copy of a running call on another node (a straggler's backup, or a
         preemption's copy): the first result wins, the other is cancelled."""
         work.speculated = True
-        copy = self._start(work, node_id, False, now)
+        copy = self.start(work, node_id, False, now)
         copy.backup = True
-        self._backups += 1
+        self.backups += 1
         self.stats[counter] += 1
         return Launch(copy)

@@ -62,7 +62,7 @@ def test_a_lone_call_goes_at_once_and_tiny_queued_calls_are_packed(clock):
     assert summary["batches"] >= 3 and summary["batched_calls"] >= 250
     assert all(len({a.work.kind for a in b}) == 1 for b in h.batches)
     assert max(len(b) for b in h.batches) <= 100  # the queue spread over 3 slots
-    assert h.sched.table.load == {}  # every batch gave its slot back once
+    assert h.sched.state.table.load == {}  # every batch gave its slot back once
 
 
 def test_slow_calls_are_never_packed(clock):
@@ -90,7 +90,7 @@ def test_a_members_exception_is_its_own(clock):
     assert [w.future.result() for w in works if w.future.exception() is None] == [
         i for i in range(1, 61) if i != 7
     ]
-    assert h.sched.stats["retries"] == 0  # an application error is not retried by default
+    assert h.sched.state.stats["retries"] == 0  # an application error is not retried by default
 
 
 def test_a_poison_member_ends_alone_and_the_rest_succeed(clock):
@@ -132,7 +132,7 @@ def test_a_poison_member_ends_alone_and_the_rest_succeed(clock):
     assert sizes[-CONFIG.max_retries :] == [1] * CONFIG.max_retries  # it failed alone
     assert all(w.failures == 0 for w in works if w is not poison)  # splits charge nobody
     assert not any(e.blame == "node" for e in h.reports)
-    assert h.sched.table.load == {}
+    assert h.sched.state.table.load == {}
 
 
 def test_a_batch_times_out_after_timeout_per_member_and_is_split(clock):
@@ -152,7 +152,7 @@ def test_a_batch_times_out_after_timeout_per_member_and_is_split(clock):
     assert batch[0].deadline == pytest.approx(batch[0].launched_at + 1.0 + expected, rel=0.2)
     h.clock.advance(1.0 * len(batch) + 0.01)
     h.run(h.sched.handle(Tick()))
-    assert h.sched.stats["batch_splits"] == 1
+    assert h.sched.state.stats["batch_splits"] == 1
     assert all(a.attempt_id not in h.running for a in batch)  # cancelled, run again
     finish_all(h, 0.0005)
     h.clock.advance(1.0)  # single attempts launched beside the batch timed out: retried
@@ -185,7 +185,7 @@ def test_a_failed_node_reruns_its_batches_members_and_frees_its_slot(clock):
     assert all(a.attempt_id not in h.running for a in on_a)
     finish_all(h, 0.0005)
     assert [w.future.result() for w in works] == list(range(1, 91))
-    assert h.sched.stats["retries"] == 0 and h.sched.table.load == {}
+    assert h.sched.state.stats["retries"] == 0 and h.sched.state.table.load == {}
 
 
 def test_batch_outcomes_and_placeholders_pickle():
@@ -236,4 +236,4 @@ def test_members_a_batch_did_not_run_go_again_uncharged_in_smaller_batches(clock
     assert again and all(len(b) <= 3 for b in again)
     finish_all(h, 0.0005)
     assert [w.future.result() for w in works] == list(range(1, 61))
-    assert all(w.failures == 0 for w in works) and h.sched.table.load == {}
+    assert all(w.failures == 0 for w in works) and h.sched.state.table.load == {}

@@ -57,7 +57,7 @@ def test_ok_nodes_queue_fast_work_before_a_degraded_node_gets_any(clock):
     h = harness(clock, queue_depth=4)
     h.run(h.sched.handle(ExclusionsChanged(Exclusions(degraded=frozenset({"c"})))))
     for node in ("a", "b", "c"):  # every node has learned a fast pace for "f"
-        h.sched.table.set_pace(node, "f", 0.01, clock())
+        h.sched.state.table.set_pace(node, "f", 0.01, clock())
     for i in range(8):
         h.run(h.sched.handle(Submitted((work(i),))))
     assert placed(h) == ["a"] * 4 + ["b"] * 4  # 4 per ok slot (the pace allows it)
@@ -109,6 +109,6 @@ def test_no_backup_goes_to_a_degraded_node(clock):
     h.run(h.sched.handle(ExclusionsChanged(Exclusions(degraded=frozenset({"c"})))))
     w = work(0)
     h.run(h.sched.handle(Submitted((w,))))
-    assert h.sched.placement.backup_node(w, "a", threshold=10.0) == "b"
+    assert h.sched.state.placement.backup_node(w, "a", threshold=10.0) == "b"
     h.run(h.sched.handle(ExclusionsChanged(Exclusions(degraded=frozenset({"b", "c"})))))
-    assert h.sched.placement.backup_node(w, "a", threshold=10.0) is None
+    assert h.sched.state.placement.backup_node(w, "a", threshold=10.0) is None

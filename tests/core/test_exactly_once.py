@@ -187,8 +187,8 @@ def test_cancel_futures_ends_calls_waiting_to_retry_at_once(clock):
     for running in list(h.running):
         h.finish(running, error=RuntimeError("crash"), failure_type=FailureType.WORKER_CRASH)
     assert all(w.future.done() for w in works)
-    assert h.sched.idle and len(h.sched._ledger) == 0
-    assert not any(h.sched._stragglers._outstanding.values())  # no batch held open
+    assert h.sched.idle and len(h.sched.state.ledger) == 0
+    assert not any(h.sched.state.stragglers._outstanding.values())  # no batch held open
 
 
 def test_an_outcome_ray_ft_cannot_take_ends_the_call_with_that_error(clock):
@@ -222,7 +222,7 @@ def test_a_timed_out_actor_call_never_hands_work_to_the_actor_it_kills(clock):
     h.run(h.sched.handle(NodesChanged(actors)))  # a stale table still lists the killed actor
     assert slow_attempt.node_id not in h.sched.nodes
     h.run(h.sched.handle(NodesChanged({"actor-2": {"CPU": 1.0}, "actor-3": {"CPU": 1.0}})))
-    assert not h.sched._retired  # the table dropped it: forgotten
+    assert not h.sched.state.retired  # the table dropped it: forgotten
     while not h.sched.idle:
         clock.advance(1.0)
         for attempt_id in list(h.running):

@@ -45,6 +45,6 @@ def test_two_lambdas_never_share_a_pace(clock):
     h.finish(by_work["<lambda>#fast"], value=1)
     clock.advance(5.0)
     h.finish(by_work["<lambda>#slow"], value=0)
-    paces = {kind: runtime for (_, kind), runtime in h.sched.table.paces.runtime.items()}
+    paces = {kind: runtime for (_, kind), runtime in h.sched.state.table.paces.runtime.items()}
     assert paces["<lambda>#fast"] < 0.1 and paces["<lambda>#slow"] > 4.0
     assert Work("t", "f", None, b"", (), {}, CallSpec.of({}, None), cf.Future()).kind == "f"

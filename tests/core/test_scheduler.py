@@ -118,7 +118,7 @@ def test_timeout_cancels_and_counts(harness):
     commands = harness.sched.handle(Tick())
     assert any(isinstance(c, Cancel) for c in commands)
     harness.run(commands)
-    assert harness.sched.stats["timeouts"] == 1
+    assert harness.sched.state.stats["timeouts"] == 1
 
 
 def test_abandoned_attempts_rerun_elsewhere_charging_nobody(harness):
@@ -132,7 +132,9 @@ def test_abandoned_attempts_rerun_elsewhere_charging_nobody(harness):
     )
     assert all(a.attempt_id not in harness.running for a in on_a)
     assert {e.blame for e in harness.reports} == {"none"}
-    assert harness.sched.stats["retries"] == 0 and harness.sched.stats["abandoned"] == len(on_a)
+    assert harness.sched.state.stats["retries"] == 0 and harness.sched.state.stats[
+        "abandoned"
+    ] == len(on_a)
 
 
 def test_placement_failure_is_no_retry(harness):
@@ -141,7 +143,7 @@ def test_placement_failure_is_no_retry(harness):
     (attempt,) = harness.running.values()
     harness.finish(attempt.attempt_id, error=RuntimeError("unschedulable"), placement=True)
     (again,) = harness.running.values()
-    assert again.node_id != attempt.node_id and harness.sched.stats["retries"] == 0
+    assert again.node_id != attempt.node_id and harness.sched.state.stats["retries"] == 0
     assert w.failures == 0 and {e.blame for e in harness.reports} == {"placement"}
 
 
@@ -198,12 +200,12 @@ def test_a_first_attempt_that_waited_for_a_worker_is_not_slowness(harness):
     h.clock.advance(1.2)
     h.finish(first["cold"], value=0)  # 1 s of work after 1.2 s of process start
     assert {a.node_id for a in h.running.values()} == {"home", "cold"}, "cold stood back"
-    assert sched.table.paces.provisional >= {("cold", "burn")}
+    assert sched.state.table.paces.provisional >= {("cold", "burn")}
     cold = next(a for a in h.running.values() if a.node_id == "cold")
     h.clock.advance(1.0)
     h.finish(cold.attempt_id, value=0)
-    assert sched.table.paces.runtime[("cold", "burn")] == pytest.approx(1.0)
-    assert ("cold", "burn") not in sched.table.paces.provisional
+    assert sched.state.table.paces.runtime[("cold", "burn")] == pytest.approx(1.0)
+    assert ("cold", "burn") not in sched.state.table.paces.provisional
 
 
 def test_the_drivers_node_is_first_among_equals(harness):
@@ -374,32 +376,32 @@ class SchedulerMachine(RuleBasedStateMachine):
         nodes[f"new-{self.joined}"] = {"CPU": 2.0, "memory": 8e9}
         self.h.run(self.sched.handle(NodesChanged(nodes)))
         live = set(self.sched.nodes)
-        table = self.sched.table
+        table = self.sched.state.table
         assert {n for n, _ in table.load} <= live and {n for n, _ in table.paces.runtime} <= live
         assert {n for n, _ in table.paces.running} <= live and set(table.paces.last_done) <= live
-        assert set(table.leases) <= live and set(self.sched.trials.running) <= live
-        assert self.sched.trials.asked <= live
+        assert set(table.leases) <= live and set(self.sched.state.trials.running) <= live
+        assert self.sched.state.trials.asked <= live
         assert all(a.node_id in live for a in self.sched.inflight.values())
 
     @rule(node=st.sampled_from(sorted(NODES)), deadline=st.sampled_from([0.0, 1.0, 5.0, 30.0]))
     def drain(self, node, deadline):
         """A drain notice (a spot preemption with a deadline, or a scale-down without)."""
-        listed = {**self.sched._drain_listed, node: deadline and self.clock() + deadline}
+        listed = {**self.sched.state.drain_listed, node: deadline and self.clock() + deadline}
         self.h.run(self.sched.handle(DrainingChanged(listed)))
-        assert node not in self.sched.nodes or node in self.sched.draining
+        assert node not in self.sched.nodes or node in self.sched.state.draining
 
     @rule()
     def drains_end(self):
         """The manager lists no drain any more (they were undone, or the nodes left)."""
         self.h.run(self.sched.handle(DrainingChanged({})))
 
-    @precondition(lambda self: self.sched.draining)
+    @precondition(lambda self: self.sched.state.draining)
     @rule(data=st.data(), rejoin=st.booleans())
     def leave_on_purpose(self, data, rejoin):
         """A draining node goes (its deadline, or scale-down): nobody is charged; its
         attempts die with it (some seen as Ray's node death first) and rerun elsewhere."""
-        node = data.draw(st.sampled_from(sorted(self.sched.draining.deadlines)))
-        retries, reports = self.sched.stats["retries"], len(self.h.reports)
+        node = data.draw(st.sampled_from(sorted(self.sched.state.draining.deadlines)))
+        retries, reports = self.sched.state.stats["retries"], len(self.h.reports)
         on_node = [a for a in self.h.running.values() if a.node_id == node]
         for attempt in on_node[: data.draw(st.integers(0, len(on_node)))]:
             self.h.finish(
@@ -410,7 +412,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 NodesChanged({n: r for n, r in self.sched.nodes.items() if n != node})
             )
         )
-        assert self.sched.stats["retries"] == retries
+        assert self.sched.state.stats["retries"] == retries
         # the deaths on the leaving node charge nobody; reports flushed now may also carry
         # earlier failures elsewhere (reports are batched), charged as they were
         deaths = [
@@ -429,13 +431,13 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def the_state_is_valid(self):
         """Capacity per node and shape, copies, batches, demand, bounded indexes."""
-        self.sched.validate()
+        self.sched.state.validate()
         assert sum(self.sched.demand().values()) <= 6  # max_in_flight
 
     @invariant()
     def a_call_state_says_where_it_is(self):
         running = {id(a.work) for a in self.sched.inflight.values()}
-        backoff = {id(w) for _, _, w in self.sched._timers}
+        backoff = {id(w) for _, _, w in self.sched.state.timers}
         for w in self.works:
             if id(w) in running:
                 assert w.state == "running", w.state
@@ -468,7 +470,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for w in self.works:  # every future ends exactly once: resolved, or cancelled
             assert w.future.done(), w.task_id
             assert self.h.resolved[w.future] == (0 if w.future.cancelled() else 1)
-        assert len(self.sched._ledger) == 0
+        assert len(self.sched.state.ledger) == 0
 
 
 MACHINE_SETTINGS = settings(
@@ -486,7 +488,7 @@ class BatchingMachine(SchedulerMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sched.batching = True
+        self.sched.state.batching = True
 
     @precondition(lambda self: not self.shut)
     @rule(size=st.integers(2, 12))
@@ -522,7 +524,7 @@ class BatchingMachine(SchedulerMachine):
     @invariant()
     def the_state_is_valid(self):
         """A batch holds one slot; its live count is its live members; one callable."""
-        self.sched.validate()
+        self.sched.state.validate()
         assert len(self.sched.inflight) <= 6
         for w in self.works:
             assert w.failures <= CONFIG.max_retries
@@ -575,7 +577,7 @@ def test_a_trial_granted_after_its_node_left_is_given_back(harness):
     harness.run(harness.sched.handle(NodesChanged({n: r for n, r in NODES.items() if n != "b"})))
     commands = harness.sched.handle(TrialGranted("b", True))
     assert [type(c).__name__ for c in commands] == ["ReleaseTrial"]
-    assert "b" not in harness.sched.table.leases and not harness.sched.trials.asked
+    assert "b" not in harness.sched.state.table.leases and not harness.sched.state.trials.asked
 
 
 def test_a_call_cancelled_while_queued_does_not_take_its_nodes_room_with_it(clock):
@@ -604,7 +606,7 @@ def test_validate_names_a_broken_invariant(clock):
     h.run(h.sched.handle(NodesChanged(NODES)))
     h.run(h.sched.handle(Submitted((work(0),))))
     (attempt,) = h.running.values()
-    h.sched.validate()
+    h.sched.state.validate()
     attempt.work.state = "queued"  # a call in flight that says it waits
     with pytest.raises(AssertionError, match="in flight but 'queued'"):
-        h.sched.validate()
+        h.sched.state.validate()

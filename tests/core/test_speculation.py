@@ -61,15 +61,15 @@ def test_a_straggler_gets_one_backup_elsewhere_and_the_backup_wins(clock):
     works, slow_id = straggler(h, clock)
     clock.advance(0.4)  # 0.9 s: under speculation_min_runtime (1.0)
     h.run(h.sched.handle(Tick()))
-    assert h.sched.stats["speculated"] == 0
+    assert h.sched.state.stats["speculated"] == 0
     clock.advance(0.2)
     h.run(h.sched.handle(Tick()))
-    assert h.sched.stats["speculated"] == 1
+    assert h.sched.state.stats["speculated"] == 1
     backup = next(a for a in h.running.values() if a.backup)
     assert backup.node_id != "b" and backup.work is h.running[slow_id].work
     clock.advance(0.5)
     h.run(h.sched.handle(Tick()))
-    assert h.sched.stats["speculated"] == 1  # never a second backup
+    assert h.sched.state.stats["speculated"] == 1  # never a second backup
     commands = h.sched.handle(AttemptDone(backup.attempt_id, value="won"))
     assert [c.attempt.attempt_id for c in commands if isinstance(c, Cancel)] == [slow_id]
     h.run(commands)
@@ -95,7 +95,7 @@ def test_a_copy_failing_while_the_other_runs_counts_no_retry(clock):
     slow_id, backup = backed_up(h, clock)
     crash = {"error": RuntimeError("died"), "failure_type": FailureType.WORKER_CRASH}
     h.finish(backup.attempt_id, **crash)
-    assert backup.work.failures == 0 and h.sched.stats["retries"] == 0
+    assert backup.work.failures == 0 and h.sched.state.stats["retries"] == 0
     assert h.reports[-1].blame == "none"
     h.finish(slow_id, value="original")
     assert backup.work.future.result(0) == "original"
@@ -127,7 +127,7 @@ def test_no_backup_while_first_attempts_wait_or_before_the_quantile(clock):
         h.run(h.sched.handle(Submitted((work(i),))))
     clock.advance(5.0)
     h.run(h.sched.handle(Tick()))
-    assert h.sched.stats["speculated"] == 0
+    assert h.sched.state.stats["speculated"] == 0
     h2 = harness(clock)
     for i in range(4):
         h2.run(h2.sched.handle(Submitted((work(i),))))
@@ -136,7 +136,7 @@ def test_no_backup_while_first_attempts_wait_or_before_the_quantile(clock):
     h2.finish(first, value=1)  # 1 of 4 done: below the 0.75 quantile
     clock.advance(5.0)
     h2.run(h2.sched.handle(Tick()))
-    assert h2.sched.stats["speculated"] == 0
+    assert h2.sched.state.stats["speculated"] == 0
 
 
 def test_speculation_is_off_unless_asked_for(clock):
@@ -144,7 +144,7 @@ def test_speculation_is_off_unless_asked_for(clock):
     straggler(h, clock)
     clock.advance(5.0)
     h.run(h.sched.handle(Tick()))
-    assert h.sched.stats["speculated"] == 0
+    assert h.sched.state.stats["speculated"] == 0
     h = harness(clock, SPECULATING.replace(speculation=None))
     works = [work(i, speculation=True) for i in range(4)]  # per call: options(speculation=True)
     for w in works:
@@ -154,7 +154,7 @@ def test_speculation_is_off_unless_asked_for(clock):
         h.finish(attempt_id, value=1)
     clock.advance(1.0)
     h.run(h.sched.handle(Tick()))
-    assert h.sched.stats["speculated"] == 1
+    assert h.sched.state.stats["speculated"] == 1
 
 
 def test_out_of_memory_retry_asks_for_twice_its_share_capped_at_the_largest_node(clock):
@@ -184,7 +184,7 @@ def test_out_of_memory_retry_doubles_an_explicit_request(clock):
     assert "timeout" not in w.spec.options
     assert w.events[-1].memory_request == GiB
     for _ in range(3):  # at the cap it stays there
-        w.spec = h.sched.memory.more_memory(w, "a")
+        w.spec = h.sched.state.memory.more_memory(w, "a")
     assert w.spec.options["memory"] == 8 * GiB
 
 
@@ -237,7 +237,7 @@ def test_a_node_whose_copy_lost_learns_its_pace_and_stands_back_until_it_is_old_
     _, backup = backed_up(h, clock)
     clock.advance(0.5)
     h.finish(backup.attempt_id, value=1)  # the loser on b ran 2 s: b's pace is >= 2 s
-    assert h.sched.table.paces.runtime[("b", "f")] >= 2.0
+    assert h.sched.state.table.paces.runtime[("b", "f")] >= 2.0
     for i in range(10, 18):  # the next batch: a and c clear it before b would finish one
         h.run(h.sched.handle(Submitted((work(i),))))
     assert "b" not in {a.node_id for a in h.running.values()}
