@@ -24,6 +24,7 @@ import tempfile  # noqa: E402
 
 os.environ.setdefault("RAY_FT_STORAGE", tempfile.mkdtemp(prefix="ray_ft_storage_"))
 
+import contextlib  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402 - after the environment is set
@@ -62,20 +63,106 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A real 3-node cluster (1 CPU each) shared by the tests of one module."""
-    from tests.raytools import cluster_session
+class SharedCluster:
+    """One real Ray cluster kept across consecutive test modules that ask for the same
+    number of nodes and leave it intact (the same nodes, every process up).
 
-    with cluster_session(3) as c:
-        yield c
+    A module that removes, adds or kills a node leaves a cluster the next module does not
+    get: it is shut down and the next starts a fresh one (Ray's node table lags a removed
+    node by ~15 s, longer than a fresh start takes). A module that starts Ray its own way
+    gets it shut down first.
+    """
+
+    def __init__(self) -> None:
+        self.cluster = None
+        self._session = None
+        self._size = 0
+        self._ids: frozenset[str] = frozenset()
+
+    def get(self, size: int):
+        if self.cluster is not None and (self._size != size or not self._intact()):
+            self.release()
+        if self.cluster is None:
+            from tests.raytools import cluster_session
+
+            self._session = cluster_session(size)
+            self.cluster = self._session.__enter__()
+            self._size = size
+        self._ids = self._node_ids()
+        return self.cluster
+
+    def release(self) -> None:
+        session, self._session, self.cluster = self._session, None, None
+        if session is not None:
+            session.__exit__(None, None, None)
+
+    def _node_ids(self) -> frozenset[str]:
+        return frozenset(n.node_id for n in self.cluster.list_all_nodes())
+
+    def _intact(self) -> bool:
+        import ray
+
+        nodes = self.cluster.list_all_nodes()
+        alive = all(n.remaining_processes_alive() for n in nodes)
+        return alive and self._node_ids() == self._ids and ray.is_initialized()
+
+
+_SHARED = SharedCluster()
+_USES_SHARED: dict[str, bool] = {}  # module -> some test of it uses the shared cluster
+
+
+def _uses_shared(item: pytest.Item) -> bool:
+    defs = item._fixtureinfo.name2fixturedefs.get("cluster")  # the fixture closure
+    return bool(defs) and not defs[-1].baseid.endswith(".py")  # not a module's own
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules on a shared cluster run next to those of the same size (after the pure
+    tests, before modules that start Ray their own way); within a module, in order."""
+    for item in items:
+        key = item.module.__name__
+        _USES_SHARED[key] = _USES_SHARED.get(key, False) or _uses_shared(item)
+
+    def group(item: pytest.Item) -> tuple[int, int]:
+        if item.get_closest_marker("cluster") is None:
+            return (0, 0)
+        if _USES_SHARED[item.module.__name__]:
+            return (1, getattr(item.module, "CLUSTER_NODES", 3))
+        return (2, 0)
+
+    items.sort(key=group)  # stable: files and tests keep their order within a group
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("cluster") and not _USES_SHARED.get(item.module.__name__):
+        _SHARED.release()  # this module starts Ray its own way
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_cluster_released():
+    yield
+    _SHARED.release()
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    """A real cluster of ``CLUSTER_NODES`` (a module's constant; 3 unless set) 1-CPU
+    nodes for one module's tests, shared with the next module of that size when this one
+    leaves it intact; no manager is left behind."""
+    from tests.raytools import kill_manager
+
+    c = _SHARED.get(getattr(request.module, "CLUSTER_NODES", 3))
+    yield c
+    with contextlib.suppress(Exception):
+        kill_manager()
 
 
 @pytest.fixture
-def nodes(cluster):
-    """Three nodes again before each test (tests remove some), a fresh manager after."""
+def nodes(cluster, request):
+    """The module's nodes again before each test (tests remove some), a fresh manager
+    after."""
     from tests.raytools import kill_manager, restore_nodes
 
-    restore_nodes(cluster)
+    restore_nodes(cluster, getattr(request.module, "CLUSTER_NODES", 3))
     yield cluster
     kill_manager()

@@ -54,15 +54,16 @@ class CheckpointKeeper:
         with self._lock:
             self._runs.setdefault(run_id, {})[step] = (ref, dict(meta))
 
-    def get(self, run_id: str, step: int) -> Any:
-        """The object ref of one checkpoint, put back from disk after a restart."""
+    def get(self, run_id: str, step: int, *, from_disk: bool = False) -> Any:
+        """The object ref of one checkpoint, put back from disk after a restart, or when
+        asked (``from_disk``: a caller found the driver's object gone before we had)."""
         with self._lock:
             entry = self._runs.get(run_id, {}).get(step)
         if entry is None:
             msg = f"no checkpoint at step {step} in run {run_id!r}"
             raise KeyError(msg)
         ref, meta = entry
-        if ref is not None and not _alive(ref):
+        if ref is not None and (from_disk or not _alive(ref)):
             ref = None  # its driver ended: the object went with it
         if ref is None:
             try:

@@ -276,9 +276,10 @@ class ManagerActor:
         return self._checkpoints.runs()
 
     @ray.method(concurrency_group="checkpoints")
-    def get_checkpoint(self, run_id: str, step: int) -> list[Any]:
-        """``[ref]`` of one checkpoint (wrapped in a list so the caller gets the ref itself)."""
-        return [self._checkpoints.get(run_id, step)]
+    def get_checkpoint(self, run_id: str, step: int, from_disk: bool = False) -> list[Any]:
+        """``[ref]`` of one checkpoint (wrapped in a list so the caller gets the ref itself);
+        ``from_disk``: read back and put again (the caller found the object gone)."""
+        return [self._checkpoints.get(run_id, step, from_disk=from_disk)]
 
     @ray.method(concurrency_group="checkpoints")
     def delete_checkpoint(self, run_id: str, step: int) -> None:

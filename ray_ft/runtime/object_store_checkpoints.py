@@ -106,7 +106,11 @@ class ObjectStoreCheckpointStore:
         step = check_step(step)
         try:
             (ref,) = ray.get(self.manager.get_checkpoint.remote(self.key, step))
-            return ray.get(ref)
+            try:
+                return ray.get(ref)
+            except ray.exceptions.ObjectLostError:  # the driver that put it ended: from disk
+                (ref,) = ray.get(self.manager.get_checkpoint.remote(self.key, step, True))
+                return ray.get(ref)
         except Exception as exc:
             msg = f"object-store checkpoint {self.key}/{step} cannot be loaded: {exc}"
             raise CheckpointCorruptError(msg) from exc

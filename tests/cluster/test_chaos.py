@@ -10,15 +10,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_ft.tools import chaos
-from tests.raytools import cluster_session, wait_for
+from tests.raytools import wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(3) as c:
-        yield c
 
 
 @ray.remote(max_retries=0)

@@ -16,7 +16,7 @@ import ray
 
 from ray_ft import FaultTolerantExecutor, GeneticAlgorithm, get_manager, optimize
 from ray_ft.tools.chaos import freeze_node, kill_random_worker
-from tests.raytools import cluster_session, kill_manager, wait_for
+from tests.raytools import kill_manager, wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
@@ -88,12 +88,6 @@ def drill(cluster, stop: threading.Event, injected: list):
             event = kill_random_worker(name_part="soak_objective", seed=step)
             if event.pids:
                 injected.append(("kill_worker", event.node_id, event.timestamp))
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(3) as c:
-        yield c
 
 
 @pytest.mark.timeout(400)

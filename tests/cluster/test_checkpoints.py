@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import ray
 
 from ray_ft import CheckpointCorruptError, CheckpointInfo, DiskCheckpointStore
 from ray_ft.checkpoints.base import CHECKPOINT_KEY_ENV, CheckpointStore
@@ -258,6 +259,10 @@ def test_object_store_checkpoint_outlives_its_driver(ray_session, tmp_path):
     store = ObjectStoreCheckpointStore("handover")
     assert store.load_latest() == {"from": "first driver"}
     assert [i.step for i in store.list()] == [7]
+    # a loader that found the first driver's object gone before the manager had noticed
+    # asks for it from disk (the race once loaded nothing under load)
+    (ref,) = ray.get(store.manager.get_checkpoint.remote("handover", 7, True))
+    assert ray.get(ref) == {"from": "first driver"}
     kill_manager()
 
 

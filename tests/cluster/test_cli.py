@@ -16,7 +16,7 @@ import ray
 
 from ray_ft import DiskCheckpointStore, get_manager
 from ray_ft.tools.cli import main
-from tests.raytools import cluster_session, kill_manager
+from tests.raytools import kill_manager
 
 RAY_FT = [sys.executable, "-m", "ray_ft.tools.cli"]
 
@@ -102,10 +102,7 @@ def test_bad_flag_exits_non_zero():
     assert "Traceback" not in proc.stderr
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(2) as c:
-        yield c
+CLUSTER_NODES = 2  # the shared cluster fixture (tests/conftest.py) starts two nodes
 
 
 @pytest.mark.cluster

@@ -16,17 +16,14 @@ import pytest
 import ray
 
 from ray_ft import FailureType, FaultTolerantExecutor, TaskFailedError, classify_failure
-from tests.raytools import Recorder, cluster_session, free_cpus, wait_for
+from tests.raytools import Recorder, free_cpus, wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(2) as c:
-        yield c
+CLUSTER_NODES = 2  # the shared cluster fixture (tests/conftest.py) starts two nodes
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 import ray
 
 from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor
-from tests.raytools import cluster_session, wait_for
+from tests.raytools import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -29,10 +29,7 @@ FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(2) as c:
-        yield c
+CLUSTER_NODES = 2  # the shared cluster fixture (tests/conftest.py) starts two nodes
 
 
 @pytest.fixture

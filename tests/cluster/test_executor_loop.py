@@ -14,17 +14,11 @@ import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor, GeneticAlgorithm, get_manager, optimize
-from tests.raytools import cluster_session, kill_manager, wait_for
+from tests.raytools import kill_manager, wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(3) as c:
-        yield c
 
 
 def pace(i: int, slow_node: str, seconds: float = 0.4, factor: float = 8.0) -> int:

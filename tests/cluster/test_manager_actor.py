@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from ray_ft import FailureEvent, FailureType, get_manager, raycompat
-from tests.raytools import cluster_session, wait_for
+from tests.raytools import wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
@@ -23,10 +23,7 @@ CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with cluster_session(2) as c:
-        yield c
+CLUSTER_NODES = 2  # the shared cluster fixture (tests/conftest.py) starts two nodes
 
 
 @pytest.fixture

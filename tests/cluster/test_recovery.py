@@ -20,7 +20,6 @@ import pytest
 
 from ray_ft import DiskCheckpointStore, FaultTolerantExecutor, optimize
 from tests.raytools import (
-    cluster_session,
     restore_nodes,
     signal_all,
     wait_node_table_settled,
@@ -31,12 +30,6 @@ from tests.recovery_common import CONFIG, make_optimizer, slow_rastrigin
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 GENERATIONS = 8
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with cluster_session(3) as c:
-        yield c
 
 
 def summary(result):
