@@ -13,6 +13,9 @@ import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
+#: executor settings of tests that want retries at once and exact delays
+QUICK_RETRIES = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
+
 
 def start_cluster(n_nodes: int, cpus_per_node: int = 1) -> Cluster:
     """A head plus workers, each with ``cpus_per_node`` CPUs; the driver is connected."""

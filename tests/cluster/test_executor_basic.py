@@ -16,21 +16,12 @@ import pytest
 import ray
 
 from ray_ft import FailureType, FaultTolerantExecutor, TaskFailedError, classify_failure
-from tests.raytools import Recorder, free_cpus, wait_for
+from tests.raytools import QUICK_RETRIES, Recorder, free_cpus, wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
-FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
-
 
 CLUSTER_NODES = 2  # the shared cluster fixture (tests/conftest.py) starts two nodes
-
-
-@pytest.fixture
-def ex(cluster):
-    executor = FaultTolerantExecutor(FAST, manager=False)
-    yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
 
 
 def square(x):
@@ -139,7 +130,7 @@ def hang_forever(recorder):
 
 def test_hanging_task_is_killed_retried_then_fails(cluster):
     recorder = Recorder.remote()
-    config = {**FAST, "max_retries": 3}
+    config = {**QUICK_RETRIES, "max_retries": 3}
     with FaultTolerantExecutor(config, manager=False) as ex:
         future = ex.options(timeout=3).submit(hang_forever, recorder)  # > a worker start
         with pytest.raises(TaskFailedError) as info:
@@ -199,7 +190,7 @@ def raise_memory_error():
 
 def test_a_users_memory_error_is_the_tasks_own(cluster):
     """Raised by the user's code: surfaces as raised, not retried, no memory asked for."""
-    with FaultTolerantExecutor({**FAST, "max_retries": 2}, manager=False) as ex:
+    with FaultTolerantExecutor({**QUICK_RETRIES, "max_retries": 2}, manager=False) as ex:
         future = ex.submit(raise_memory_error)
         with pytest.raises(MemoryError, match="allocation failed"):
             future.result(timeout=60)
@@ -222,13 +213,15 @@ def test_retry_exceptions_retries_application_errors(cluster):
             raise KeyError("transient")
         return "ok"
 
-    with FaultTolerantExecutor({**FAST, "retry_exceptions": (KeyError,)}, manager=False) as ex:
+    with FaultTolerantExecutor(
+        {**QUICK_RETRIES, "retry_exceptions": (KeyError,)}, manager=False
+    ) as ex:
         assert ex.submit(sometimes, recorder).result(timeout=60) == "ok"
         assert ex.stats()["retries"] == 1
 
 
 def test_unschedulable_shape_fails_after_capacity_wait(cluster):
-    config = {**FAST, "capacity_wait_timeout": 1.0}
+    config = {**QUICK_RETRIES, "capacity_wait_timeout": 1.0}
     with FaultTolerantExecutor(config, manager=False) as ex:
         future = ex.options(num_gpus=1).submit(square, 2)
         with pytest.raises(Exception, match="no usable node could run tasks needing"):

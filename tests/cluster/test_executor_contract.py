@@ -21,22 +21,14 @@ import pytest
 import ray
 
 from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor
-from tests.raytools import wait_for
+from tests.raytools import QUICK_RETRIES, wait_for
 
 pytestmark = pytest.mark.cluster
 
-FAST = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 CLUSTER_NODES = 2  # the shared cluster fixture (tests/conftest.py) starts two nodes
-
-
-@pytest.fixture
-def ex(cluster):
-    executor = FaultTolerantExecutor(FAST, manager=False)
-    yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
 
 
 def echo(*args, **kwargs):
@@ -99,7 +91,7 @@ class Keywords:
 
 
 def test_keywords_of_any_name_reach_an_actor_method(cluster):
-    with FaultTolerantActorPool(Keywords, size=1, config=FAST, manager=False) as pool:
+    with FaultTolerantActorPool(Keywords, size=1, config=QUICK_RETRIES, manager=False) as pool:
         assert pool.submit(Keywords.echo, 1, self=2).result(timeout=60) == ((1,), {"self": 2})
         assert pool.submit("echo", fn=3).result(timeout=60) == ((), {"fn": 3})
 
@@ -183,7 +175,7 @@ def test_a_map_never_advanced_runs_its_calls_as_the_stdlib_does(cluster, tmp_pat
     """``ex.map(f, xs)`` with its iterator unused fires the work, and shutdown(wait=True)
     waits for it (ThreadPoolExecutor does; CPython issue 11777)."""
     paths = [str(tmp_path / f"m{i}") for i in range(10)]
-    ex = FaultTolerantExecutor(FAST, manager=False)
+    ex = FaultTolerantExecutor(QUICK_RETRIES, manager=False)
     if drop == "unused":
         ex.map(sleep_then_touch, paths, [0.2] * 10)  # the iterator is collected at once
     else:
@@ -254,7 +246,7 @@ def test_a_script_that_ends_lets_its_pending_calls_finish(cluster, tmp_path, end
 
 
 def test_max_workers_is_max_in_flight(cluster):
-    with FaultTolerantExecutor(FAST, manager=False, max_workers=4) as executor:
+    with FaultTolerantExecutor(QUICK_RETRIES, manager=False, max_workers=4) as executor:
         assert executor.max_in_flight == 4
         assert executor._max_workers == 4
         assert list(executor.map(abs, [-1, -2, -3])) == [1, 2, 3]
@@ -280,7 +272,7 @@ def test_stdlib_argument_errors():
 def test_initializer_runs_once_per_worker_process(cluster, tmp_path):
     log = tmp_path / "init.log"
     with FaultTolerantExecutor(
-        FAST, manager=False, initializer=remember, initargs=(str(log), "loaded")
+        QUICK_RETRIES, manager=False, initializer=remember, initargs=(str(log), "loaded")
     ) as executor:
         assert [executor.submit(initialized, i).result(timeout=60) for i in range(5)] == [
             "loaded"
