@@ -99,10 +99,6 @@ class NodeBreakers:
         self.by_node.pop(node, None)
         self._leases.pop(node, None)
 
-    def is_open(self, node: str) -> bool:
-        breaker = self.by_node.get(node)
-        return breaker is not None and breaker.is_open()
-
     def open_nodes(self) -> list[str]:
         """Nodes whose breaker is OPEN (one due to turn HALF_OPEN turns now)."""
         return [node for node, breaker in self.by_node.items() if breaker.is_open()]
