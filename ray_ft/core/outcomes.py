@@ -23,7 +23,7 @@ from ray_ft.core.commands import (
 )
 from ray_ft.core.failure_rules import Next
 from ray_ft.core.state import Outcome, SchedulerState
-from ray_ft.core.work import Attempt, Group, Shape, Work
+from ray_ft.core.work import Attempt, Group, Shape, Work, WorkState
 from ray_ft.failures import (
     FailureEvent,
     FailureType,
@@ -327,10 +327,16 @@ class Outcomes:
         return out
 
     def feed_queued(self, kind: str) -> None:
-        """Queued calls of a callable that ran out of memory ask for what its retry got."""
+        """Queued calls of a callable that ran out of memory ask for what its retry got.
+        A call that ended in line (given up, cancelled) keeps its entry, for the next
+        dispatch to drop: moving it would put it back in line."""
         st = self.state
         for shape, queue in list(st.queues.items()):
-            moved = [w for w in queue if w.kind == kind and st.memory.feed(w)]
+            moved = [
+                w
+                for w in queue
+                if w.kind == kind and w.state is not WorkState.DONE and st.memory.feed(w)
+            ]
             if moved:
                 st.queues[shape] = deque(w for w in queue if w.shape == shape)
                 for work in moved:

@@ -256,3 +256,32 @@ def test_every_resolve_is_for_a_distinct_future_after_shutdown_at_any_point(cloc
         assert all(w.future.done() for w in works), stop_at
         assert all(n == 1 for n in h.resolved.values())
         assert not any(isinstance(c, Resolve) for c in h.sched.handle(Tick()))
+
+
+def test_a_call_given_up_in_line_stays_ended_when_its_kind_asks_for_more_memory(clock):
+    """A rerun call waiting in line is given up (its map() was closed); a sibling of the
+    same callable then runs out of memory and the calls in line are moved to the larger
+    request: the given-up call must not be put back in line and run again."""
+    from ray_ft.core.events import GaveUp
+
+    h = make(clock, nodes={"a": {"CPU": 3.0, "memory": 8e9}})
+    works = [work(0), work(1), work(2)]
+    h.run(h.sched.handle(Submitted(tuple(works))))
+    assert len(h.running) == 3
+    h.running.clear()  # node a leaves with all three: they rerun on b, one at a time
+    h.run(h.sched.handle(NodesChanged({"b": {"CPU": 1.0, "memory": 8e9}})))
+    (running,) = h.running.values()
+    (line,) = h.sched.state.queues.values()
+    waiting = line[-1]  # the last in line, behind a call that waits too
+    h.run(h.sched.handle(GaveUp((waiting,))))
+    assert isinstance(waiting.future.exception(0), cf.CancelledError)
+    h.finish(running.attempt_id, error=MemoryError("oom"), failure_type=FailureType.OUT_OF_MEMORY)
+    for _ in range(10):  # the OOM retry waits out its delay, then runs and succeeds
+        clock.advance(1.0)
+        h.run(h.sched.handle(Tick()))
+        drain(h, lambda attempt, n: {"value": attempt.work.args[0]})
+    assert [w.future.result(0) for w in works if w is not waiting] == [
+        w.args[0] for w in works if w is not waiting
+    ]
+    assert waiting.state == "done" and h.resolved[waiting.future] == 1
+    assert h.sched.idle
