@@ -153,16 +153,22 @@ def preemption(repeats: int) -> dict[str, list[float]]:
     return out
 
 
+def _plain_through_outage(cluster: Any, calls: int, **outage: float) -> float:
+    """Seconds plain Ray takes for ``calls`` calls of 2 s through a GCS outage (warm)."""
+    remote = ray.remote(burn)
+    ray.get([remote.remote(i, 0.2) for i in range(6)])
+    seconds, _ = run_through_outage(
+        cluster, lambda _m: ray.get([remote.remote(i, 2.0) for i in range(calls)]), **outage
+    )
+    return seconds
+
+
 def gcs(repeats: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     calls = 24
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as storage, persistent_cluster(storage) as cluster:
-            remote = ray.remote(burn)
-            ray.get([remote.remote(i, 0.2) for i in range(6)])
-            plain, _ = run_through_outage(
-                cluster, lambda _m, f=remote: ray.get([f.remote(i, 2.0) for i in range(calls)])
-            )
+            plain = _plain_through_outage(cluster, calls)
             submit_s: list[float] = []
             with FaultTolerantExecutor(CONFIG) as ex:
                 list(ex.map(burn, range(6), [0.2] * 6))
@@ -192,13 +198,7 @@ def gcs_cold(repeats: int) -> dict[str, list[float]]:
     calls = 24
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as storage, persistent_cluster(storage) as cluster:
-            remote = ray.remote(burn)
-            ray.get([remote.remote(i, 0.2) for i in range(6)])
-            plain, _ = run_through_outage(
-                cluster,
-                lambda _m, f=remote: ray.get([f.remote(i, 2.0) for i in range(calls)]),
-                after=2.0,
-            )
+            plain = _plain_through_outage(cluster, calls, after=2.0)
             excluded: list[int] = []
 
             def run(_marks: dict[str, Any], excluded: list[int] = excluded) -> None:
@@ -218,13 +218,42 @@ def _m(values: list[float]) -> str:
     return f"{s['median']:.1f} s ({s['min']:.1f}-{s['max']:.1f})"
 
 
+def _median_ratio(runs: dict[str, list[float]], of: str = "ray_ft job") -> float:
+    """The median over the repeats of ``of`` against plain Ray's job of the same repeat."""
+    return summary([f / p for f, p in zip(runs[of], runs["plain job"])])["median"]
+
+
+def _against_plain(
+    names: tuple[str, str],
+    runs: dict[str, list[float]],
+    more: dict[str, str],
+    goal: tuple[str, bool],
+) -> str:
+    """One scenario's row against plain Ray: (table title, scenario), the runs, more
+    columns by header, (goal header, met)."""
+    title, scenario = names
+    return table(
+        [title, "plain job", "ray_ft job", "ratio", *more, goal[0]],
+        [
+            [
+                scenario,
+                _m(runs["plain job"]),
+                _m(runs["ray_ft job"]),
+                f"{_median_ratio(runs):.2f}",
+                *more.values(),
+                "met" if goal[1] else "missed",
+            ]
+        ],
+    )
+
+
 def report(repeats: int = 1) -> str:
     # one autoscaler run is too noisy for a 5 % goal (plain Ray alone varies by 25 %)
     scaled = autoscaler(max(3, repeats))
     rows = []
     for name, r in scaled.items():
-        job_ratio = summary([f / p for f, p in zip(r["ray_ft job"], r["plain job"])])["median"]
-        cold = summary([f / p for f, p in zip(r["ray_ft cold job"], r["plain job"])])["median"]
+        job_ratio = _median_ratio(r)
+        cold = _median_ratio(r, "ray_ft cold job")
         extra = summary([f - p for f, p in zip(r["ray_ft down"], r["plain down"])])["median"]
         rows.append(
             [
@@ -258,86 +287,46 @@ def report(repeats: int = 1) -> str:
         )
     ]
     pre = preemption(repeats)
-    ratio = summary([f / p for f, p in zip(pre["ray_ft job"], pre["plain job"])])["median"]
-    cold = summary([f / p for f, p in zip(pre["ray_ft cold job"], pre["plain job"])])["median"]
+    ratio, cold = _median_ratio(pre), _median_ratio(pre, "ray_ft cold job")
+    retries = max(pre["ray_ft retries"]), max(pre["ray_ft cold retries"])
     parts.append(
-        table(
-            [
-                "preemption (3 s notice)",
-                "plain job",
-                "ray_ft job",
-                "ratio",
-                "ray_ft retries",
-                "cold: executor made in the window, ratio, retries",
-                "goal (< 1, 0 retries)",
-            ],
-            [
-                [
-                    "3 calls of 8 s, 4 nodes",
-                    _m(pre["plain job"]),
-                    _m(pre["ray_ft job"]),
-                    f"{ratio:.2f}",
-                    f"{max(pre['ray_ft retries']):.0f}",
-                    f"{_m(pre['ray_ft cold job'])}, {cold:.2f}, "
-                    f"{max(pre['ray_ft cold retries']):.0f}",
-                    "met"
-                    if max(ratio, cold) < 1
-                    and max(pre["ray_ft retries"]) == max(pre["ray_ft cold retries"]) == 0
-                    else "missed",
-                ]
-            ],
+        _against_plain(
+            ("preemption (3 s notice)", "3 calls of 8 s, 4 nodes"),
+            pre,
+            {
+                "ray_ft retries": f"{retries[0]:.0f}",
+                "cold: executor made in the window, ratio, retries": (
+                    f"{_m(pre['ray_ft cold job'])}, {cold:.2f}, {retries[1]:.0f}"
+                ),
+            },
+            ("goal (< 1, 0 retries)", max(ratio, cold) < 1 and max(retries) == 0),
         )
     )
     out = gcs(repeats)
-    ratio = summary([f / p for f, p in zip(out["ray_ft job"], out["plain job"])])["median"]
     parts.append(
-        table(
-            [
-                "GCS outage (15 s)",
-                "plain job",
-                "ray_ft job",
-                "ratio",
-                "submit() in the outage",
-                "excluded",
-                "goal (<= 1.1x)",
-            ],
-            [
-                [
-                    "24 calls of 2 s, 3 nodes",
-                    _m(out["plain job"]),
-                    _m(out["ray_ft job"]),
-                    f"{ratio:.2f}",
-                    f"{max(out['submit']) * 1000:.0f} ms",
-                    f"{max(out['excluded']):.0f}",
-                    "met" if ratio <= 1.1 else "missed",
-                ]
-            ],
+        _against_plain(
+            ("GCS outage (15 s)", "24 calls of 2 s, 3 nodes"),
+            out,
+            {
+                "submit() in the outage": f"{max(out['submit']) * 1000:.0f} ms",
+                "excluded": f"{max(out['excluded']):.0f}",
+            },
+            ("goal (<= 1.1x)", _median_ratio(out) <= 1.1),
         )
     )
     cold_out = gcs_cold(repeats)
-    ratio = summary([f / p for f, p in zip(cold_out["ray_ft job"], cold_out["plain job"])])
     parts.append(
-        table(
-            [
+        _against_plain(
+            (
                 "GCS outage while the manager starts",
-                "plain job",
-                "ray_ft job",
-                "ratio",
-                "excluded",
+                "killed 2 s after the executor is made, 15 s; 24 calls of 2 s, 3 nodes",
+            ),
+            cold_out,
+            {"excluded": f"{max(cold_out['excluded']):.0f}"},
+            (
                 "goal (<= 1.0x, none excluded)",
-            ],
-            [
-                [
-                    "killed 2 s after the executor is made, 15 s; 24 calls of 2 s, 3 nodes",
-                    _m(cold_out["plain job"]),
-                    _m(cold_out["ray_ft job"]),
-                    f"{ratio['median']:.2f}",
-                    f"{max(cold_out['excluded']):.0f}",
-                    "met"
-                    if ratio["median"] <= 1.0 and max(cold_out["excluded"]) == 0
-                    else "missed",
-                ]
-            ],
+                _median_ratio(cold_out) <= 1.0 and max(cold_out["excluded"]) == 0,
+            ),
         )
     )
     return "\n\n".join(parts)

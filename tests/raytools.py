@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -15,6 +18,14 @@ from ray.cluster_utils import Cluster
 
 #: executor settings of tests that want retries at once and exact delays
 QUICK_RETRIES = {"retry_delay": 0.05, "max_retry_delay": 0.2, "jitter": "none"}
+#: liveness settings of tests that break nodes: a probe every 0.5 s, a node failed after
+#: two missed 1 s checks, its breaker half-open again after 3 s
+FAST_LIVENESS = {
+    "health_check_interval": 0.5,
+    "probe_timeout": 1.0,
+    "probe_failure_threshold": 2,
+    "breaker_timeout": 3.0,
+}
 
 
 def start_cluster(n_nodes: int, cpus_per_node: int = 1) -> Cluster:
@@ -101,6 +112,16 @@ def freeze(node) -> list[int]:
 
 def thaw(pids: list[int]) -> None:
     signal_all(pids, signal.SIGCONT)
+
+
+def driver_answer(script: str, *args: str, timeout: float = 180) -> object:
+    """Run ``script`` as a driver of its own (``python -c script *args``) that prints its
+    answer as a JSON line last; the answer (a failed driver fails the test with its stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 60, interval: float = 0.1):

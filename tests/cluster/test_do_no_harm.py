@@ -8,8 +8,6 @@ Objectives here do real work (busy loops that hold a core at 100 %), and faults 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,6 +15,7 @@ import ray
 
 from ray_ft import FaultTolerantExecutor, TaskFailedError, get_manager
 from tests.raytools import (
+    driver_answer,
     freeze,
     thaw,
     wait_for,
@@ -25,13 +24,9 @@ from tests.raytools import (
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
-PROBES = {
-    "health_check_interval": 0.5,
-    "probe_timeout": 5.0,
-    "probe_failure_threshold": 3,
-    "retry_delay": 0.1,
-    "max_retry_delay": 0.5,
-}
+# probes every 0.5 s that give a busy node 5 s to answer, three times
+PROBES = {"health_check_interval": 0.5, "probe_timeout": 5.0, "probe_failure_threshold": 3}
+PROBES |= {"retry_delay": 0.1, "max_retry_delay": 0.5}
 
 
 def busy(i: int, seconds: float = 1.0) -> int:
@@ -119,22 +114,11 @@ DEFAULTS_DRIVER = SECOND_DRIVER.replace(
 def test_second_driver_is_warned_and_does_not_overwrite(nodes, tmp_path):
     first = {**PROBES, "probe_failure_threshold": 2, "probe_timeout": 1.0}
     manager = get_manager(first, state_dir=str(tmp_path))
-    import json
-
-    def run(script: str) -> list[str]:
-        out = subprocess.run(
-            [sys.executable, "-c", script, nodes.address],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=True,
-        )
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    (warning,) = run(SECOND_DRIVER)
+    (warning,) = driver_answer(SECOND_DRIVER, nodes.address)
     assert "health_check_interval=30.0 (in force: 0.5)" in warning
     assert "probe_failure_threshold=5 (in force: 2)" in warning
-    assert run(DEFAULTS_DRIVER) == []  # a driver with no settings accepts the cluster's
+    # a driver with no settings accepts the cluster's
+    assert driver_answer(DEFAULTS_DRIVER, nodes.address) == []
     config = ray.get(manager.status.remote())["config"]
     assert (config["health_check_interval"], config["probe_failure_threshold"]) == (0.5, 2)
     # an explicit update_config still works

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 import ray
 
 from ray_ft import FailureEvent, FailureType, get_manager, raycompat
-from tests.raytools import wait_for
+from tests.raytools import driver_answer, wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
-CONFIG = {
-    "health_check_interval": 0.5,
-    "probe_timeout": 2.0,
-    "worker_failure_threshold": 1,
-    "breaker_timeout": 600,
-}
+# one failure opens a breaker that stays open for the whole module
+CONFIG = {"health_check_interval": 0.5, "probe_timeout": 2.0}
+CONFIG |= {"worker_failure_threshold": 1, "breaker_timeout": 600}
 
 
 CLUSTER_NODES = 2  # the shared cluster fixture (tests/conftest.py) starts two nodes
@@ -52,14 +47,7 @@ def test_two_drivers_share_one_manager(cluster, manager):
             [FailureEvent(1.0, FailureType.WORKER_CRASH, "x", task_id="t", worker_id=node)]
         )
     )
-    out = subprocess.run(
-        [sys.executable, "-c", SECOND_DRIVER, cluster.address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    answer = driver_answer(SECOND_DRIVER, cluster.address, timeout=120)
     assert answer["actor_id"] == manager._actor_id.hex()
     assert answer["counts"] == {"worker_crash": 1}
 

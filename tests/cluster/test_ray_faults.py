@@ -14,6 +14,7 @@ import ray
 
 from ray_ft import FaultTolerantExecutor, get_manager
 from tests.raytools import (
+    FAST_LIVENESS,
     Recorder,
     freeze,
     signal_all,
@@ -25,16 +26,8 @@ from tests.raytools import (
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
-CONFIG = {
-    "retry_delay": 0.1,
-    "max_retry_delay": 0.5,
-    "max_retries": 6,
-    "health_check_interval": 0.5,
-    "probe_timeout": 1.0,
-    "probe_failure_threshold": 2,
-    "breaker_timeout": 3.0,
-    "worker_failure_threshold": 100,
-}
+CONFIG = {**FAST_LIVENESS, "retry_delay": 0.1, "max_retry_delay": 0.5, "max_retries": 6}
+CONFIG["worker_failure_threshold"] = 100  # user errors here are not the node's
 
 
 def where(i, seconds=0.0, recorder=None):
