@@ -10,7 +10,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_ft.tools import chaos
-from tests.raytools import wait_for
+from tests.raytools import raylet_pid, wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
@@ -101,14 +101,21 @@ def test_chaos_monkey_is_bounded(cluster):
 
 
 def test_kill_node_kills_it(cluster):
+    """The node's raylet and every process under it die at once (Ray's own table lists
+    the node dead ~15 s later, through its health checks: not waited for here)."""
     node = next(iter(cluster.worker_nodes))
     event = chaos.kill_node(node.node_id)
-    assert event.action == "kill_node"
+    assert event.action == "kill_node" and event.pids[0] == raylet_pid(node)
+    assert len(event.pids) > 1  # the raylet and the processes under it (this agent too)
 
-    def dead():
-        return not any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes())
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, not reaped
+        except psutil.NoSuchProcess:
+            return True
 
-    wait_for(dead, timeout=90, interval=0.5)
+    wait_for(lambda: all(gone(pid) for pid in event.pids), timeout=30, interval=0.1)
+    assert not node.remaining_processes_alive()
 
 
 def _safe(proc):
