@@ -58,7 +58,32 @@ _SPEC_CACHE_SIZE = 256
 _WARM_SNAPSHOT_S = 1.0
 
 
-class FaultTolerantExecutor(cf.Executor):
+class _Calls(cf.Executor):
+    """``submit`` and ``map`` of the executor and of its options views: each hands its
+    calls to one executor with its own Ray options."""
+
+    def _calls_go_to(self) -> tuple[FaultTolerantExecutor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; returns a Future. Unpicklable input raises here."""
+        executor, options = self._calls_go_to()
+        return executor._submit(fn, args, kwargs, options)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[Any]:
+        """Like Executor.map; every call is queued at once. ``chunksize=None`` packs tiny
+        calls by their pace (docs/internals.md, batching); an int packs that many per Ray task."""
+        executor, options = self._calls_go_to()
+        return executor._map(fn, iterables, timeout, chunksize, options)
+
+
+class FaultTolerantExecutor(_Calls):
     """Run callables as fault-tolerant Ray tasks: ``submit``, ``map``, ``shutdown``.
 
     ``manager``: a manager actor handle (default: :func:`get_manager` with this config),
@@ -166,20 +191,8 @@ class FaultTolerantExecutor(cf.Executor):
 
     # -- the Executor API ----------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """Schedule ``fn(*args, **kwargs)``; returns a Future. Unpicklable input raises here."""
-        return self._submit(fn, args, kwargs, _NO_OPTIONS)
-
-    def map(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-    ) -> Iterator[Any]:
-        """Like Executor.map; every call is queued at once. ``chunksize=None`` packs tiny
-        calls by their pace (docs/internals.md, batching); an int packs that many per Ray task."""
-        return self._map(fn, iterables, timeout, chunksize, _NO_OPTIONS)
+    def _calls_go_to(self) -> tuple[FaultTolerantExecutor, dict[str, Any]]:
+        return self, _NO_OPTIONS
 
     def options(self, **options: Any) -> _OptionsView:
         """A view whose submissions carry these Ray options and ``timeout`` (seconds)."""
@@ -431,30 +444,19 @@ def _wait_at_exit() -> None:
             log.warning("ray_ft: exiting with unfinished calls after %g s", limit or 0.0)
 
 
-class _OptionsView(cf.Executor):
+class _OptionsView(_Calls):
     """The executor with per-call options; shutting the view down does nothing."""
 
     def __init__(self, parent: FaultTolerantExecutor, options: dict[str, Any]) -> None:
         self._parent = parent
         self._options = options
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """Like FaultTolerantExecutor.submit, with this view's options."""
-        return self._parent._submit(fn, args, kwargs, self._options)
+    def _calls_go_to(self) -> tuple[FaultTolerantExecutor, dict[str, Any]]:
+        return self._parent, self._options
 
     def options(self, **options: Any) -> _OptionsView:
         """A view with more options layered on these."""
         return _OptionsView(self._parent, {**self._options, **check_options(options)})
-
-    def map(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-    ) -> Iterator[Any]:
-        """Like FaultTolerantExecutor.map, with this view's options."""
-        return self._parent._map(fn, iterables, timeout, chunksize, self._options)
 
     @property
     def _max_workers(self) -> int:
