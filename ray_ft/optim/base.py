@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ray_ft.optim.individual import Individual
 
-__all__ = ["BaseOptimizer"]
+__all__ = ["BaseOptimizer", "check_state"]
 
 
 @runtime_checkable
@@ -40,3 +40,17 @@ class BaseOptimizer(Protocol):
     def best(self) -> Individual | None:
         """The best individual told so far (lowest fitness)."""
         ...
+
+
+def check_state(state: dict[str, Any], kind: str, settings: dict[str, Any]) -> None:
+    """Refuse a state made by another optimizer, or by this one with other settings (a
+    resume that would not continue the same run)."""
+    if state.get("kind") != kind:
+        msg = f"state of kind {state.get('kind')!r} cannot load into a {kind}"
+        raise ValueError(msg)
+    if state["settings"] != settings:
+        msg = (
+            f"checkpoint was made with other {kind} settings; build the optimizer "
+            f"with {state['settings']}"
+        )
+        raise ValueError(msg)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ray_ft.optim.base import check_state
 from ray_ft.optim.individual import Individual
 
 __all__ = ["CMAES"]
@@ -122,14 +123,7 @@ class CMAES:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Rebuild from the seed and replay every told generation."""
-        if state.get("kind") != "CMAES":
-            msg = f"state of kind {state.get('kind')!r} cannot load into a CMAES"
-            raise ValueError(msg)
-        if state["settings"] != self._settings():
-            msg = (
-                f"checkpoint was made with other CMAES settings; build it with {state['settings']}"
-            )
-            raise ValueError(msg)
+        check_state(state, "CMAES", self._settings())
         self._reset()
         for fitness in state["told"]:
             with self._own_random():

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ray_ft.optim.base import check_state
 from ray_ft.optim.individual import Individual
 
 __all__ = ["GeneticAlgorithm"]
@@ -128,15 +129,7 @@ class GeneticAlgorithm:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`; refuses a state made with different settings."""
-        if state.get("kind") != "GeneticAlgorithm":
-            msg = f"state of kind {state.get('kind')!r} cannot load into a GeneticAlgorithm"
-            raise ValueError(msg)
-        if state["settings"] != self._settings():
-            msg = (
-                "checkpoint was made with other GeneticAlgorithm settings; build the optimizer "
-                f"with {state['settings']}"
-            )
-            raise ValueError(msg)
+        check_state(state, "GeneticAlgorithm", self._settings())
         self.generation = int(state["generation"])
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import ray
 
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 _SEND_EVERY_S = 1.0  # a busy executor's report (and look at the view) at least this often
 _CHANGED_EVERY_S = 0.25  # a changed demand goes out at most this often (empty: at once)
 _COLD_EVERY_S = 0.5  # a cold executor reads the drain list this often
+
+T = TypeVar("T")
 
 
 class ElasticLink:
@@ -135,7 +137,37 @@ class ElasticLink:
             self.cold = None
 
 
-class ColdWatch:
+class _OffLoop(Generic[T]):
+    """A reading made on a daemon thread of its own, handed to the loop once: ``take()``
+    returns the newest reading not yet taken (None: nothing new) and never waits."""
+
+    def __init__(self, thread_name: str) -> None:
+        self._thread_name = thread_name
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._latest: T | None = None  # the newest reading not yet taken
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+            self._thread.start()
+
+    def take(self) -> T | None:
+        with self._lock:
+            latest, self._latest = self._latest, None
+        return latest
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class ColdWatch(_OffLoop[dict[str, float]]):
     """A new manager's duties, done by the executor until that manager answers: the drain
     list read, and this driver's own demand asked of the autoscaler (``request_resources``),
     on a thread of its own so that a GCS away stalls nothing.
@@ -155,19 +187,15 @@ class ColdWatch:
         every_s: float = _COLD_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__("ray_ft-cold")  # its reading: the drain list (node -> wall deadline)
         self._read_draining = read_draining
         self._clock = clock
         self._offered_at = -math.inf
         self._request = request
         self._every_s = every_s
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopped = threading.Event()
         self._demand: dict[Any, int] = {}
         self._asked: list[dict[str, float]] | None = None  # None: never asked
-        self._draining: dict[str, float] | None = None  # the newest read not yet taken
         self._seen: dict[str, float] = {}  # the last read passed on
-        self._thread: threading.Thread | None = None
 
     def offer(self, request: Mapping[Any, int]) -> None:
         """This driver's demand now (per resource request); asked for on the thread. A busy
@@ -178,21 +206,9 @@ class ColdWatch:
             now = self._clock()
             parked = now - self._offered_at > 4 * self._every_s
             self._offered_at = now
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ray_ft-cold", daemon=True)
-            self._thread.start()
+        self._start()
         if changed or parked:
             self._wake.set()
-
-    def take(self) -> dict[str, float] | None:
-        """The drain list (node -> wall deadline) when it changed since the last take."""
-        with self._lock:
-            draining, self._draining = self._draining, None
-        return draining
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._wake.set()
 
     def step(self) -> None:
         """One round: ask for a changed demand, read the drain list."""
@@ -218,7 +234,7 @@ class ColdWatch:
         with self._lock:
             if draining != self._seen:
                 self._seen = dict(draining)
-                self._draining = dict(draining)
+                self._latest = dict(draining)
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -232,7 +248,7 @@ class ColdWatch:
             self._wake.clear()
 
 
-class NodeWatcher:
+class NodeWatcher(_OffLoop[dict[str, dict[str, float]]]):
     """Ray's alive nodes, read on demand by a thread of its own (at most one read at once).
 
     ``want()`` asks for a fresh read and returns at once; ``take()`` returns the newest
@@ -241,32 +257,17 @@ class NodeWatcher:
     """
 
     def __init__(self, read: Callable[[], dict[str, dict[str, float]]] = alive_resources) -> None:
+        super().__init__("ray_ft-nodes")
         self._read = read
-        self._wanted = threading.Event()
-        self._stopped = threading.Event()
-        self._lock = threading.Lock()
-        self._latest: dict[str, dict[str, float]] | None = None
-        self._thread: threading.Thread | None = None
 
     def want(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ray_ft-nodes", daemon=True)
-            self._thread.start()
-        self._wanted.set()
-
-    def take(self) -> dict[str, dict[str, float]] | None:
-        with self._lock:
-            latest, self._latest = self._latest, None
-        return latest
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._wanted.set()
+        self._start()
+        self._wake.set()
 
     def _run(self) -> None:
         while True:
-            self._wanted.wait()
-            self._wanted.clear()
+            self._wake.wait()
+            self._wake.clear()
             if self._stopped.is_set():
                 return
             try:

@@ -38,6 +38,17 @@ def finish_all(h: Harness, runtime: float, outcome=lambda a: {"value": a.work.ar
                 h.finish(attempt.attempt_id, **outcome(attempt))
 
 
+def paced(clock, n: int) -> tuple[Harness, list]:
+    """A scheduler that has run one tiny call (so it knows the callable's pace and packs
+    the next), with calls 1..n submitted at once; returns it and those calls."""
+    h = make(clock)
+    h.run(h.sched.handle(Submitted((work(0),))))
+    finish_all(h, 0.0005)
+    works = [work(i) for i in range(1, n + 1)]
+    h.run(h.sched.handle(Submitted(tuple(works))))
+    return h, works
+
+
 def test_batch_size_follows_the_pace_and_spreads_the_queue():
     assert batch_size(None, 1000, 3, None) == 1  # pace unknown: learn it first
     assert batch_size(1.0, 1000, 3, None) == 1  # slow calls are never packed
@@ -75,11 +86,7 @@ def test_slow_calls_are_never_packed(clock):
 
 
 def test_a_members_exception_is_its_own(clock):
-    h = make(clock)
-    h.run(h.sched.handle(Submitted((work(0),))))
-    finish_all(h, 0.0005)  # learn the pace
-    works = [work(i) for i in range(1, 61)]
-    h.run(h.sched.handle(Submitted(tuple(works))))
+    h, works = paced(clock, 60)
 
     def outcome(attempt):
         i = attempt.work.args[0]
@@ -96,12 +103,8 @@ def test_a_members_exception_is_its_own(clock):
 def test_a_poison_member_ends_alone_and_the_rest_succeed(clock):
     """A batch dies as a whole whenever the poison member is in it (its worker exits):
     halves are retried, charging nobody, until the poison runs alone and fails by itself."""
-    h = make(clock)
-    h.run(h.sched.handle(Submitted((work(0),))))
-    finish_all(h, 0.0005)
-    works = [work(i) for i in range(1, 65)]
+    h, works = paced(clock, 64)
     poison = works[40]
-    h.run(h.sched.handle(Submitted(tuple(works))))
     crashed = FailureType.WORKER_CRASH
     sizes: list[int] = []  # of the batches the poison was in when they died
     for _ in range(200):
@@ -174,11 +177,7 @@ def test_an_explicit_chunksize_is_honoured(clock):
 
 
 def test_a_failed_node_reruns_its_batches_members_and_frees_its_slot(clock):
-    h = make(clock)
-    h.run(h.sched.handle(Submitted((work(0),))))
-    finish_all(h, 0.0005)
-    works = [work(i) for i in range(1, 91)]
-    h.run(h.sched.handle(Submitted(tuple(works))))
+    h, works = paced(clock, 90)
     on_a = [a for b in h.batches for a in b if a.node_id == "a"]
     assert on_a
     h.run(h.sched.handle(NodesChanged({n: r for n, r in ONE_CPU.items() if n != "a"})))
@@ -217,11 +216,7 @@ def test_a_batch_stops_at_its_result_budget_and_the_rest_run_again(monkeypatch):
 
 
 def test_members_a_batch_did_not_run_go_again_uncharged_in_smaller_batches(clock):
-    h = make(clock)
-    h.run(h.sched.handle(Submitted((work(0),))))
-    finish_all(h, 0.0005)
-    works = [work(i) for i in range(1, 61)]
-    h.run(h.sched.handle(Submitted(tuple(works))))
+    h, works = paced(clock, 60)
     batch = max(h.batches, key=len)
     first = [a for a in batch if a.attempt_id in h.running]
     ran, unrun = first[:3], first[3:]

@@ -11,6 +11,15 @@ def make(clock, timeout=10.0, calls=1):
     return CircuitBreaker(timeout, half_open_max_calls=calls, clock=clock)
 
 
+def in_trial(clock) -> CircuitBreaker:
+    """A breaker opened, its 10 s timeout passed, its one trial call admitted."""
+    b = make(clock)
+    b.open()
+    clock.advance(10)
+    assert b.allow_request()
+    return b
+
+
 def test_starts_closed_and_admits(clock):
     b = make(clock)
     assert b.state == "CLOSED" and b.state is BreakerState.CLOSED
@@ -44,20 +53,14 @@ def test_half_open_trial_cap(clock):
 
 
 def test_trial_success_closes(clock):
-    b = make(clock)
-    b.open()
-    clock.advance(10)
-    assert b.allow_request()
+    b = in_trial(clock)
     b.record_success()
     assert b.state is BreakerState.CLOSED
     assert b.allow_request() and b.allow_request()
 
 
 def test_trial_failure_reopens_for_a_full_timeout(clock):
-    b = make(clock)
-    b.open()
-    clock.advance(10)
-    assert b.allow_request()
+    b = in_trial(clock)
     b.record_failure()
     assert b.state is BreakerState.OPEN
     clock.advance(9)
