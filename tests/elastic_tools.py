@@ -79,7 +79,9 @@ def rocksdb_gcs() -> bool:
 
 
 @contextlib.contextmanager
-def persistent_cluster(storage: str, n_nodes: int = 3) -> Iterator[Cluster]:
+def persistent_cluster(
+    storage: str, n_nodes: int = 3, system_config: dict | None = None
+) -> Iterator[Cluster]:
     """Nodes whose GCS keeps its tables in RocksDB under ``storage`` (no Redis), so it
     can be killed and started again; the environment is set only while Ray starts. On a
     Ray without RocksDB storage, an ordinary cluster (its GCS cannot come back)."""
@@ -89,7 +91,7 @@ def persistent_cluster(storage: str, n_nodes: int = 3) -> Iterator[Cluster]:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        cluster = start_cluster(n_nodes)
+        cluster = start_cluster(n_nodes, system_config=system_config)
     finally:
         for key, value in old.items():
             if value is None:

@@ -37,7 +37,7 @@ from tests.recovery_common import make_optimizer, slow_rastrigin
 pytestmark = pytest.mark.cluster
 
 RAY = str(Path(sys.executable).with_name("ray"))
-GENERATIONS = 60
+GENERATIONS = 36  # the first job must outlast a checkpoint at 4 and a breaker write
 ROOT = Path(__file__).resolve().parents[2]
 
 
