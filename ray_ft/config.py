@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ray_ft._errors import invalid
 from ray_ft.failures import SYSTEM_FAILURES, FailureType
 
 __all__ = ["CLUSTER_KEYS", "JITTER_MODES", "FTConfig"]
@@ -116,17 +117,14 @@ class FTConfig:
                 continue
             set_(self, name, _check_number(name, value, kind, low, low_inclusive))
         if self.speculation is not None and not isinstance(self.speculation, bool):
-            msg = (
-                f"speculation={self.speculation!r} is not valid; pass True, False, or None "
-                "(off for the executor, on in optimize())"
-            )
-            raise ValueError(msg)
+            fix = "True, False, or None (off for the executor, on in optimize())"
+            raise invalid("speculation", self.speculation, fix)
         if not isinstance(self.batching, bool):
-            msg = (
-                f"batching={self.batching!r} is not valid; pass True (pack queued tiny calls "
-                "of one callable into one Ray task) or False (one task per call)"
+            fix = (
+                "True (pack queued tiny calls of one callable into one Ray task) or False "
+                "(one task per call)"
             )
-            raise ValueError(msg)
+            raise invalid("batching", self.batching, fix)
         for name in ("speculation_quantile", "speculation_max_fraction"):
             if getattr(self, name) > 1.0:
                 msg = f"{name}={getattr(self, name)!r} is a fraction; pass a value in (0, 1]"
@@ -134,8 +132,7 @@ class FTConfig:
         if self.storage is not None:
             set_(self, "storage", _check_storage(self.storage))
         if self.jitter not in JITTER_MODES:
-            msg = f"jitter={self.jitter!r} is not valid; pass one of {', '.join(JITTER_MODES)}"
-            raise ValueError(msg)
+            raise invalid("jitter", self.jitter, f"one of {', '.join(JITTER_MODES)}")
         set_(self, "retry_on", _parse_retry_on(self.retry_on))
         set_(self, "retry_exceptions", _parse_retry_exceptions(self.retry_exceptions))
         for name in ("cpu_threshold", "memory_threshold", "disk_threshold", "gpu_memory_threshold"):
@@ -264,16 +261,13 @@ _NUMERIC: dict[str, tuple[type, float, bool]] = {
 def _check_number(name: str, value: Any, kind: type, low: float, inclusive: bool) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         what = "an integer" if kind is int else "a number"
-        msg = f"{name}={value!r} is not valid; pass {what}"
-        raise ValueError(msg)
+        raise invalid(name, value, what)
     if kind is int and not isinstance(value, int):
         if not (isinstance(value, float) and value.is_integer()):
-            msg = f"{name}={value!r} is not valid; pass a whole number"
-            raise ValueError(msg)
+            raise invalid(name, value, "a whole number")
         value = int(value)
     if isinstance(value, float) and not math.isfinite(value):
-        msg = f"{name}={value!r} is not valid; pass a finite number"
-        raise ValueError(msg)
+        raise invalid(name, value, "a finite number")
     if value < low or (value == low and not inclusive):
         bound = f">= {low:g}" if inclusive else f"> {low:g}"
         msg = f"{name}={value!r} is out of range; pass a value {bound}"
@@ -285,18 +279,14 @@ def _check_storage(value: Any) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value.strip():
-        msg = (
-            f"storage={value!r} is not valid; pass a folder or a URI such as "
-            "'s3://bucket/ray_ft', or None for $RAY_FT_STORAGE (else ~/ray_ft)"
-        )
-        raise ValueError(msg)
+        fix = "a folder or a URI such as 's3://bucket/ray_ft', or None for $RAY_FT_STORAGE"
+        raise invalid("storage", value, f"{fix} (else ~/ray_ft)")
     return value
 
 
 def _parse_retry_on(value: Any) -> frozenset[FailureType]:
     if isinstance(value, (str, FailureType)) or not isinstance(value, Iterable):
-        msg = f"retry_on={value!r} is not valid; pass a list of failure types such as ['node_died']"
-        raise ValueError(msg)
+        raise invalid("retry_on", value, "a list of failure types such as ['node_died']")
     try:
         return frozenset(FailureType.parse(item) for item in value)
     except ValueError as exc:
@@ -308,8 +298,7 @@ def _parse_retry_exceptions(value: Any) -> tuple[type[BaseException], ...]:
     if isinstance(value, type):
         value = (value,)
     if isinstance(value, str) or not isinstance(value, Iterable):
-        msg = f"retry_exceptions={value!r} is not valid; pass a tuple of exception classes"
-        raise ValueError(msg)
+        raise invalid("retry_exceptions", value, "a tuple of exception classes")
     items = tuple(value)
     for item in items:
         if not (isinstance(item, type) and issubclass(item, BaseException)):

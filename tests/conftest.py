@@ -65,22 +65,23 @@ def clock() -> FakeClock:
 
 class SharedCluster:
     """One real Ray cluster kept across consecutive test modules that ask for the same
-    number of nodes and leave it intact (the same nodes, every process up).
+    number of nodes, made whole again between them.
 
-    A module that removes, adds or kills a node leaves a cluster the next module does not
-    get: it is shut down and the next starts a fresh one (Ray's node table lags a removed
-    node by ~15 s, longer than a fresh start takes). A module that starts Ray its own way
-    gets it shut down first.
+    A module that removed or killed nodes leaves a cluster the next module still gets: its
+    dead nodes are dropped and 1-CPU nodes added back (~2 s each). Unless Ray still lists a
+    dead node as alive (an unannounced death leaves Ray's table after ~16 s, longer than a
+    fresh start takes): then, as for another size or a head that is down, the cluster is
+    shut down and a fresh one started. A module that starts Ray its own way gets it shut
+    down first.
     """
 
     def __init__(self) -> None:
         self.cluster = None
         self._session = None
         self._size = 0
-        self._ids: frozenset[str] = frozenset()
 
     def get(self, size: int):
-        if self.cluster is not None and (self._size != size or not self._intact()):
+        if self.cluster is not None and not self._made_whole(size):
             self.release()
         if self.cluster is None:
             from tests.raytools import cluster_session
@@ -88,7 +89,6 @@ class SharedCluster:
             self._session = cluster_session(size)
             self.cluster = self._session.__enter__()
             self._size = size
-        self._ids = self._node_ids()
         return self.cluster
 
     def release(self) -> None:
@@ -96,15 +96,25 @@ class SharedCluster:
         if session is not None:
             session.__exit__(None, None, None)
 
-    def _node_ids(self) -> frozenset[str]:
-        return frozenset(n.node_id for n in self.cluster.list_all_nodes())
-
-    def _intact(self) -> bool:
+    def _made_whole(self, size: int) -> bool:
+        """Drop the dead nodes and add nodes up to ``size``; False where it cannot be."""
         import ray
 
-        nodes = self.cluster.list_all_nodes()
-        alive = all(n.remaining_processes_alive() for n in nodes)
-        return alive and self._node_ids() == self._ids and ray.is_initialized()
+        cluster = self.cluster
+        if self._size != size or not ray.is_initialized():
+            return False
+        if not cluster.head_node.remaining_processes_alive():
+            return False
+        for node in list(cluster.worker_nodes):
+            if not node.remaining_processes_alive():
+                cluster.remove_node(node, allow_graceful=False)  # dead already: forget it
+        running = {n.node_id for n in cluster.list_all_nodes()}
+        if {n["NodeID"] for n in ray.nodes() if n["Alive"]} - running:
+            return False  # Ray still lists a dead node: a driver could be handed it
+        while len(cluster.list_all_nodes()) < size:
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        return True
 
 
 _SHARED = SharedCluster()
@@ -147,8 +157,8 @@ def _shared_cluster_released():
 @pytest.fixture(scope="module")
 def cluster(request):
     """A real cluster of ``CLUSTER_NODES`` (a module's constant; 3 unless set) 1-CPU
-    nodes for one module's tests, shared with the next module of that size when this one
-    leaves it intact; no manager is left behind."""
+    nodes for one module's tests, made whole again for the next module of that size; no
+    manager is left behind."""
     from tests.raytools import kill_manager
 
     c = _SHARED.get(getattr(request.module, "CLUSTER_NODES", 3))

@@ -8,6 +8,8 @@ import time
 import uuid
 from typing import Any, Protocol, runtime_checkable
 
+from ray_ft._errors import invalid
+
 __all__ = [
     "CHECKPOINT_KEY_ENV",
     "CheckpointCorruptError",
@@ -88,8 +90,7 @@ class CheckpointStore(Protocol):
 def check_step(step: Any) -> int:
     """Steps are non-negative integers: they name folders and must not escape the root."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        msg = f"step={step!r} is not valid; pass a non-negative int such as the generation"
-        raise ValueError(msg)
+        raise invalid("step", step, "a non-negative int such as the generation")
     return step
 
 
@@ -99,11 +100,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def check_run_id(run_id: Any) -> str:
     """Run ids name folders and keys: 1-64 letters, digits, '_', '.' or '-'."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        msg = (
-            f"run_id={run_id!r} is not valid; pass 1-64 letters, digits, '_', '.' or '-' "
-            "(it names a folder)"
-        )
-        raise ValueError(msg)
+        raise invalid("run_id", run_id, "1-64 letters, digits, '_', '.' or '-' (it names a folder)")
     return run_id
 
 

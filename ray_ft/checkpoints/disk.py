@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ray_ft._errors import invalid
 from ray_ft.checkpoints._files import Files, open_files
 from ray_ft.checkpoints.base import (
     CHECKPOINT_KEY_ENV,
@@ -85,8 +86,7 @@ class DiskCheckpointStore:
         storage: str | os.PathLike[str] | None = None,
     ) -> None:
         if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
-            msg = f"keep_last={keep_last!r} is not valid; pass a positive int or None"
-            raise ValueError(msg)
+            raise invalid("keep_last", keep_last, "a positive int or None")
         location = resolve(root, storage)
         self._files = files if files is not None else open_files(location)
         self.root: Path | str = location if is_uri(location) else Path(location)

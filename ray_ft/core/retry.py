@@ -10,6 +10,7 @@ import dataclasses
 import random
 from collections.abc import Callable
 
+from ray_ft._errors import invalid
 from ray_ft.config import FTConfig
 from ray_ft.failures import FailureType
 
@@ -50,8 +51,7 @@ def jittered(delay: float, mode: str, uniform: Callable[[float, float], float]) 
         return delay / 2 + uniform(0.0, delay / 2)
     if mode == "none":
         return delay
-    msg = f"jitter={mode!r} is not valid; pass 'full', 'equal' or 'none'"
-    raise ValueError(msg)
+    raise invalid("jitter", mode, "'full', 'equal' or 'none'")
 
 
 class RetryPolicy:

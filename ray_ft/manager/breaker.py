@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ray_ft._errors import invalid
+
 __all__ = ["BreakerListener", "BreakerState", "CircuitBreaker"]
 
 
@@ -42,8 +44,7 @@ class CircuitBreaker:
             msg = f"timeout={timeout!r} is negative; pass seconds >= 0"
             raise ValueError(msg)
         if half_open_max_calls < 1:
-            msg = f"half_open_max_calls={half_open_max_calls!r} is not valid; pass >= 1"
-            raise ValueError(msg)
+            raise invalid("half_open_max_calls", half_open_max_calls, ">= 1")
         self.timeout = float(timeout)
         self.half_open_max_calls = half_open_max_calls
         self.name = name
@@ -57,8 +58,7 @@ class CircuitBreaker:
     def reconfigure(self, timeout: float, half_open_max_calls: int) -> None:
         """New settings for this breaker; its state and history stay."""
         if half_open_max_calls < 1:
-            msg = f"half_open_max_calls={half_open_max_calls!r} is not valid; pass >= 1"
-            raise ValueError(msg)
+            raise invalid("half_open_max_calls", half_open_max_calls, ">= 1")
         self.timeout = float(timeout)
         self.half_open_max_calls = half_open_max_calls
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ray_ft._errors import invalid
 from ray_ft.optim.base import check_state
 from ray_ft.optim.individual import Individual
 
@@ -42,8 +43,7 @@ class GeneticAlgorithm:
         elitism: int = 2,
     ) -> None:
         if dim < 1:
-            msg = f"dim={dim!r} is not valid; pass the number of variables (>= 1)"
-            raise ValueError(msg)
+            raise invalid("dim", dim, "the number of variables (>= 1)")
         low = np.broadcast_to(np.asarray(bounds[0], dtype=np.float64), (dim,)).copy()
         high = np.broadcast_to(np.asarray(bounds[1], dtype=np.float64), (dim,)).copy()
         if not np.all(high > low):
@@ -53,14 +53,11 @@ class GeneticAlgorithm:
             msg = f"population_size={population_size!r} is too small; pass at least 2"
             raise ValueError(msg)
         if not 0 <= elitism < population_size:
-            msg = f"elitism={elitism!r} is not valid; pass 0 <= elitism < population_size"
-            raise ValueError(msg)
+            raise invalid("elitism", elitism, "0 <= elitism < population_size")
         if crossover not in _CROSSOVERS:
-            msg = f"crossover={crossover!r} is not valid; pass one of {', '.join(_CROSSOVERS)}"
-            raise ValueError(msg)
+            raise invalid("crossover", crossover, f"one of {', '.join(_CROSSOVERS)}")
         if tournament_size < 1:
-            msg = f"tournament_size={tournament_size!r} is not valid; pass >= 1"
-            raise ValueError(msg)
+            raise invalid("tournament_size", tournament_size, ">= 1")
         self.dim = dim
         self.low, self.high = low, high
         self.population_size = population_size

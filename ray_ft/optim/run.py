@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ray_ft._errors import invalid
 from ray_ft.checkpoints.base import CheckpointStore
 from ray_ft.failures import TaskFailedError
 from ray_ft.optim.base import BaseOptimizer
@@ -76,15 +77,12 @@ def optimize(
     fitness and lists it in failed_evaluations; "raise" checkpoints, then raises.
     """
     if on_exhausted not in _ON_EXHAUSTED:
-        msg = f"on_exhausted={on_exhausted!r} is not valid; pass 'penalize' or 'raise'"
-        raise ValueError(msg)
+        raise invalid("on_exhausted", on_exhausted, "'penalize' or 'raise'")
     if generations < 0:
-        msg = f"generations={generations!r} is not valid; pass a count >= 0"
-        raise ValueError(msg)
+        raise invalid("generations", generations, "a count >= 0")
     interval = checkpoint_interval or _default_interval(executor)
     if interval < 1:
-        msg = f"checkpoint_interval={interval!r} is not valid; pass >= 1"
-        raise ValueError(msg)
+        raise invalid("checkpoint_interval", interval, ">= 1")
 
     start, history, evaluations = 0, [], 0
     failed: list[dict[str, Any]] = []

@@ -23,6 +23,7 @@ from typing import Any
 import ray
 
 from ray_ft import raycompat
+from ray_ft._errors import invalid
 from ray_ft.checkpoints.storage import storage_root
 from ray_ft.config import FTConfig
 from ray_ft.core.batching import MAX_BATCH
@@ -125,8 +126,7 @@ class FaultTolerantExecutor(_Calls):
         max_in_flight = _max_in_flight(max_in_flight, max_workers)
         self._setup = initializer_blob(initializer, initargs)
         if queue_depth < 1:
-            msg = f"queue_depth={queue_depth!r} is not valid; pass a positive int"
-            raise ValueError(msg)
+            raise invalid("queue_depth", queue_depth, "a positive int")
         check_storage_setting(self.config.storage)  # a bad URI fails before any work
         if not ray.is_initialized():
             ray.init()
@@ -263,8 +263,7 @@ class FaultTolerantExecutor(_Calls):
         if chunksize is not None and (
             isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
         ):
-            msg = f"chunksize={chunksize!r} is not valid; pass a positive int, or None (adaptive)"
-            raise ValueError(msg)
+            raise invalid("chunksize", chunksize, "a positive int, or None (adaptive)")
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (args, {}) for args in zip(*iterables)
         ]
@@ -415,8 +414,7 @@ def _max_in_flight(max_in_flight: int | None, max_workers: int | None) -> int | 
     if max_in_flight is not None and (
         isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1
     ):
-        msg = f"max_in_flight={max_in_flight!r} is not valid; pass a positive int or None"
-        raise ValueError(msg)
+        raise invalid("max_in_flight", max_in_flight, "a positive int or None")
     return max_in_flight
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from ray_ft import raycompat
+from ray_ft._errors import invalid
 from ray_ft.checkpoints.base import (
     CheckpointCorruptError,
     CheckpointInfo,
@@ -50,8 +51,7 @@ class ObjectStoreCheckpointStore:
         describe: dict[str, Any] | None = None,
     ) -> None:
         if keep_last is not None and (isinstance(keep_last, bool) or keep_last < 1):
-            msg = f"keep_last={keep_last!r} is not valid; pass a positive int or None"
-            raise ValueError(msg)
+            raise invalid("keep_last", keep_last, "a positive int or None")
         if manager is None:
             from ray_ft.actors.manager_actor import get_manager
 

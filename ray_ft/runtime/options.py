@@ -9,6 +9,8 @@ from typing import Any
 
 import ray.exceptions as ray_exc
 
+from ray_ft._errors import invalid
+
 __all__ = [
     "OWNED",
     "PASSTHROUGH",
@@ -44,13 +46,11 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
             ):
-                msg = f"timeout={value!r} is not valid; pass seconds > 0 or None"
-                raise ValueError(msg)
+                raise invalid("timeout", value, "seconds > 0 or None")
             continue
         if key == "speculation":
             if value is not None and not isinstance(value, bool):
-                msg = f"speculation={value!r} is not valid; pass True, False or None"
-                raise ValueError(msg)
+                raise invalid("speculation", value, "True, False or None")
             continue
         if key not in PASSTHROUGH:
             msg = (
@@ -70,16 +70,14 @@ def check_values(options: dict[str, Any]) -> None:
     resources = options.get("resources")
     if resources is not None:
         if not isinstance(resources, dict):
-            msg = f"resources={resources!r} is not valid; pass a dict such as {{'TPU': 1}}"
-            raise ValueError(msg)
+            raise invalid("resources", resources, "a dict such as {'TPU': 1}")
         amounts.update({f"resources[{name!r}]": v for name, v in resources.items()})
     for key, value in amounts.items():
         if value is None:
             continue
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok or not math.isfinite(value) or value < 0:
-            msg = f"{key}={value!r} is not valid; pass a finite number >= 0"
-            raise ValueError(msg)
+            raise invalid(key, value, "a finite number >= 0")
 
 
 def check_remote_function(fn: Any) -> None:

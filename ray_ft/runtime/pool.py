@@ -27,6 +27,7 @@ import ray.exceptions as ray_exc
 from ray import cloudpickle
 
 from ray_ft import raycompat
+from ray_ft._errors import invalid
 from ray_ft.config import FTConfig
 from ray_ft.core.commands import Exclusions
 from ray_ft.core.events import (
@@ -324,8 +325,7 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
                 msg = f"{key}= is a process pool's argument; for an actor pool pass {instead}"
                 raise TypeError(msg)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            msg = f"size={size!r} is not valid; pass the number of actors, an int >= 1"
-            raise ValueError(msg)
+            raise invalid("size", size, "the number of actors, an int >= 1")
         target = getattr(cls, "__ray_metadata__", None)
         plain = target.modified_class if target is not None else cls
         if not inspect.isclass(plain):

@@ -25,6 +25,7 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_ft._errors import invalid
 from ray_ft.nodes import alive_nodes
 
 __all__ = [
@@ -228,8 +229,7 @@ def freeze_node(node_id: str, seconds: float, *, allow_head: bool = False) -> Ch
     """
     _refuse_head(node_id, allow_head, "freeze")
     if not 0 < seconds <= 3600:
-        msg = f"seconds={seconds!r} is not valid; pass a duration in (0, 3600]"
-        raise ValueError(msg)
+        raise invalid("seconds", seconds, "a duration in (0, 3600]")
     script = f"kill -STOP $PIDS; sleep {float(seconds)}; kill -CONT $PIDS"
     agent = _agent(node_id)
     pids = ray.get(agent.node_pids.remote(), timeout=30)
@@ -254,12 +254,10 @@ def slow_node(node_id: str, factor: float, duration: float) -> ChaosEvent:
     after ``duration`` and continues every process it stopped. The head node is allowed.
     """
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 < factor <= 100:
-        msg = f"factor={factor!r} is not valid; pass how many times slower, in (1, 100]"
-        raise ValueError(msg)
+        raise invalid("factor", factor, "how many times slower, in (1, 100]")
     number = not isinstance(duration, bool) and isinstance(duration, (int, float))
     if not number or not 0 < duration <= 3600:
-        msg = f"duration={duration!r} is not valid; pass seconds in (0, 3600]"
-        raise ValueError(msg)
+        raise invalid("duration", duration, "seconds in (0, 3600]")
     helper = ray.get(_agent(node_id).slow_down.remote(factor, duration), timeout=30)
     return _record(
         ChaosEvent(
@@ -303,8 +301,7 @@ class ChaosMonkey:
     ) -> None:
         unknown = [a for a in actions if a not in ACTIONS]
         if unknown or not actions:
-            msg = f"actions={list(actions)!r} is not valid; pass some of {', '.join(ACTIONS)}"
-            raise ValueError(msg)
+            raise invalid("actions", list(actions), f"some of {', '.join(ACTIONS)}")
         if interval_s <= 0 or max_events < 1:
             msg = "interval_s must be > 0 and max_events >= 1"
             raise ValueError(msg)

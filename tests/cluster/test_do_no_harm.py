@@ -145,7 +145,7 @@ def _freeze_mid_batch(cluster, config, n_tasks, seconds, state_dir):
             stats = ex.stats()
     finally:
         thaw(frozen)
-        cluster.remove_node(victim, allow_graceful=False)
+        cluster.remove_node(victim)  # clean-up, graceful: Ray lists it dead at once
     return results, stats, done_after, victim.node_id
 
 

@@ -170,5 +170,5 @@ def test_frozen_nodes_actor_is_replaced_once_the_node_is_excluded(nodes, tmp_pat
     finally:
         thaw(frozen)
         if victim is not None:
-            nodes.remove_node(victim, allow_graceful=False)
+            nodes.remove_node(victim)  # clean-up, graceful: Ray lists it dead at once
         kill_manager()
