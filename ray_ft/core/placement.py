@@ -67,7 +67,11 @@ class Placement:
             return None
         types = self.node_types
         request = dict(shape.key)
-        held_back = any(n in table.nodes for n in table.unusable)  # they may come back
+        # an excluded or draining node that could run it may come back; one that could
+        # not is no reason to wait
+        held_back = any(
+            n in table.nodes and shape.slots_on(table.nodes[n]) > 0 for n in table.unusable
+        )
         if types is not None and not held_back and not types.launchable(request):
             self._zero_since.pop(shape, None)
             return (

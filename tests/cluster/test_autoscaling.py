@@ -115,8 +115,14 @@ def test_infeasible_request_fails_fast_naming_the_node_types(autoscaled):
     with FaultTolerantExecutor(CONFIG) as ex:
         start = time.monotonic()
         future = ex.options(resources={"tpu": 1}).submit(sleepy, 1)
+        try:
+            future.exception(timeout=120)
+        except TimeoutError:  # say what the executor saw, and do not wait out the call
+            stats = ex.stats()
+            ex.shutdown(wait=False, cancel_futures=True)
+            pytest.fail(f"no CapacityError within 120 s: {stats}")
         with pytest.raises(CapacityError) as info:
-            future.result(timeout=120)
+            future.result(timeout=0)
         waited = time.monotonic() - start
     message = str(info.value)
     assert "tpu=1" in message and "sim (CPU=1, sim=1; max 3)" in message, message

@@ -136,6 +136,25 @@ def test_a_request_a_node_type_fits_waits_for_the_autoscaler(clock):
     assert [a.node_id for a in h.running.values()] == ["w1"]
 
 
+def test_a_node_held_back_fails_fast_only_if_it_could_run_the_request(clock):
+    """A draining (or excluded) node may come back, so a request only it could run waits;
+    one it could not run either still fails at once (an autoscaler scaling down drains
+    nodes: the infeasible request waited 300 s)."""
+    sched = Scheduler(CONFIG, clock=clock)
+    h = Harness(sched, clock)
+    nodes = {"head": {"CPU": 1.0}, "w1": {"CPU": 1.0, "sim": 1.0}, "g": {"CPU": 1.0, "GPU": 1.0}}
+    h.run(sched.handle(NodesChanged(nodes)))
+    h.run(sched.handle(NodeTypesChanged(SIM)))
+    h.run(sched.handle(DrainingChanged({"w1": clock() + 60, "g": clock() + 60})))
+    tpu = work(1)
+    tpu.spec = CallSpec.of({"resources": {"tpu": 1}}, None)
+    gpu = work(2, gpu=True)
+    h.run(sched.handle(Submitted((tpu, gpu))))
+    with pytest.raises(CapacityError, match="tpu=1"):
+        tpu.future.result(timeout=0)
+    assert not gpu.future.done()  # the draining GPU node may come back
+
+
 def test_without_node_types_the_wait_is_as_before(clock):
     sched = Scheduler(CONFIG, clock=clock)
     h = Harness(sched, clock)
