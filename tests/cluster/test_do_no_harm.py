@@ -56,12 +56,16 @@ def test_cpu_bound_evaluations_finish_with_no_verdicts(nodes, tmp_path):
         results = list(ex.map(busy, range(30)))
         stats = ex.stats()
     assert results == list(range(30))
-    assert (stats["retries"], stats["abandoned"], stats["failed"]) == (0, 0, 0)
+    assert (stats["retries"], stats["abandoned"], stats["failed"]) == (0, 0, 0), stats
     status = ray.get(manager.status.remote())
-    assert status["excluded"] == []
+    assert status["excluded"] == [], status
+    # every probe answers with the seed's network latency; on 2 cores under this load a
+    # probe may start after the work ends (two CI runs): a bounded wait, then no verdict
+    wait_for_probes(manager, nodes)
+    status = ray.get(manager.status.remote())
+    assert status["excluded"] == [], status
     alive = [n for n in status["nodes"].values() if n["status"] != "dead"]
-    assert len(alive) == 3
-    assert all(n["latency_ms"] is not None for n in alive)  # the seed's network latency
+    assert len(alive) == 3 and all(n["latency_ms"] is not None for n in alive), status
 
 
 def test_poison_tasks_fail_alone_and_no_node_is_excluded(nodes, tmp_path):
