@@ -17,6 +17,7 @@ import ray
 from ray_ft import CapacityError, FaultTolerantExecutor
 from ray_ft.actors.manager_actor import get_manager
 from tests.autoscaling import Peaks, autoscaling_cluster, wait_for_count
+from tests.raytools import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -112,15 +113,23 @@ def test_demand_is_capped_by_max_in_flight(autoscaled):
 
 
 def test_infeasible_request_fails_fast_naming_the_node_types(autoscaled):
+    # the claim needs a manager that has read the node types (unknown types wait, by
+    # design); two CI runs waited out the call with nothing excluded or draining
+    manager = get_manager(CONFIG)
+
+    def elastic():
+        return ray.get(manager.status.remote())["elastic"]
+
+    wait_for(lambda: elastic()["node_types"], timeout=90, interval=1.0)
     with FaultTolerantExecutor(CONFIG) as ex:
         start = time.monotonic()
         future = ex.options(resources={"tpu": 1}).submit(sleepy, 1)
         try:
             future.exception(timeout=120)
-        except TimeoutError:  # say what the executor saw, and do not wait out the call
+        except TimeoutError:  # say what both saw, and do not wait out the call
             stats = ex.stats()
             ex.shutdown(wait=False, cancel_futures=True)
-            pytest.fail(f"no CapacityError within 120 s: {stats}")
+            pytest.fail(f"no CapacityError within 120 s: {stats}; manager: {elastic()}")
         with pytest.raises(CapacityError) as info:
             future.result(timeout=0)
         waited = time.monotonic() - start
