@@ -14,10 +14,11 @@ import logging
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import psutil
+import ray
 
 from ray_ft import raycompat
 from ray_ft.manager.demand import (
@@ -58,7 +59,7 @@ def discover_node_types() -> tuple[bool, NodeTypes | None]:
             if g.max_count != 0 or g.min_count
         )
         return True, NodeTypes(types)
-    path = _monitor_config_path()
+    path = _monitor_config_path(_gcs_port())
     if path is None:
         return False, None
     try:
@@ -72,22 +73,51 @@ def discover_node_types() -> tuple[bool, NodeTypes | None]:
     return True, node_types_from_config(loaded) if isinstance(loaded, Mapping) else None
 
 
-def _monitor_config_path() -> str | None:
-    """The ``--autoscaling-config`` of the autoscaler's monitor process on this node."""
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = proc.info["cmdline"] or []
-        except (psutil.Error, KeyError):
-            continue
+def _gcs_port() -> str | None:
+    """The port of the GCS this process is connected to (None: not known)."""
+    try:
+        return str(ray.get_runtime_context().gcs_address).rsplit(":", 1)[1]
+    except Exception:
+        return None
+
+
+def _monitor_config_path(
+    gcs_port: str | None, cmdlines: Iterable[list[str]] | None = None
+) -> str | None:
+    """The ``--autoscaling-config`` of the autoscaler's monitor process on this node that
+    serves the GCS on ``gcs_port`` (None: any). A machine may hold several clusters, or a
+    monitor of one that is ending: another cluster's config is not this one's."""
+    for cmd in _cmdlines() if cmdlines is None else cmdlines:
         if not any("monitor.py" in part or "autoscaler" in part for part in cmd[:3]):
             continue
         args = shlex.split(" ".join(cmd)) if len(cmd) == 1 else cmd
-        for index, arg in enumerate(args):
-            if arg.startswith("--autoscaling-config="):
-                return arg.split("=", 1)[1]
-            if arg == "--autoscaling-config" and index + 1 < len(args):
-                return args[index + 1]
+        flags = _flags(args)
+        gcs = flags.get("--gcs-address")
+        if gcs_port is not None and gcs is not None and gcs.rsplit(":", 1)[-1] != gcs_port:
+            continue
+        if "--autoscaling-config" in flags:
+            return flags["--autoscaling-config"]
     return None
+
+
+def _cmdlines() -> Iterator[list[str]]:
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            yield list(proc.info["cmdline"] or [])
+        except (psutil.Error, KeyError):
+            continue
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    """``--name=value`` and ``--name value`` arguments by name."""
+    flags: dict[str, str] = {}
+    for index, arg in enumerate(args):
+        if arg.startswith("--") and "=" in arg:
+            name, value = arg.split("=", 1)
+            flags[name] = value
+        elif arg.startswith("--") and index + 1 < len(args):
+            flags.setdefault(arg, args[index + 1])
+    return flags
 
 
 class ElasticWatch:
@@ -182,6 +212,10 @@ class ElasticWatch:
         if now - self._discovered_at >= _DISCOVER_EVERY_S:
             self._discovered_at = now
             autoscaled, types = self._discover()
+            if types is None and self.node_types is not None:
+                # a round that could not read them (the monitor restarting, its config
+                # file being rewritten) forgets nothing: infeasible work still fails fast
+                autoscaled, types = self.autoscaled, self.node_types
             with self._lock:
                 if (autoscaled, types) != (self.autoscaled, self.node_types):
                     self.autoscaled, self.node_types = autoscaled, types

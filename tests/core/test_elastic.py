@@ -331,6 +331,45 @@ def test_the_first_view_after_the_drain_list_is_read_says_so(clock):
     assert second is not None and second["drains_read"] is True
 
 
+def test_a_round_that_cannot_read_the_node_types_keeps_the_last_ones(clock):
+    """The monitor restarting or its config unreadable is no news: infeasible work must
+    still fail fast (one CI run waited 120 s on a request no type fits)."""
+    from ray_ft.actors._cluster_watch import ElasticWatch
+
+    found = [(True, SIM), (True, None), (False, None)]
+    watch = ElasticWatch(
+        clock=clock, request=lambda b: None, discover=lambda: found.pop(0), read_draining=dict
+    )
+    watch.step()
+    view = watch.report("d", {}, None)
+    assert view is not None and view["node_types"] == SIM.to_json()
+    for _ in range(2):
+        clock.advance(31)  # the next discovery round
+        watch.step()
+        assert watch.report("d", {}, view["token"]) is None  # nothing changed
+    assert found == [] and watch.autoscaled and watch.node_types == SIM
+
+
+def test_the_monitor_read_is_the_one_of_this_cluster():
+    """A machine holding two clusters (or the monitor of one that is ending): the config
+    named by the monitor of this GCS's port, not the first monitor listed."""
+    from ray_ft.actors._cluster_watch import _monitor_config_path
+
+    def monitor(port: int, config: str) -> list[str]:
+        return [
+            "/usr/bin/python3", "-u", "/ray/autoscaler/_private/monitor.py",
+            f"--gcs-address=127.0.0.1:{port}", "--autoscaling-config", config,
+        ]  # fmt: skip
+
+    lines = [["/bin/raylet", "--gcs-address=127.0.0.1:6391"], monitor(6380, "/old.yaml")]
+    lines.append(monitor(6391, "/this.yaml"))
+    assert _monitor_config_path("6391", lines) == "/this.yaml"
+    assert _monitor_config_path(None, lines) == "/old.yaml"  # the port unknown: any
+    assert _monitor_config_path("7000", lines) is None
+    one_string = [" ".join(monitor(6391, "/quoted.yaml"))]
+    assert _monitor_config_path("6391", [one_string]) == "/quoted.yaml"
+
+
 # -- the executor's cold watch: the manager's duties until a new manager answers ------------
 
 
