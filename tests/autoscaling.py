@@ -84,7 +84,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def stop_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_tree(process: subprocess.Popen, grace: float = 3.0) -> None:
     """Stop a process and every process under it (the head's GCS, raylet, autoscaler and
     the raylets the fake provider started inside it): SIGTERM, then SIGKILL what is left."""
     with contextlib.suppress(psutil.NoSuchProcess):

@@ -21,7 +21,7 @@ from tests.raytools import wait_for, wait_for_probes
 
 pytestmark = pytest.mark.cluster
 
-ALL_DEGRADED = {"disk_threshold": 1.0, "health_check_interval": 0.5}
+ALL_DEGRADED = {"disk_threshold": 1.0, "health_check_interval": 0.5, "probe_start_delay": 0.0}
 
 
 def busy_where(seconds: float) -> str:

@@ -52,7 +52,7 @@ def burn(i: int, seconds: float = 8.0, where: str | None = None) -> tuple[int, s
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
     """Four one-CPU nodes; the GCS keeps its tables in RocksDB (the outage test restarts it).
-    No node is frozen here: a removed node leaves Ray's table fast (QUICK_DEATH)."""
+    Ray's health checks as in every test cluster (QUICK_DEATH)."""
     with persistent_cluster(str(tmp_path_factory.mktemp("gcs")), 4, QUICK_DEATH) as cluster:
         yield cluster
 

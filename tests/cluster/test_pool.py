@@ -147,7 +147,7 @@ def test_frozen_nodes_actor_is_replaced_once_the_node_is_excluded(nodes, tmp_pat
     from ray_ft import get_manager
     from tests.raytools import freeze, kill_manager, thaw, wait_for_probes
 
-    config = {**FAST, "health_check_interval": 0.5, "probe_timeout": 2.0}
+    config = {**FAST, "health_check_interval": 0.5, "probe_timeout": 2.0, "probe_start_delay": 0.0}
     manager = get_manager(config, state_dir=str(tmp_path))
     wait_for_probes(manager, nodes)
     victim = None
