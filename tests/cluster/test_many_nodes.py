@@ -16,6 +16,9 @@ from tests.raytools import cluster_session, freeze, thaw, wait_for_probes
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
 
 N_NODES = 12
+#: probes from the manager's start: the test waits for all twelve anyway (~23 s here with
+#: the default 5 s delay)
+CONFIG = {"max_retries": 5, "retry_delay": 0.2, "probe_start_delay": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +37,14 @@ def evaluate(i: int) -> tuple[int, float]:
 
 
 def test_twelve_nodes_one_frozen_one_killed_only_those_excluded(twelve, tmp_path):
-    manager = get_manager(state_dir=str(tmp_path))
+    manager = get_manager(CONFIG, state_dir=str(tmp_path))
     wait_for_probes(manager, twelve, timeout=120)
     workers = twelve.list_all_nodes()[1:]  # never the head: it holds the manager
     frozen_node, killed_node = workers[3], workers[7]
     expected = [evaluate(i) for i in range(4)]
     frozen: list[int] = []
     try:
-        with FaultTolerantExecutor({"max_retries": 5, "retry_delay": 0.2}) as ex:
+        with FaultTolerantExecutor(CONFIG) as ex:
             futures = [ex.submit(evaluate, i) for i in range(120)]
             time.sleep(2.0)
             frozen = freeze(frozen_node)
