@@ -26,6 +26,7 @@ os.environ.setdefault("RAY_FT_STORAGE", tempfile.mkdtemp(prefix="ray_ft_storage_
 
 import contextlib  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402 - after the environment is set
 
@@ -68,11 +69,10 @@ class SharedCluster:
     number of nodes, made whole again between them.
 
     A module that removed or killed nodes leaves a cluster the next module still gets: its
-    dead nodes are dropped and 1-CPU nodes added back (~2 s each). Unless Ray still lists a
-    dead node as alive (an unannounced death leaves Ray's table after ~16 s, longer than a
-    fresh start takes): then, as for another size or a head that is down, the cluster is
-    shut down and a fresh one started. A module that starts Ray its own way gets it shut
-    down first.
+    dead nodes are dropped and 1-CPU nodes added back (~2 s each), once Ray lists them dead
+    (~3 s under QUICK_DEATH). Where Ray still lists one alive after 8 s, as for another size
+    or a head that is down, the cluster is shut down and a fresh one started. A module that
+    starts Ray its own way gets it shut down first.
     """
 
     def __init__(self) -> None:
@@ -109,8 +109,11 @@ class SharedCluster:
             if not node.remaining_processes_alive():
                 cluster.remove_node(node, allow_graceful=False)  # dead already: forget it
         running = {n.node_id for n in cluster.list_all_nodes()}
-        if {n["NodeID"] for n in ray.nodes() if n["Alive"]} - running:
-            return False  # Ray still lists a dead node: a driver could be handed it
+        deadline = time.monotonic() + 8.0  # QUICK_DEATH: a killed node leaves in ~3 s
+        while {n["NodeID"] for n in ray.nodes() if n["Alive"]} - running:
+            if time.monotonic() > deadline:
+                return False  # Ray still lists a dead node: a driver could be handed it
+            time.sleep(0.2)
         while len(cluster.list_all_nodes()) < size:
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()

@@ -68,9 +68,10 @@ def test_object_ref_arguments_are_resolved_for_every_member(cluster):
 
 
 def test_a_poison_member_fails_alone_and_no_node_is_excluded(cluster, tmp_path):
-    manager = get_manager(state_dir=str(tmp_path))
+    # probes from the manager's start: the test waits for them before the work anyway
+    config = {"max_retries": 2, "retry_delay": 0.1, "probe_start_delay": 0.0}
+    manager = get_manager(config, state_dir=str(tmp_path))
     wait_for_probes(manager, cluster, timeout=60)
-    config = {"max_retries": 2, "retry_delay": 0.1}
     with FaultTolerantExecutor(config) as ex:
         assert list(ex.map(poisoned, range(41, 71))) == [small(i) for i in range(41, 71)]
         # the case, made exact: one batch of 64 (as map(..., chunksize=64) would
