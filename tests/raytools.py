@@ -31,10 +31,10 @@ FAST_LIVENESS = {
 
 
 #: Ray's health checks in every test cluster. A killed node's checks fail at once: it leaves
-#: Ray's table after ~3 s instead of ~13.6 s (Ray's defaults), so restoring a node never
-#: waits on Ray. A frozen node's checks time out instead: with the longer timeout it is
-#: declared dead after ~60 s, as under Ray's defaults (~65 s), so a freeze test proves what
-#: it did (measured: docs/internals.md).
+#: Ray's table after ~3 s instead of ~15 s (Ray's defaults), so restoring a node never waits
+#: on Ray. A frozen node's checks time out instead: with the longer timeout it is declared
+#: dead only after more than 60 s (Ray's defaults: ~30 s), so in a freeze test it is ray_ft
+#: that finds the node, never Ray (measured: docs/internals.md).
 QUICK_DEATH = {
     "health_check_period_ms": 1000,
     "health_check_failure_threshold": 3,
