@@ -201,6 +201,7 @@ class SchedulerState:
     def summary(self) -> dict[str, Any]:
         """The counters behind ``FaultTolerantExecutor.stats()``."""
         keys = ("submitted", "succeeded", "failed", "cancelled", "retries", "abandoned")
+        types = self.placement.node_types
         return {
             **{k: self.stats[k] for k in keys},
             "speculated": self.stats["speculated"],
@@ -227,6 +228,8 @@ class SchedulerState:
             "max_in_flight_seen": self.max_in_flight_seen,
             "pending": self.pending(),
             "nodes": sorted(self.nodes),
+            # the autoscaler's node types as this executor knows them (None: unknown)
+            "node_types": None if types is None else types.describe(),
         }
 
     def queued(self) -> int:

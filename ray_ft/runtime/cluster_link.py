@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _SEND_EVERY_S = 1.0  # a busy executor's report (and look at the view) at least this often
 _CHANGED_EVERY_S = 0.25  # a changed demand goes out at most this often (empty: at once)
 _COLD_EVERY_S = 0.5  # a cold executor reads the drain list this often
+_STALE_S = 30.0  # an unanswered view call this old is given up and sent again
 
 T = TypeVar("T")
 
@@ -89,6 +90,11 @@ class ElasticLink:
         now = self._clock()
         changed = request != self._sent
         due = now - self._sent_at >= (_CHANGED_EVERY_S if changed else _SEND_EVERY_S)
+        if self._inflight is not None and now - self._sent_at < _STALE_S:
+            # one call at a time: a manager slower than the period (busy, on a loaded head)
+            # would otherwise have every answer replaced before it came, and never be heard;
+            # an empty demand still goes at once (its answer carries the same view)
+            due = changed and not request
         if due or (changed and not request):
             self._send(request, now)
         return polled
@@ -100,7 +106,8 @@ class ElasticLink:
             log.debug("could not send the demand: %s", exc)
             return
         self._inflight, self._sent, self._sent_at = ref, request, now
-        # an empty demand that went out replaces any answer still due: both carry the view
+        # a call that replaces one still due loses nothing: the token is taken only from
+        # an answer read, so the next answer carries any newer view
 
     def _events(self, view: Mapping[str, Any]) -> list[Event]:
         """A new view as scheduler events: node types (when changed) and drain deadlines

@@ -190,7 +190,9 @@ class Loop:
             self.execute(commands)
         if idle:
             if self._link is not None:
-                self._link.step({})  # nothing wanted any more: said at once
+                # nothing wanted any more: said at once; a view that came meanwhile is fed
+                # in (its token is taken: dropped here, the scheduler would never get it)
+                self.apply(self._link.step({}))
             with self.lock:  # a submit may have raced in: then it stays
                 if self.sched.idle and not self._given_up:
                     BUSY.discard(self)

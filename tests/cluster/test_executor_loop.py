@@ -14,6 +14,10 @@ import pytest
 import ray
 
 from ray_ft import FaultTolerantExecutor, GeneticAlgorithm, get_manager, optimize
+from ray_ft.core.autoscaling import NodeType, NodeTypes
+from ray_ft.core.events import NodeTypesChanged
+from ray_ft.core.work import Shape
+from ray_ft.runtime.cluster_link import ElasticLink
 from tests.raytools import kill_manager, wait_for
 
 pytestmark = pytest.mark.cluster  # starts a real Ray cluster
@@ -144,3 +148,37 @@ def test_idle_executor_does_not_poll(cluster):
         time.sleep(1.5)
         assert calls == []  # asleep until a submit, a timer or a deadline
         assert ex.submit(abs, -2).result(timeout=60) == 2
+
+
+@ray.remote(num_cpus=0)
+class SlowManager:
+    """A manager whose every view takes longer than the link's send period (1 s): busy, on
+    a loaded head."""
+
+    def __init__(self, types: list) -> None:
+        self.types, self.calls = types, 0
+
+    def elastic_view(self, driver: str, demand: dict, token: int | None) -> dict | None:
+        self.calls += 1
+        time.sleep(1.5)
+        return None if token == 1 else {"token": 1, "node_types": self.types, "draining": {}}
+
+    def count(self) -> int:
+        return self.calls
+
+
+def test_a_manager_slower_than_the_send_period_is_still_heard(cluster):
+    """One view call at a time: a new call that replaced the one still due dropped every
+    answer of a manager slower than the period, and the executor never got the types."""
+    sim = NodeTypes((NodeType("sim", (("CPU", 1.0), ("sim", 1.0)), 3),))
+    manager = SlowManager.remote(sim.to_json())
+    link = ElasticLink(manager)
+    demand = {Shape.of({"resources": {"sim": 1}}, timed=False): 2}
+    events: list = []
+    deadline = time.monotonic() + 30
+    while not events and time.monotonic() < deadline:
+        events.extend(link.step(demand))
+        time.sleep(0.05)
+    assert events[0] == NodeTypesChanged(sim), events
+    # the first call, and the one sent as its answer was read: none while one was due
+    assert ray.get(manager.count.remote()) <= 2

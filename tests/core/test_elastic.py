@@ -437,3 +437,57 @@ def test_the_link_keeps_the_cold_watch_until_the_manager_has_read_the_drain_list
     later = {"token": 1, "node_types": None, "draining": {"n1": 1003.0}, "drains_read": True}
     assert link._events(later) == [DrainingChanged({"n1": clock() + 3.0})]
     assert link.cold is None and cold.watch._stopped.is_set()
+
+
+class _Link:
+    """An ElasticLink's face to the loop: each step hands over the next scripted events."""
+
+    def __init__(self, *answers: list) -> None:
+        self.answers = list(answers)
+        self.demands: list[dict] = []
+
+    def step(self, demand):
+        self.demands.append(dict(demand))
+        return self.answers.pop(0) if self.answers else []
+
+    def close(self) -> None:
+        pass
+
+
+class _NoWorkers:
+    """Workers with nothing to say: an idle loop's round touches no Ray."""
+
+    demands = True
+    refresh_s = 1.0
+
+    def poll(self, due, current):
+        return []
+
+    def translate(self, polled):
+        return polled
+
+    def close(self) -> None:
+        pass
+
+
+class _NoManager:
+    def poll(self):
+        return None
+
+    def trial_answers(self):
+        return []
+
+
+def test_a_view_that_comes_as_the_loop_goes_idle_reaches_the_scheduler(clock):
+    """The link takes a view's token when it reads the view: the loop's last step before
+    it sleeps must feed that view in, or the scheduler never gets the node types (an
+    infeasible call then waited out capacity_wait_timeout; the flake of CI's autoscaler
+    test)."""
+    from ray_ft.runtime.loop import Loop, Round
+
+    sched = Scheduler(CONFIG, clock=clock)
+    link = _Link([], [NodeTypesChanged(SIM)])  # the answer arrives at the idle step
+    loop = Loop(CONFIG, sched, _NoWorkers(), _NoManager(), link, clock=clock, thread_name="t")
+    assert loop.step() is Round.IDLE
+    assert link.demands == [{}, {}] and not link.answers
+    assert sched.summary()["node_types"] == SIM.describe()
