@@ -33,8 +33,9 @@ from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import CallSpec, Work
 from ray_ft.manager.state import FaultToleranceManager
 from ray_ft.metrics import get_metrics
+from ray_ft.runtime.busy import BUSY
 from ray_ft.runtime.cluster_link import ColdWatch, ElasticLink
-from ray_ft.runtime.loop import BUSY, Loop
+from ray_ft.runtime.loop import Loop
 from ray_ft.runtime.manager_client import ActorManagerClient, LocalManagerClient, ManagerClient
 from ray_ft.runtime.options import (
     PASSTHROUGH,
@@ -226,7 +227,10 @@ class FaultTolerantExecutor(_Calls):
         self._loop.close(cancel_futures=cancel_futures)
         thread = self._loop.thread
         if wait and thread is not threading.current_thread():
-            thread.join()
+            while thread.is_alive():
+                thread.join(0.5)
+                if not self._loop.ray_up() and self._loop.idle_now.is_set():
+                    break  # Ray was shut down: every call ended; its thread may be stuck in Ray
 
     def _give_up(self, works: list[Work]) -> None:
         """The caller will not take these calls' results (its map() iterator was closed,

@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -53,25 +54,24 @@ from ray_ft.core.events import (
     TrialGranted,
     WentIdle,
     WorkerLost,
+    WorkersBroken,
 )
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import Attempt, Group, Work
 from ray_ft.failures import FailureEvent, FailureType, classify_failure
 from ray_ft.runtime.batch_task import unpack_outcome
+from ray_ft.runtime.busy import BUSY, watch_for_ray_gone
 from ray_ft.runtime.cluster_link import ElasticLink
 from ray_ft.runtime.manager_client import ManagerClient
 from ray_ft.runtime.options import unwrap
 from ray_ft.runtime.workers import WorkerGoneError, Workers
 
-__all__ = ["BUSY", "Loop"]
+__all__ = ["Loop"]
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.05  # longest a busy loop goes without a full scheduler tick
 _BUSY_WAIT_S = 0.1  # longest a busy loop waits before it picks up refs launched meanwhile
-# Loops with work in flight: held here so that a dropped executor finishes its work (the
-# thread holds only a weak reference); released when the loop goes idle.
-BUSY: set[Loop] = set()  # changed under the loop's own lock
 
 
 class Round(enum.StrEnum):
@@ -95,6 +95,7 @@ class Loop:
         *,
         clock: Any,
         thread_name: str,
+        ray_up: Callable[[], bool] = ray.is_initialized,
     ) -> None:
         self.config = config
         self.sched = sched
@@ -107,6 +108,7 @@ class Loop:
         self.closed = False  # shut down: no new work
         self._link = link
         self._clock = clock
+        self.ray_up = ray_up  # False once the user called ray.shutdown()
         self._waiting: dict[Any, Attempt | Group] = {}  # refs to wait on -> their attempt(s)
         self._demand: dict[Any, int] = {}
         self._nodes_at = -float("inf")
@@ -124,12 +126,19 @@ class Loop:
 
     def submit(self, works: list[Work], *, raise_for: Work | None) -> None:
         """Queue the calls and dispatch once; a refused launch of ``raise_for`` raises."""
+        if not self.ray_up():  # a launch would start a new local Ray behind the user
+            msg = (
+                "Ray was shut down (ray.shutdown()) under this executor; create a new "
+                "FaultTolerantExecutor after ray.init()"
+            )
+            raise RuntimeError(msg)
         polled = self.poll() if self.sched.idle else []  # an idle loop follows nothing
         with self.lock:
             if self.closed:
                 msg = "cannot submit after shutdown(); create a new FaultTolerantExecutor"
                 raise RuntimeError(msg)
             BUSY.add(self)  # kept alive until its work is done, even if the caller drops it
+            watch_for_ray_gone()
             self.idle_now.clear()
             commands = self.feed(polled)
             commands.extend(self.sched.handle(Submitted(tuple(works))))
@@ -163,8 +172,34 @@ class Loop:
 
     # -- the thread ----------------------------------------------------------------------
 
+    def ray_gone(self) -> None:
+        """``ray.shutdown()`` under this executor: every call not done fails at once with
+        an error that says so (plain Ray's ``ray.get`` raises too), and the loop ends. Only
+        futures are resolved: any Ray call now (a cancel, a report) would start a new Ray."""
+        with self.lock:
+            self.closed = True
+            works = {id(a.work) for a in self.sched.inflight.values()}
+            pending = len(works) + self.sched.pending()
+            error = RuntimeError(
+                f"Ray was shut down (ray.shutdown()) while this executor had {pending} calls "
+                "not done; their results are lost. Call executor.shutdown() before "
+                "ray.shutdown(), and create a new FaultTolerantExecutor after ray.init()"
+            )
+            aborted = [Aborted(a, error) for a in list(self.sched.inflight.values())]
+            commands = self.sched.handle(*aborted, WorkersBroken(error))
+            # the ObjectRefs stay referenced (in _waiting): one freed while Ray's core worker
+            # shuts down ends the whole process; the loop is dropped once Ray is down
+            BUSY.discard(self)
+            self.idle_now.set()
+        for command in commands:
+            if isinstance(command, Resolve):
+                _resolve(command)
+
     def step(self) -> Round:
         """One round; says whether work is left, none is, or the loop is shut down."""
+        if not self.ray_up():
+            self.ray_gone()
+            return Round.DONE
         now = self._clock()
         polled = self.poll()
         commands: list[Command] = []
@@ -216,6 +251,8 @@ class Loop:
         if due:
             self._nodes_at = now
         polled = self.workers.poll(due, self.sched.nodes)
+        if not self.ray_up():  # ray.shutdown() now: a Ray call would start a new Ray
+            return self.workers.translate(polled)
         if self._link is not None:
             polled.extend(self._link.step(self._demand if self.workers.demands else {}))
         snapshot = self.client.poll()
@@ -454,10 +491,17 @@ def _run(weak: weakref.ref[Loop], kick: threading.Event) -> None:
             return
         try:
             state = loop.step()
+        except SystemExit:  # what Ray raises in other threads' calls during ray.shutdown()
+            loop.ray_gone()
+            state = Round.DONE
         except Exception:  # keep serving futures whatever one round hit
-            log.exception("executor round failed")
-            state = Round.BUSY
-            time.sleep(0.1)
+            if not loop.ray_up():  # ray.shutdown() in the middle of the round
+                loop.ray_gone()
+                state = Round.DONE
+            else:
+                log.exception("executor round failed")
+                state = Round.BUSY
+                time.sleep(0.1)
         if state == Round.DONE:
             loop.workers.close()
             if loop._link is not None:

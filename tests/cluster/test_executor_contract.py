@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -240,6 +241,57 @@ def test_a_script_that_ends_lets_its_pending_calls_finish(cluster, tmp_path, end
     if ending.startswith("shutdown"):
         returned = float(proc.stdout.split("shutdown returned after ")[1].split()[0])
         assert returned < 1.0  # at once, while the 3 s call still runs
+
+
+_RAY_SHUT_DOWN = """
+import json, sys, time
+import ray
+sys.path.insert(0, {root!r})
+from ray_ft import FaultTolerantExecutor
+
+ray.init(address={address!r}, namespace="ray_ft_exit_test")
+ex = FaultTolerantExecutor({{"batching": False}})  # the manager too: its calls are Ray calls
+futures = [ex.submit(time.sleep, 3) for _ in range(4)]
+while not any(f.running() for f in futures):
+    time.sleep(0.05)
+ray.shutdown()
+outcomes = []
+for future in futures:
+    try:
+        outcomes.append(repr(future.result(timeout=60)))
+    except Exception as exc:
+        outcomes.append(f"{{type(exc).__name__}}: {{exc}}")
+try:
+    ex.submit(time.sleep, 0)
+    refused = ""
+except RuntimeError as exc:
+    refused = str(exc)
+ex.shutdown(wait=True)
+print(json.dumps({{"outcomes": outcomes, "refused": refused, "ray": ray.is_initialized()}}))
+"""
+
+
+def test_ray_shut_down_under_a_busy_executor_fails_its_calls_and_starts_no_ray(cluster):
+    """ray.shutdown() while calls run: plain Ray's ray.get raises, so every pending call
+    fails at once with an error that names the fix; no new Ray is started behind the user
+    (every Ray API auto-inits), and the process neither hangs nor dies. Before: the calls
+    never ended, and a Ray call of the loop's during the shutdown ended the process."""
+    script = _RAY_SHUT_DOWN.format(root=_ROOT, address=cluster.address)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": _ROOT},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(said["outcomes"]) == 4, said
+    for outcome in said["outcomes"]:
+        assert outcome.startswith("RuntimeError: Ray was shut down (ray.shutdown())"), said
+        assert "Call executor.shutdown() before ray.shutdown()" in outcome, said
+    assert "create a new FaultTolerantExecutor after ray.init()" in said["refused"], said
+    assert said["ray"] is False  # no Ray started anew
 
 
 # -- the stdlib pools' constructor arguments ----------------------------------------------

@@ -487,7 +487,16 @@ def test_a_view_that_comes_as_the_loop_goes_idle_reaches_the_scheduler(clock):
 
     sched = Scheduler(CONFIG, clock=clock)
     link = _Link([], [NodeTypesChanged(SIM)])  # the answer arrives at the idle step
-    loop = Loop(CONFIG, sched, _NoWorkers(), _NoManager(), link, clock=clock, thread_name="t")
+    loop = Loop(
+        CONFIG,
+        sched,
+        _NoWorkers(),
+        _NoManager(),
+        link,
+        clock=clock,
+        thread_name="t",
+        ray_up=lambda: True,
+    )
     assert loop.step() is Round.IDLE
     assert link.demands == [{}, {}] and not link.answers
     assert sched.summary()["node_types"] == SIM.describe()
