@@ -209,6 +209,18 @@ while not future.running():
 print("script ends", flush=True)
 """
 
+
+def _run_driver(script: str) -> subprocess.CompletedProcess[str]:
+    """A driver script of its own (this checkout on its path), run to its end."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": _ROOT},
+    )
+
+
 _SHUTDOWN_NO_WAIT = """
 start = time.monotonic()
 ex.shutdown(wait=False)
@@ -226,13 +238,7 @@ def test_a_script_that_ends_lets_its_pending_calls_finish(cluster, tmp_path, end
         path=str(path),
         ending=_SHUTDOWN_NO_WAIT if ending.startswith("shutdown") else "",
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONPATH": _ROOT},
-    )
+    proc = _run_driver(script)
     assert proc.returncode == 0, proc.stderr
     assert "script ends" in proc.stdout
     assert path.read_text() == "done"  # the call ran to its end before the driver left
@@ -277,13 +283,7 @@ def test_ray_shut_down_under_a_busy_executor_fails_its_calls_and_starts_no_ray(c
     (every Ray API auto-inits), and the process neither hangs nor dies. Before: the calls
     never ended, and a Ray call of the loop's during the shutdown ended the process."""
     script = _RAY_SHUT_DOWN.format(root=_ROOT, address=cluster.address)
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONPATH": _ROOT},
-    )
+    proc = _run_driver(script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(said["outcomes"]) == 4, said
