@@ -19,16 +19,25 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 # ray_ft's storage (relative checkpoint folders, the manager's state): one temp folder per
-# test session, never the home folder of whoever runs the tests
+# test session, never the home folder of whoever runs the tests; removed after a green run
 import tempfile  # noqa: E402
 
-os.environ.setdefault("RAY_FT_STORAGE", tempfile.mkdtemp(prefix="ray_ft_storage_"))
+_OWN_STORAGE = "RAY_FT_STORAGE" not in os.environ
+if _OWN_STORAGE:
+    os.environ["RAY_FT_STORAGE"] = tempfile.mkdtemp(prefix="ray_ft_storage_")
 
 import contextlib  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402 - after the environment is set
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's storage folder goes when every test passed (kept to look into else)."""
+    if _OWN_STORAGE and exitstatus == 0:
+        shutil.rmtree(os.environ["RAY_FT_STORAGE"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
