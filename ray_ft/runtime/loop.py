@@ -246,13 +246,13 @@ class Loop:
 
     def poll(self, *, force: bool = False) -> list[Event]:
         """Ray and manager calls, outside the lock; their results are fed in later."""
+        if not self.ray_up():  # ray.shutdown() now: a Ray call would start a new Ray
+            return []
         now = self._clock()
         due = force or now - self._nodes_at >= self.workers.refresh_s
         if due:
             self._nodes_at = now
         polled = self.workers.poll(due, self.sched.nodes)
-        if not self.ray_up():  # ray.shutdown() now: a Ray call would start a new Ray
-            return self.workers.translate(polled)
         if self._link is not None:
             polled.extend(self._link.step(self._demand if self.workers.demands else {}))
         snapshot = self.client.poll()

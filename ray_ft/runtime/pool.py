@@ -399,7 +399,7 @@ class FaultTolerantActorPool(FaultTolerantExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Finish (or cancel) the work, then kill the actors."""
         super().shutdown(wait, cancel_futures=cancel_futures)
-        if wait:
+        if wait and self._loop.ray_up():  # after ray.shutdown() a kill would start a new Ray
             self._workers.kill_all()
 
 

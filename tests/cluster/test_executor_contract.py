@@ -253,11 +253,22 @@ _RAY_SHUT_DOWN = """
 import json, sys, time
 import ray
 sys.path.insert(0, {root!r})
-from ray_ft import FaultTolerantExecutor
+from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor
+
+
+class Sleeper:
+    def sleep(self, seconds):
+        time.sleep(seconds)
+
 
 ray.init(address={address!r}, namespace="ray_ft_exit_test")
-ex = FaultTolerantExecutor({{"batching": False}})  # the manager too: its calls are Ray calls
-futures = [ex.submit(time.sleep, 3) for _ in range(4)]
+if {pool!r}:  # the pool's actors: a kill after the shutdown would start a new Ray
+    ex = FaultTolerantActorPool(Sleeper, size=2)
+    call = Sleeper.sleep
+else:
+    ex = FaultTolerantExecutor({{"batching": False}})  # the manager too: Ray calls
+    call = time.sleep
+futures = [ex.submit(call, 3) for _ in range(4)]
 while not any(f.running() for f in futures):
     time.sleep(0.05)
 ray.shutdown()
@@ -268,7 +279,7 @@ for future in futures:
     except Exception as exc:
         outcomes.append(f"{{type(exc).__name__}}: {{exc}}")
 try:
-    ex.submit(time.sleep, 0)
+    ex.submit(call, 0)
     refused = ""
 except RuntimeError as exc:
     refused = str(exc)
@@ -277,12 +288,13 @@ print(json.dumps({{"outcomes": outcomes, "refused": refused, "ray": ray.is_initi
 """
 
 
-def test_ray_shut_down_under_a_busy_executor_fails_its_calls_and_starts_no_ray(cluster):
+@pytest.mark.parametrize("pool", [False, True], ids=["executor", "actor pool"])
+def test_ray_shut_down_under_a_busy_executor_fails_its_calls_and_starts_no_ray(cluster, pool):
     """ray.shutdown() while calls run: plain Ray's ray.get raises, so every pending call
     fails at once with an error that names the fix; no new Ray is started behind the user
     (every Ray API auto-inits), and the process neither hangs nor dies. Before: the calls
     never ended, and a Ray call of the loop's during the shutdown ended the process."""
-    script = _RAY_SHUT_DOWN.format(root=_ROOT, address=cluster.address)
+    script = _RAY_SHUT_DOWN.format(root=_ROOT, address=cluster.address, pool=pool)
     proc = _run_driver(script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = json.loads(proc.stdout.strip().splitlines()[-1])
