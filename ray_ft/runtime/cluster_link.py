@@ -93,8 +93,8 @@ class ElasticLink:
         if self._inflight is not None and now - self._sent_at < _STALE_S:
             # one call at a time: a manager slower than the period (busy, on a loaded head)
             # would otherwise have every answer replaced before it came, and never be heard;
-            # an empty demand still goes at once (its answer carries the same view)
-            due = changed and not request
+            # an empty demand still goes at once (below: its answer carries the same view)
+            due = False
         if due or (changed and not request):
             self._send(request, now)
         return polled

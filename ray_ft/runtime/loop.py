@@ -491,14 +491,13 @@ def _run(weak: weakref.ref[Loop], kick: threading.Event) -> None:
             return
         try:
             state = loop.step()
-        except SystemExit:  # what Ray raises in other threads' calls during ray.shutdown()
-            loop.ray_gone()
-            state = Round.DONE
-        except Exception:  # keep serving futures whatever one round hit
-            if not loop.ray_up():  # ray.shutdown() in the middle of the round
+        except (Exception, SystemExit) as exc:  # Ray raises SystemExit in other threads'
+            if not loop.ray_up():  # calls during ray.shutdown(): it came mid-round
                 loop.ray_gone()
                 state = Round.DONE
-            else:
+            elif isinstance(exc, SystemExit):  # not Ray's (a done callback's sys.exit)
+                raise
+            else:  # keep serving futures whatever one round hit
                 log.exception("executor round failed")
                 state = Round.BUSY
                 time.sleep(0.1)
