@@ -60,7 +60,7 @@ from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import Attempt, Group, Work
 from ray_ft.failures import FailureEvent, FailureType, classify_failure
 from ray_ft.runtime.batch_task import unpack_outcome
-from ray_ft.runtime.busy import BUSY, watch_for_ray_gone
+from ray_ft.runtime.busy import BUSY, RAY_GONE, watch_for_ray_gone
 from ray_ft.runtime.cluster_link import ElasticLink
 from ray_ft.runtime.manager_client import ManagerClient
 from ray_ft.runtime.options import unwrap
@@ -187,8 +187,10 @@ class Loop:
             )
             aborted = [Aborted(a, error) for a in list(self.sched.inflight.values())]
             commands = self.sched.handle(*aborted, WorkersBroken(error))
-            # the ObjectRefs stay referenced (in _waiting): one freed while Ray's core worker
-            # shuts down ends the whole process; the loop is dropped once Ray is down
+            # kept, with its ObjectRefs: one freed while Ray's core worker shuts down ends
+            # the whole process, whichever thread frees it (runtime/busy.py)
+            if not any(kept is self for kept in RAY_GONE):
+                RAY_GONE.append(self)
             BUSY.discard(self)
             self.idle_now.set()
         for command in commands:

@@ -125,6 +125,32 @@ def test_a_callable_is_not_kept_alive_after_its_call(ex):
     assert closure() is None
 
 
+@pytest.mark.parametrize("pool", [False, True], ids=["executor", "actor pool"])
+def test_a_shut_down_executor_is_freed_by_its_users_del(cluster, pool):
+    """After shutdown() no thread of ray_ft, and no reference cycle, holds the executor's
+    loop: the user's ``del`` frees it, and its ObjectRefs, on the user's thread. Freed on a
+    thread of ray_ft while the user's ray.shutdown() ran, those refs ended the process with
+    status 1 (Ray's core worker was being destroyed): CI's compat lane did, and so did 2 runs
+    of 3 of ``pool.shutdown(); del pool; ray.shutdown()``. The watch thread held the loop
+    for up to half a second after it went idle (runtime/busy.py)."""
+    gc.disable()  # freed by its reference count, at once, or this fails
+    try:
+        if pool:
+            ex = FaultTolerantActorPool(Box, size=1, config=QUICK_RETRIES)
+            futures = [ex.submit("times", i) for i in range(3)]
+        else:
+            ex = FaultTolerantExecutor(QUICK_RETRIES)  # with the manager: a link, its refs
+            futures = [ex.submit(time.sleep, 0.3) for _ in range(3)]
+        for future in futures:
+            future.result(timeout=60)
+        ex.shutdown(wait=True)
+        loop = weakref.ref(ex._loop)
+        del ex, futures, future
+        assert loop() is None
+    finally:
+        gc.enable()
+
+
 def test_the_callable_cache_still_hits_for_a_live_callable(ex):
     from ray_ft.runtime import remote as _dispatch
 
