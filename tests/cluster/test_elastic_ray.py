@@ -23,6 +23,7 @@ from ray_ft import FaultTolerantActorPool, FaultTolerantExecutor, raycompat
 from ray_ft.actors.manager_actor import ensure_manager, get_manager
 from tests.elastic_tools import (
     busy_worker,
+    drain_deadline,
     gcs_outage,
     persistent_cluster,
     preempt_one,
@@ -168,8 +169,7 @@ def test_the_pool_replaces_an_actor_on_a_draining_node_before_its_deadline(four)
         victim = next(n for n in four.worker_nodes if n.node_id in placed)
         running = [pool.submit("work", i, 6.0) for i in range(2)]  # keeps the loop busy
         raycompat.drain_node(four.gcs_address, victim.node_id, "preemption", 8.0)
-        # the deadline Ray holds (the ray drain-node CLI of older releases takes a while)
-        deadline = (raycompat.draining_nodes() or {})[victim.node_id]
+        deadline = drain_deadline(victim.node_id)
 
         def replaced():
             with pool._workers.lock:
