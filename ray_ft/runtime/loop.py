@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-import ray.exceptions as ray_exc
 
 from ray_ft.config import FTConfig
 from ray_ft.core.commands import (
@@ -41,9 +40,7 @@ from ray_ft.core.commands import (
 )
 from ray_ft.core.events import (
     Aborted,
-    AttemptDone,
     BatchFailed,
-    BatchUnrun,
     CancelQueued,
     Event,
     ExclusionsChanged,
@@ -58,12 +55,11 @@ from ray_ft.core.events import (
 )
 from ray_ft.core.scheduler import Scheduler
 from ray_ft.core.work import Attempt, Group, Work
-from ray_ft.failures import FailureEvent, FailureType, classify_failure
-from ray_ft.runtime.batch_task import unpack_outcome
+from ray_ft.failures import FailureEvent, FailureType
 from ray_ft.runtime.busy import BUSY, RAY_GONE, watch_for_ray_gone
 from ray_ft.runtime.cluster_link import ElasticLink
 from ray_ft.runtime.manager_client import ManagerClient
-from ray_ft.runtime.options import unwrap
+from ray_ft.runtime.results import attempt_done, batch_done
 from ray_ft.runtime.workers import WorkerGoneError, Workers
 
 __all__ = ["Loop"]
@@ -417,24 +413,15 @@ class Loop:
     ) -> list[Command]:
         """One attempt's outcome into the scheduler (under the lock). Should ray_ft itself
         fail here, the call ends with that error instead of hanging."""
-        attempt_id = attempt.attempt_id
         try:
-            if error is None:
-                return self.sched.handle(AttemptDone(attempt_id, value=value))
-            commands = self.sched.handle(
-                AttemptDone(
-                    attempt_id,
-                    error=unwrap(error),
-                    failure_type=classify_failure(error),
-                    placement=isinstance(error, ray_exc.TaskUnschedulableError),
-                )
-            )
-            reason = self.workers.died(attempt, error)
-            if reason is not None:  # out of the scheduler at once: never handed work again
-                commands.extend(self.sched.handle(WorkerLost(attempt.node_id, reason)))
+            commands = self.sched.handle(attempt_done(attempt.attempt_id, value, error))
+            if error is not None:
+                reason = self.workers.died(attempt, error)
+                if reason is not None:  # out of the scheduler at once: never given work again
+                    commands.extend(self.sched.handle(WorkerLost(attempt.node_id, reason)))
             return commands
         except Exception as exc:
-            log.exception("ray_ft failed to take the outcome of attempt %s", attempt_id)
+            log.exception("ray_ft failed to take the outcome of attempt %s", attempt.attempt_id)
             return self.sched.handle(Aborted(attempt, exc))
 
     def _take_batch(self, group: Group, value: Any, error: BaseException | None) -> list[Command]:
@@ -444,44 +431,11 @@ class Loop:
         wanted = [a for a in group.attempts if inflight.get(a.attempt_id) is a]
         commands: list[Command] = []
         try:
-            if error is not None:
-                return self.sched.handle(
-                    BatchFailed(
-                        tuple([a.attempt_id for a in wanted]),
-                        unwrap(error),
-                        classify_failure(error),
-                        placement=isinstance(error, ray_exc.TaskUnschedulableError),
-                    )
-                )
-            unrun: list[int] = []
-            for index, attempt in enumerate(group.attempts):
-                if inflight.get(attempt.attempt_id) is not attempt:
-                    continue
-                ran, result, raised = unpack_outcome(value[index])
-                if not ran:
-                    unrun.append(attempt.attempt_id)
-                elif raised is None:
-                    commands.extend(
-                        self.sched.handle(AttemptDone(attempt.attempt_id, value=result))
-                    )
-                else:
-                    commands.extend(
-                        self.sched.handle(
-                            AttemptDone(
-                                attempt.attempt_id,
-                                error=raised,
-                                failure_type=FailureType.APPLICATION_ERROR,
-                            )
-                        )
-                    )
-            if unrun:
-                commands.extend(
-                    self.sched.handle(BatchUnrun(tuple(unrun), len(group.attempts) - len(unrun)))
-                )
+            for event in batch_done(group.attempts, {a.attempt_id for a in wanted}, value, error):
+                commands.extend(self.sched.handle(event))  # those taken keep their commands
         except Exception as exc:
             log.exception("ray_ft failed to take the outcome of a batch")
-            for attempt in wanted:
-                commands.extend(self.sched.handle(Aborted(attempt, exc)))
+            commands.extend(self.sched.handle(*[Aborted(a, exc) for a in wanted]))
         return commands
 
 

@@ -232,3 +232,22 @@ def test_members_a_batch_did_not_run_go_again_uncharged_in_smaller_batches(clock
     finish_all(h, 0.0005)
     assert [w.future.result() for w in works] == list(range(1, 61))
     assert all(w.failures == 0 for w in works) and h.sched.state.table.load == {}
+
+
+def test_a_batchs_answer_becomes_each_wanted_members_own_event():
+    from ray_ft.core.work import Attempt
+    from ray_ft.runtime.results import batch_done
+
+    members = [Attempt(work(i), "n1", None, attempt_id=i) for i in range(1, 5)]
+    boom = ValueError("member 3's own")
+    answer = [(True, 10), (True, 20), (False, boom), (None, None)]
+    events = batch_done(members, {1, 3, 4}, answer, None)  # 2 is no longer wanted
+    assert events == [
+        AttemptDone(1, value=10),
+        AttemptDone(3, error=boom, failure_type=FailureType.APPLICATION_ERROR),
+        BatchUnrun((4,), 3),  # three of four ran
+    ]
+    crashed = RuntimeError("the batch's worker died")
+    (failed,) = batch_done(members, {1, 4}, None, crashed)
+    assert isinstance(failed, BatchFailed) and failed.attempt_ids == (1, 4)
+    assert failed.error is crashed and not failed.placement
