@@ -185,7 +185,7 @@ class Loop:
             commands = self.sched.handle(*aborted, WorkersBroken(error))
             # kept, with its ObjectRefs: one freed while Ray's core worker shuts down ends
             # the whole process, whichever thread frees it (runtime/busy.py)
-            if not any(kept is self for kept in RAY_GONE):
+            if self not in RAY_GONE:  # a Loop compares by identity
                 RAY_GONE.append(self)
             BUSY.discard(self)
             self.idle_now.set()

@@ -26,12 +26,8 @@ def attempt_done(attempt_id: int, value: Any, error: BaseException | None) -> At
     """One attempt's result, or Ray's exception for it."""
     if error is None:
         return AttemptDone(attempt_id, value=value)
-    return AttemptDone(
-        attempt_id,
-        error=unwrap(error),
-        failure_type=classify_failure(error),
-        placement=isinstance(error, ray_exc.TaskUnschedulableError),
-    )
+    own, failure_type, placement = _read(error)
+    return AttemptDone(attempt_id, error=own, failure_type=failure_type, placement=placement)
 
 
 def batch_done(
@@ -41,14 +37,9 @@ def batch_done(
     it), or each wanted member's own outcome (``value``: one packed outcome per member, in
     order; ``wanted``: the attempt ids still in flight)."""
     if error is not None:
-        return [
-            BatchFailed(
-                tuple(a.attempt_id for a in members if a.attempt_id in wanted),
-                unwrap(error),
-                classify_failure(error),
-                placement=isinstance(error, ray_exc.TaskUnschedulableError),
-            )
-        ]
+        own, failure_type, placement = _read(error)
+        ids = tuple(a.attempt_id for a in members if a.attempt_id in wanted)
+        return [BatchFailed(ids, own, failure_type, placement=placement)]
     events: list[Event] = []
     unrun: list[int] = []
     for index, attempt in enumerate(members):
@@ -68,3 +59,10 @@ def batch_done(
     if unrun:
         events.append(BatchUnrun(tuple(unrun), len(members) - len(unrun)))
     return events
+
+
+def _read(error: BaseException) -> tuple[BaseException, FailureType, bool]:
+    """Ray's exception as the user's own, its failure type, and whether it is Ray's
+    'cannot schedule there'."""
+    placement = isinstance(error, ray_exc.TaskUnschedulableError)
+    return unwrap(error), classify_failure(error), placement
